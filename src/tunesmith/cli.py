@@ -1,0 +1,132 @@
+"""The `tunesmith` command. Each subcommand parses its arguments and calls one library function.
+
+A TunesmithError (bad input the user can fix) prints its message and fix and exits with code 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tunesmith.errors import TunesmithError
+
+
+def _cmd_init(args) -> None:
+    from tunesmith.config import RunConfig, render_template
+
+    config = RunConfig(task=args.task)
+    config.data.train = "examples/data/support_tickets.jsonl"
+    print(render_template(config), end="")
+
+
+def _load(args):
+    from tunesmith.config import load_config
+
+    return load_config(args.config, args.set)
+
+
+def _cmd_validate(args) -> None:
+    from tunesmith.pipeline import validate
+
+    print(validate(_load(args)))
+    print("\nconfig, model and data are valid")
+
+
+def _cmd_train(args) -> None:
+    from tunesmith.pipeline import train
+
+    if args.config is None and args.resume is None:
+        raise TunesmithError("give a config file or --resume RUN_DIR", fix="tunesmith train run.yaml")
+    config = _load(args) if args.config else None
+    train(config, resume=args.resume)
+
+
+def _cmd_eval(args) -> None:
+    from tunesmith.pipeline import evaluate_run
+
+    evaluate_run(args.run_dir, test_file=args.test, max_samples=args.max_samples)
+
+
+def _cmd_predict(args) -> None:
+    from tunesmith.pipeline import predict
+
+    count = predict(args.run_dir, args.input, args.output, max_new_tokens=args.max_new_tokens)
+    print(f"wrote {count} answers to {args.output}")
+
+
+def _cmd_merge(args) -> None:
+    from tunesmith.pipeline import merge
+
+    merge(args.run_dir, args.output)
+
+
+def _cmd_chat(args) -> None:
+    from tunesmith.chat import chat_loop
+
+    chat_loop(args.run_dir, system=args.system, max_new_tokens=args.max_new_tokens)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune pretrained models to your use case.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="print a commented starter config")
+    p.add_argument("--task", default="chat", help="task of the config (chat)")
+    p.set_defaults(func=_cmd_init)
+
+    def config_args(p, optional=False):
+        p.add_argument("config", nargs="?" if optional else None, help="run config YAML")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field, e.g. --set train.learning_rate=1e-4 (repeatable)")
+
+    p = sub.add_parser("validate", help="check config, model and data; print the data report")
+    config_args(p)
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("train", help="fine-tune; --resume RUN_DIR continues a stopped run")
+    config_args(p, optional=True)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="base vs tuned on the run's test split")
+    p.add_argument("run_dir")
+    p.add_argument("--test", help="another test file instead of the run's saved split")
+    p.add_argument("--max-samples", type=int, help="score at most this many examples")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("predict", help="answer every record of a file with the tuned model")
+    p.add_argument("run_dir")
+    p.add_argument("--input", required=True, help="records to answer (any supported data format)")
+    p.add_argument("--output", required=True, help="JSONL file to write (must not exist)")
+    p.add_argument("--max-new-tokens", type=int)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("chat", help="talk to the tuned model in the terminal")
+    p.add_argument("run_dir")
+    p.add_argument("--system", help="system prompt for the conversation")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.set_defaults(func=_cmd_chat)
+
+    p = sub.add_parser("merge", help="merge the adapter into full safetensors weights")
+    p.add_argument("run_dir")
+    p.add_argument("--output", required=True, help="folder to write (must not exist or be empty)")
+    p.set_defaults(func=_cmd_merge)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except TunesmithError as exc:
+        print(f"error: {exc.render()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

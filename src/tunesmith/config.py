@@ -1,0 +1,333 @@
+"""RunConfig: the one typed description of a run.
+
+YAML -> `load_config` -> RunConfig. Every field has a default and a one-line description that explains
+the trade-off; `tunesmith init` and the README's config reference are generated from those descriptions
+(litgpt's `args.py`, torchtune's YAML comments). What the user types is checked strictly: an unknown key
+is an error naming the closest valid key. What a run saved is read leniently (`load_saved_config`):
+keys this version no longer knows are dropped with a warning, so old runs stay usable.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunesmith.errors import TunesmithError
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelConfig(Section):
+    name: str = Field(
+        "smollm2-135m-instruct",
+        description="base model: a packaged starter name, a hub id (org/name), a local directory or a .gguf file",
+    )
+    revision: str | None = Field(None, description="hub branch, tag or commit to pin; None takes the default branch")
+    gguf_file: str | None = Field(None, description="GGUF file inside `name` when it is a directory holding one")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="dtype of the frozen base weights; auto keeps float32 on CPU and bf16 on GPUs that support it",
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="attention kernel; sdpa is fast everywhere, flash_attention_2 needs the flash-attn package"
+    )
+    trust_remote_code: bool = Field(
+        False, description="run Python code shipped with the model; only for models whose authors you trust"
+    )
+
+
+class DataConfig(Section):
+    train: str | None = Field(None, description="training data: .jsonl/.json/.csv/.parquet, a saved datasets dir or a hub dataset")
+    validation: str | None = Field(None, description="validation file; None carves it out of `train` with `split`")
+    test: str | None = Field(None, description="test file for the final base-vs-tuned evaluation; None carves it out of `train`")
+    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"] = Field(
+        "auto", description="record format; auto detects it from the columns of the first record"
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="map format columns to yours, e.g. {prompt: question, completion: answer}",
+    )
+    system_prompt: str | None = Field(None, description="system turn added to records that have none")
+    split: tuple[float, float, float] = Field(
+        (0.8, 0.1, 0.1), description="train/validation/test ratios used when only `train` is given"
+    )
+    max_length: int = Field(1024, ge=8, description="tokens per example; longer ones are cut, costing memory quadratically in attention")
+    train_on: Literal["assistant", "all"] = Field(
+        "assistant", description="which tokens carry loss: assistant turns only (standard SFT) or the whole conversation"
+    )
+    chat_template: str | None = Field(
+        None, description="Jinja chat template overriding the tokenizer's; None uses the tokenizer's or a ChatML fallback"
+    )
+
+
+class MethodConfig(Section):
+    name: Literal["full", "freeze", "lora", "qlora"] = Field(
+        "lora", description="full: all weights; freeze: top blocks only; lora: adapters; qlora: adapters on a 4-bit base"
+    )
+    r: int = Field(8, ge=1, description="LoRA rank: higher adapts more and costs memory linearly")
+    alpha: float = Field(16, gt=0, description="LoRA scale numerator (scale = alpha/r, or alpha/sqrt(r) with rslora)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input; regularises small datasets")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="layers that get adapters; all-linear (QLoRA paper) or names like [q_proj, v_proj]"
+    )
+    use_dora: bool = Field(False, description="DoRA: learn magnitude and direction separately; a bit better, ~2x slower")
+    use_rslora: bool = Field(False, description="rank-stabilised scaling alpha/sqrt(r); keeps high ranks learning")
+    freeze_train_top: int = Field(
+        2, ge=0, description="freeze method: train only the top N transformer blocks plus final norm and head"
+    )
+    freeze_trainable_modules: list[str] = Field(
+        default_factory=list,
+        description="freeze method: parameter name patterns (fnmatch) to train instead, e.g. ['*.mlp.*', 'lm_head*']",
+    )
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="qlora: 4-bit data type; nf4 suits normally distributed weights")
+    double_quant: bool = Field(True, description="qlora: quantise the quantisation constants too; saves ~0.4 bit/param")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="qlora: dtype the 4-bit weights are unpacked to for matmuls"
+    )
+
+
+class TrainConfig(Section):
+    epochs: float = Field(1.0, gt=0, description="passes over the training split (fractions allowed)")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs when set")
+    batch_size: int = Field(8, ge=1, description="examples per micro-batch per process; memory grows with it")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step; raises the effective batch without memory")
+    learning_rate: float = Field(2e-4, gt=0, description="peak learning rate; ~1e-4..5e-4 for LoRA, ~1e-5..5e-5 for full")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="learning rate decay after warmup")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="fraction of steps spent warming up from 0 to the peak rate")
+    max_grad_norm: float | None = Field(1.0, description="clip the gradient norm to this; None turns clipping off")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="autocast dtype; auto picks bf16 on AMX/AVX512-BF16 CPUs and Ampere+ GPUs, else fp32"
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: ~30% slower, far less memory")
+    log_every: int = Field(5, ge=1, description="steps between lines in metrics.jsonl")
+    eval_every: int = Field(50, ge=0, description="steps between validation passes; 0 evaluates only at the end")
+    save_every: int = Field(0, ge=0, description="steps between checkpoints; 0 saves at each validation pass and at the end")
+    keep_checkpoints: int = Field(2, ge=1, description="most recent checkpoints kept on disk (the best one is kept apart)")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop after this many validation passes without improvement; None never stops early"
+    )
+    early_stopping_min_delta: float = Field(0.0, ge=0, description="smallest validation loss drop that counts as improvement")
+    load_best_at_end: bool = Field(True, description="finish with the weights of the best validation pass, not the last step")
+
+
+class EvalConfig(Section):
+    max_new_tokens: int = Field(128, ge=1, description="tokens generated per test example")
+    max_samples: int | None = Field(200, ge=1, description="test examples generated for ROUGE/exact match; None uses all")
+    batch_size: int = Field(8, ge=1, description="examples per generation batch")
+    compare_base: bool = Field(True, description="also score the base model on the test split, for the side-by-side table")
+    report_samples: int = Field(5, ge=0, description="side-by-side examples shown in report.md")
+
+
+class OutputConfig(Section):
+    dir: str = Field("runs", description="root folder; each run gets runs/<timestamp>-<name>/ and never overwrites another")
+    save_merged: bool = Field(False, description="also write the adapter merged into full weights (model_merged/)")
+
+
+TASKS = ("chat",)
+
+
+class RunConfig(Section):
+    name: str = Field("run", description="run name used in the run directory")
+    task: str = Field("chat", description="what is trained: chat (supervised fine-tuning of a causal LM)")
+    seed: int = Field(42, description="seed for data order, splits, initialisation and dropout")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="base model")
+    data: DataConfig = Field(default_factory=DataConfig, description="data files and how records are read")
+    method: MethodConfig = Field(default_factory=MethodConfig, description="how the model is made trainable")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation loop")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="final evaluation on the test split")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="where results go")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        if value not in TASKS:
+            raise ValueError(f"unknown task {value!r}; known tasks: {', '.join(TASKS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _split_sums_to_one(self) -> "RunConfig":
+        if abs(sum(self.data.split) - 1.0) > 1e-6 or min(self.data.split) < 0:
+            raise ValueError(f"data.split must be three non-negative ratios summing to 1, got {list(self.data.split)}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _field_names(model_cls: type[BaseModel], path: tuple) -> list[str]:
+    """Valid keys at a dotted location, walking nested sections."""
+    cls = model_cls
+    for part in path:
+        field = cls.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        cls = annotation
+    return list(cls.model_fields)
+
+
+def _explain(error: ValidationError, source: str) -> TunesmithError:
+    """Turn pydantic's errors into one message: the field, what is wrong, the closest valid key."""
+    lines, fixes = [], []
+    for item in error.errors():
+        loc = tuple(str(p) for p in item["loc"])
+        dotted = ".".join(loc) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            valid = _field_names(RunConfig, loc[:-1])
+            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+            lines.append(f"unknown key {dotted!r}")
+            if close:
+                fixes.append(f"did you mean {'.'.join(loc[:-1] + (close[0],))!r}?")
+            else:
+                fixes.append(f"valid keys here: {', '.join(valid)}")
+        else:
+            got = item.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{dotted}: {item['msg']}{shown}")
+    return TunesmithError("; ".join(lines), where=source, fix=" ".join(fixes) or "see `tunesmith init` for a commented config")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.learning_rate=1e-4` -> (['train', 'learning_rate'], 0.0001). Values are read as YAML."""
+    if "=" not in text:
+        raise TunesmithError(f"--set {text!r} has no '='", fix="write --set section.key=value, e.g. --set train.epochs=2")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise TunesmithError(f"--set {text!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise TunesmithError(f"config file not found: {path}", fix="create one with `tunesmith init --task chat > run.yaml`")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise TunesmithError(f"invalid YAML: {getattr(exc, 'problem', exc)}", where=where, fix="check indentation and quoting") from None
+    if not isinstance(raw, dict):
+        raise TunesmithError("the config must be a mapping of sections", where=str(path), fix="see `tunesmith init`")
+    return raw
+
+
+def _coerce_floats(raw: Any) -> Any:
+    """YAML 1.1 leaves `1e-4` as a string; read such strings as numbers before validation."""
+    if isinstance(raw, dict):
+        return {k: _coerce_floats(v) for k, v in raw.items()}
+    if isinstance(raw, str):
+        try:
+            return float(raw) if any(c in raw for c in "eE.") and raw.strip()[0].isdigit() else raw
+        except ValueError:
+            return raw
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base_dir: str | Path | None = None) -> RunConfig:
+    """Read a YAML run config (or defaults when `path` is None), apply `--set` overrides, validate strictly.
+
+    Relative data paths are resolved against the YAML file's folder when they exist there, so a config
+    can be run from any working directory.
+    """
+    raw = _read_yaml(Path(path)) if path else {}
+    raw = _coerce_floats(apply_overrides(raw, overrides or []))
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise _explain(exc, str(path or "--set")) from None
+    folder = Path(base_dir) if base_dir else (Path(path).resolve().parent if path else None)
+    if folder is not None:
+        for key in ("train", "validation", "test"):
+            value = getattr(config.data, key)
+            if value and not Path(value).is_absolute() and not Path(value).exists() and (folder / value).exists():
+                setattr(config.data, key, str(folder / value))
+    return config
+
+
+def load_saved_config(path: str | Path) -> RunConfig:
+    """Read a run's saved config.yaml leniently: keys unknown to this version are dropped with a warning."""
+    raw = _read_yaml(Path(path))
+
+    def prune(data: dict, cls: type[BaseModel], prefix: str) -> dict:
+        kept = {}
+        for key, value in data.items():
+            field = cls.model_fields.get(key)
+            if field is None:
+                warnings.warn(f"{path}: dropping key {prefix}{key!r} unknown to this tunesmith version", stacklevel=3)
+                continue
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel) and isinstance(value, dict):
+                value = prune(value, annotation, f"{prefix}{key}.")
+            kept[key] = value
+        return kept
+
+    try:
+        return RunConfig.model_validate(prune(raw, RunConfig, ""))
+    except ValidationError as exc:
+        raise _explain(exc, str(path)) from None
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Templates and reference docs come from the field descriptions, so they cannot drift from the code.
+
+
+def _yaml_value(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+    return text.removesuffix("\n...").removesuffix("...").strip()
+
+
+def render_template(config: RunConfig | None = None) -> str:
+    """A commented YAML config: every field with its value and its description."""
+    config = config or RunConfig()
+    out = ["# tunesmith run config. Every key is optional; the comment says what it trades off.",
+           "# Validate with `tunesmith validate run.yaml`, train with `tunesmith train run.yaml`.", ""]
+    for name, field in RunConfig.model_fields.items():
+        value = getattr(config, name)
+        if isinstance(value, BaseModel):
+            out.append(f"{name}:  # {field.description}")
+            for sub, sub_field in type(value).model_fields.items():
+                out.append(f"  {sub}: {_yaml_value(getattr(value, sub))}  # {sub_field.description}")
+            out.append("")
+        else:
+            out.append(f"{name}: {_yaml_value(value)}  # {field.description}")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def render_reference() -> str:
+    """Markdown table of every field, for docs/config.md."""
+    rows = ["| key | default | what it does |", "|---|---|---|"]
+    for name, field in RunConfig.model_fields.items():
+        default = RunConfig().__getattribute__(name)
+        if isinstance(default, BaseModel):
+            for sub, sub_field in type(default).model_fields.items():
+                rows.append(f"| `{name}.{sub}` | `{_yaml_value(getattr(default, sub))}` | {sub_field.description} |")
+        else:
+            rows.append(f"| `{name}` | `{_yaml_value(default)}` | {field.description} |")
+    return "\n".join(rows) + "\n"

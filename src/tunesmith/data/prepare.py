@@ -1,0 +1,63 @@
+"""From `data:` config to normalised train/validation/test examples.
+
+Separate files are used as given; splits that have no file are carved out of `train` with the ratios
+of `data.split`, renormalised over the splits being carved (so `train` + `validation` files with
+split 0.8/0.1/0.1 carve test as 1/9 of train).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.data.formats import Example, normalise
+from tunesmith.data.readers import read_records
+from tunesmith.data.split import SPLITS, split_examples
+from tunesmith.errors import TunesmithError
+
+
+@dataclass
+class DataSplits:
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    format: str
+
+    def items(self):
+        return (("train", self.train), ("validation", self.validation), ("test", self.test))
+
+
+def load_examples(source: str, data_cfg, split: str | None = None) -> tuple[list[Example], str]:
+    from tunesmith.data.formats import detect_format
+
+    records = read_records(source, split=split)
+    fmt = detect_format(records, data_cfg.columns) if data_cfg.format == "auto" else data_cfg.format
+    return normalise(records, fmt, data_cfg.columns, data_cfg.system_prompt), fmt
+
+
+def prepare_splits(data_cfg, seed: int) -> DataSplits:
+    if not data_cfg.train:
+        raise TunesmithError("no training data given", where="data.train",
+                             fix="set data.train to a .jsonl/.json/.csv/.parquet file, e.g. examples/data/support_tickets.jsonl")
+    train, fmt = load_examples(data_cfg.train, data_cfg, split="train")
+    given = {"validation": data_cfg.validation, "test": data_cfg.test}
+    loaded = {name: load_examples(path, data_cfg, split=name)[0] for name, path in given.items() if path}
+
+    ratios = dict(zip(SPLITS, data_cfg.split))
+    carve = [name for name in ("validation", "test") if name not in loaded and ratios[name] > 0]
+    if carve:
+        share = ratios["train"] + sum(ratios[n] for n in carve)
+        cut = split_examples(train, tuple(ratios[n] / share if (n == "train" or n in carve) else 0.0 for n in SPLITS), seed)
+        train = cut["train"]
+        loaded.update({n: cut[n] for n in carve})
+    return DataSplits(train, loaded.get("validation", []), loaded.get("test", []), fmt)
+
+
+def save_examples(examples: list[Example], path: Path) -> None:
+    """Write a split as JSONL in the messages/text format, so later commands score the same records."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for example in examples:
+            row = {"messages": example.messages} if example.messages is not None else {"text": example.text}
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")

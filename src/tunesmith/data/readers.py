@@ -1,0 +1,389 @@
+"""Read training rows from local files, `save_to_disk` folders or the Hugging Face hub.
+
+Every reader returns `RawRecord`s: the row as a plain-Python dict plus `where`, a location the user can
+open in an editor (`data/train.jsonl:12`). Nothing here interprets the columns; `formats.py` does that.
+Bad input is reported as `TunesmithError`, never as the parser's own exception.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import TunesmithError
+
+__all__ = ["RawRecord", "read_records", "SUPPORTED_EXTENSIONS"]
+
+SUPPORTED_EXTENSIONS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+# `owner/name`, as the hub spells dataset ids; anything with more path parts is a local path.
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Python's default (128 KiB) is smaller than a long document in a `text` column.
+_CSV_FIELD_LIMIT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One row as read. `where` is `path:LINE` (JSONL, CSV), `path:[i]` (JSON) or `path:row i`."""
+
+    fields: dict
+    where: str
+
+
+def read_records(source: str | os.PathLike, *, split: str | None = None) -> list[RawRecord]:
+    """Read every row of `source`.
+
+    `source` is a `.jsonl`/`.json`/`.csv`/`.tsv`/`.parquet` file, a folder written by
+    `datasets.save_to_disk`, or (when no such local path exists) a hub dataset id `owner/name`.
+    `split` picks the split of a saved `DatasetDict` or hub dataset (default "train"); plain files
+    ignore it. Raises `TunesmithError` when the source is missing, unreadable or holds no records.
+    """
+    name = os.fspath(source)
+    path = Path(name)
+    if path.is_dir():
+        records = _read_saved_dataset(path, name, split)
+    elif path.is_file():
+        records = _read_file(path, name)
+    elif _looks_like_hub_name(name):
+        records = _read_hub(name, split)
+    else:
+        raise _missing_file_error(path, name)
+    if not records:
+        raise TunesmithError(
+            "no records: the data source is empty",
+            where=name,
+            fix="add training records to it, or point data.train at the file that holds them",
+        )
+    return records
+
+
+# --- dispatch ---------------------------------------------------------------------------------
+
+
+def _read_file(path: Path, name: str) -> list[RawRecord]:
+    ext = path.suffix.lower()
+    if ext in (".jsonl", ".ndjson"):
+        return _parse_jsonl(_read_text(path, name), name)
+    if ext == ".json":
+        return _read_json(path, name)
+    if ext in (".csv", ".tsv"):
+        return _read_csv(path, name, delimiter="\t" if ext == ".tsv" else ",")
+    if ext == ".parquet":
+        return _read_parquet(path, name)
+    raise TunesmithError(
+        f"unsupported file type '{path.suffix or '(no extension)'}'",
+        where=name,
+        fix="use one of " + ", ".join(SUPPORTED_EXTENSIONS)
+        + ", a folder saved with datasets' save_to_disk, or a hub dataset name owner/name",
+    )
+
+
+def _looks_like_hub_name(name: str) -> bool:
+    if not _HUB_NAME.match(name):
+        return False
+    # `data/trian.jsonl` or `data/trian` next to an existing `data/` folder is a mistyped local path;
+    # reporting it as "hub unreachable" would send the user the wrong way.
+    if Path(name).suffix.lower() in SUPPORTED_EXTENSIONS:
+        return False
+    return not Path(name.split("/", 1)[0]).is_dir()
+
+
+def _missing_file_error(path: Path, name: str) -> TunesmithError:
+    parent = path.parent
+    if not parent.is_dir():
+        return TunesmithError(
+            f"file not found, and its folder '{parent}' does not exist either",
+            where=name,
+            fix=f"check the path; relative paths are resolved from {Path.cwd()}",
+        )
+    try:
+        siblings = sorted(os.listdir(parent))
+    except OSError:
+        siblings = []
+    matches = difflib.get_close_matches(path.name, siblings, n=3, cutoff=0.6)
+    shown = [m if str(parent) == "." else str(parent / m) for m in matches]
+    fix = (
+        "did you mean " + ", ".join(shown) + "?"
+        if shown
+        else f"check the path; relative paths are resolved from {Path.cwd()}"
+    )
+    return TunesmithError("file not found", where=name, fix=fix)
+
+
+# --- text decoding ------------------------------------------------------------------------------
+
+
+def _read_text(path: Path, name: str) -> str:
+    """Decode the whole file as UTF-8, tolerating a BOM; name the first bad byte otherwise."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TunesmithError(f"cannot read the file: {exc.strerror or exc}", where=name,
+                             fix="check the file's permissions") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise TunesmithError(
+            "file is UTF-16 text (it starts with a UTF-16 byte-order mark), not UTF-8",
+            where=name,
+            fix="re-save the file as UTF-8 (in Excel: 'CSV UTF-8'; or `iconv -f utf-16 -t utf-8`)",
+        )
+    # Strip the BOM ourselves so error offsets below count from the start of the file.
+    skip = len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0
+    try:
+        return data[skip:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = skip + exc.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise TunesmithError(
+            f"file is not UTF-8: byte 0x{data[offset]:02x} at byte offset {offset} (line {line}) "
+            "is not valid UTF-8",
+            where=f"{name}:{line}",
+            fix="re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`)",
+        ) from None
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "null" if value is None else type(value).__name__
+
+
+# --- JSON / JSONL -------------------------------------------------------------------------------
+
+
+def _parse_jsonl(text: str, name: str) -> list[RawRecord]:
+    records: list[RawRecord] = []
+    # split("\n"), not splitlines(): JSON strings may hold raw U+2028 etc., which splitlines breaks on.
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TunesmithError(
+                f"line is not valid JSON: {exc.msg} (column {exc.colno})",
+                where=f"{name}:{lineno}",
+                fix='each line must be one JSON object, e.g. {"prompt": "...", "completion": "..."}',
+            ) from None
+        if not isinstance(value, dict):
+            raise TunesmithError(
+                f"line is a JSON {_json_type(value)}, not an object",
+                where=f"{name}:{lineno}",
+                fix='each line must be one JSON object, e.g. {"prompt": "...", "completion": "..."}',
+            )
+        records.append(RawRecord(fields=value, where=f"{name}:{lineno}"))
+    return records
+
+
+def _first_line_is_object(text: str) -> bool:
+    for line in text.split("\n"):
+        if line.strip():
+            try:
+                return isinstance(json.loads(line), dict)
+            except json.JSONDecodeError:
+                return False
+    return False
+
+
+def _read_json(path: Path, name: str) -> list[RawRecord]:
+    text = _read_text(path, name)
+    if not text.strip():
+        return []
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        # JSON Lines saved as `.json` is common (and what `datasets` accepts); read it as such.
+        if exc.msg == "Extra data" and _first_line_is_object(text):
+            return _parse_jsonl(text, name)
+        raise TunesmithError(
+            f"file is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
+            where=f"{name}:{exc.lineno}",
+            fix="a .json file must be a list of objects [{...}, {...}] (or use .jsonl, one object per line)",
+        ) from None
+
+    if isinstance(value, dict):
+        value = _records_list_in_object(value, name)
+    elif not isinstance(value, list):
+        raise TunesmithError(
+            f"file holds a JSON {_json_type(value)}, not a list of records",
+            where=name,
+            fix="a .json file must be a list of objects [{...}, {...}]",
+        )
+    records = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise TunesmithError(
+                f"item is a JSON {_json_type(item)}, not an object",
+                where=f"{name}:[{i}]",
+                fix="every item of the list must be one record object, e.g. {\"text\": \"...\"}",
+            )
+        records.append(RawRecord(fields=item, where=f"{name}:[{i}]"))
+    return records
+
+
+def _records_list_in_object(value: dict, name: str) -> list:
+    """Unwrap `{"data": [...]}`: an object whose single list-valued key holds the records."""
+    list_keys = [key for key, item in value.items() if isinstance(item, list)]
+    if len(list_keys) == 1 and list_keys[0] in ("messages", "conversations"):
+        # That is one conversation, not a wrapper: unwrapping would turn its turns into records.
+        raise TunesmithError(
+            f"file holds a single record (an object with '{list_keys[0]}'), not a list of records",
+            where=name,
+            fix="wrap it in a list: [{...}], or use .jsonl with one record per line",
+        )
+    if len(list_keys) == 1:
+        return value[list_keys[0]]
+    if not list_keys:
+        raise TunesmithError(
+            "top-level JSON object holds no list of records",
+            where=name,
+            fix='make the file a list of objects [{...}, {...}], or {"data": [{...}, ...]}',
+        )
+    raise TunesmithError(
+        "top-level JSON object has several lists (" + ", ".join(list_keys)
+        + "); cannot tell which holds the records",
+        where=name,
+        fix="keep only the list of records in the file, e.g. {\"data\": [...]}",
+    )
+
+
+# --- CSV / TSV ----------------------------------------------------------------------------------
+
+
+def _read_csv(path: Path, name: str, *, delimiter: str) -> list[RawRecord]:
+    text = _read_text(path, name)
+    shown_delim = "tab" if delimiter == "\t" else f"'{delimiter}'"
+    quote_fix = f"quote fields that contain the delimiter ({shown_delim}) or line breaks with double quotes"
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    old_limit = csv.field_size_limit()
+    csv.field_size_limit(_CSV_FIELD_LIMIT)
+    try:
+        header: list[str] | None = None
+        records: list[RawRecord] = []
+        prev_end = 0
+        try:
+            for row in reader:
+                # A quoted field may span lines; the record starts right after the previous one ended.
+                start, prev_end = prev_end + 1, reader.line_num
+                if not row:  # blank line
+                    continue
+                if header is None:
+                    header = _check_header(row, f"{name}:{start}")
+                    continue
+                if len(row) != len(header):
+                    raise TunesmithError(
+                        f"row has {len(row)} fields but the header has {len(header)}",
+                        where=f"{name}:{start}",
+                        fix=quote_fix,
+                    )
+                records.append(RawRecord(fields=dict(zip(header, row)), where=f"{name}:{start}"))
+        except csv.Error as exc:
+            raise TunesmithError(f"malformed CSV: {exc}", where=f"{name}:{reader.line_num}",
+                                 fix=quote_fix) from None
+        return records
+    finally:
+        csv.field_size_limit(old_limit)
+
+
+def _check_header(row: list[str], where: str) -> list[str]:
+    # Stray spaces after the delimiter ("prompt, completion") are a typing habit, not part of the name.
+    header = [cell.strip() for cell in row]
+    duplicates = sorted({cell for cell in header if header.count(cell) > 1})
+    if duplicates:
+        raise TunesmithError(
+            "header repeats column name(s): " + ", ".join(repr(d) for d in duplicates),
+            where=where,
+            fix="give every column a distinct name in the first line",
+        )
+    return header
+
+
+# --- Parquet ------------------------------------------------------------------------------------
+
+
+def _read_parquet(path: Path, name: str) -> list[RawRecord]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise TunesmithError(
+            f"could not read the Parquet file: {exc}",
+            where=name,
+            fix="check the file is a complete Parquet file (re-export it), or convert it to JSONL",
+        ) from None
+    return [RawRecord(fields=row, where=f"{name}:row {i}") for i, row in enumerate(rows)]
+
+
+# --- datasets: save_to_disk folders and the hub -------------------------------------------------
+
+
+def _read_saved_dataset(path: Path, name: str, split: str | None) -> list[RawRecord]:
+    if not ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        data_files = sorted(p.name for p in path.iterdir() if p.suffix.lower() in SUPPORTED_EXTENSIONS)
+        fix = (
+            "point data.train at one of its files: " + ", ".join(str(path / f) for f in data_files[:5])
+            if data_files
+            else "point data.train at a data file, or at a folder written by datasets' save_to_disk"
+        )
+        raise TunesmithError("is a folder but not a dataset saved with save_to_disk", where=name, fix=fix)
+
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:  # datasets raises many types for a damaged folder; all mean the same here
+        raise TunesmithError(
+            f"could not load the saved dataset: {exc}",
+            where=name,
+            fix="re-save it with save_to_disk, or export it to JSONL and point data.train at that",
+        ) from None
+    if isinstance(loaded, datasets.DatasetDict):
+        wanted = split or "train"
+        if wanted not in loaded:
+            existing = ", ".join(loaded.keys())
+            raise TunesmithError(
+                f"split '{wanted}' not found; the saved dataset has: {existing}",
+                where=name,
+                fix=f"choose one of the splits it has: {existing}",
+            )
+        loaded = loaded[wanted]
+    # A plain saved Dataset has no splits, so `split` does not apply to it.
+    return _dataset_records(loaded, name)
+
+
+def _read_hub(name: str, split: str | None) -> list[RawRecord]:
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(name, split=split or "train")
+    except Exception as exc:  # network, auth, missing repo, unknown split: the remedy is the same
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TunesmithError(
+            f"'{name}' is not a local file, and loading it from the Hugging Face hub failed "
+            f"(hub unreachable or dataset/split not found): {detail}",
+            where=name,
+            fix="check the name and your network, or download the data file and point data.train at "
+            "its local path (e.g. data.train: data/train.jsonl)",
+        ) from None
+    return _dataset_records(loaded, name)
+
+
+def _dataset_records(dataset: Any, name: str) -> list[RawRecord]:
+    # to_list() goes through Arrow, so values are plain Python whatever format the dataset was saved with.
+    rows = dataset.to_list() if hasattr(dataset, "to_list") else [dict(row) for row in dataset]
+    return [RawRecord(fields=row, where=f"{name}:row {i}") for i, row in enumerate(rows)]

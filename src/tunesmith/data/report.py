@@ -1,0 +1,45 @@
+"""The data report `tunesmith validate` prints: what training will actually see."""
+
+from __future__ import annotations
+
+from tunesmith.data.chat_template import show_mask
+from tunesmith.data.split import find_duplicates
+
+
+def _percentiles(values: list[int], points=(50, 90, 99, 100)) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    picks = [ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))] for p in points]
+    return "  ".join(f"p{p} {v}" for p, v in zip(points, picks))
+
+
+def _empty_turns(examples) -> int:
+    count = 0
+    for example in examples:
+        if example.messages is None:
+            count += example.text == ""
+        else:
+            count += sum(1 for m in example.messages if not m["content"].strip())
+    return count
+
+
+def data_report(config, resolved, tokenizer, splits, encoded) -> str:
+    lines = [
+        f"model: {config.model.name} -> {resolved.path} ({resolved.source})",
+        f"format: {splits.format}; loss on: {config.data.train_on}; max_length: {config.data.max_length}",
+        "",
+        f"{'split':<11}{'records':>8}{'truncated':>11}{'duplicates':>12}{'empty turns':>13}   tokens per record",
+    ]
+    for name, examples in splits.items():
+        enc = encoded[name]
+        truncated = sum(e.truncated for e in enc)
+        lengths = [e.full_length for e in enc]
+        lines.append(f"{name:<11}{len(examples):>8}{truncated:>11}{find_duplicates(examples):>12}"
+                     f"{_empty_turns(examples):>13}   {_percentiles(lengths)}")
+    trained = [e.trained_tokens for e in encoded["train"]]
+    lines += ["", f"loss-bearing tokens per training record: {_percentiles(trained)}; total {sum(trained):,}"]
+    if encoded["train"]:
+        lines += ["", "first training record as the model sees it ([[...]] carries loss):", "",
+                  show_mask(encoded["train"][0], tokenizer)]
+    return "\n".join(lines)

@@ -1,0 +1,26 @@
+"""The one error type users see.
+
+Every failure that is the user's to fix (a bad config key, a malformed record, a model that does not
+fit) is raised as `TunesmithError` with the place it happened and the fix. The CLI prints it without a
+traceback and exits with code 2; the Python API lets it propagate so callers can catch it.
+"""
+
+from __future__ import annotations
+
+
+class TunesmithError(Exception):
+    """A problem the user can fix. `where` names the file/line/field, `fix` says what to do."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, where: str | None = None, fix: str | None = None):
+        self.message = message
+        self.where = where
+        self.fix = fix
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        parts = [f"{self.where}: {self.message}" if self.where else self.message]
+        if self.fix:
+            parts.append(f"fix: {self.fix}")
+        return "\n".join(parts)

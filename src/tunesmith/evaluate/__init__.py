@@ -1,0 +1,1 @@
+"""Task metrics and the run report (tables and plots)."""

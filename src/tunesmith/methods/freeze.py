@@ -1,0 +1,77 @@
+"""Frozen layers: train only the top N transformer blocks, the final norm and the output head.
+
+The lower blocks hold general features that transfer; the top ones specialise (Yosinski et al. 2014,
+"How transferable are features in deep neural networks?"). With tied input/output embeddings (SmolLM2,
+many small LMs) training the head also trains the input embeddings: they are one tensor.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import torch
+
+from tunesmith.errors import TunesmithError
+
+saves_adapter = False
+
+# Names HF models give the norm after the last block (Llama/Mistral, Falcon/Phi, GPT-2).
+FINAL_NORM_NAMES = ("norm", "final_layernorm", "ln_f")
+
+
+def load_kwargs(method_cfg) -> dict:
+    return {}
+
+
+def transformer_blocks(model) -> tuple[str, torch.nn.ModuleList]:
+    """The longest ModuleList in the model: the stack of transformer blocks in every HF decoder/encoder."""
+    best = ("", None)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and (best[1] is None or len(module) > len(best[1])):
+            best = (name, module)
+    if best[1] is None:
+        raise TunesmithError(
+            f"{type(model).__name__} has no stack of blocks to freeze",
+            where="method.freeze_train_top",
+            fix="list the modules to train in method.freeze_trainable_modules, or use method.name: lora",
+        )
+    return best
+
+
+def apply(model, method_cfg, gradient_checkpointing: bool = False):
+    for param in model.parameters():
+        param.requires_grad_(False)
+    names = dict(model.named_parameters())
+    if method_cfg.freeze_trainable_modules:
+        chosen = [n for n in names if any(fnmatch.fnmatch(n, p) for p in method_cfg.freeze_trainable_modules)]
+        if not chosen:
+            raise TunesmithError(
+                f"no parameter matches {method_cfg.freeze_trainable_modules}",
+                where="method.freeze_trainable_modules",
+                fix=f"use fnmatch patterns over names such as {list(names)[:3]}",
+            )
+    else:
+        prefix, blocks = transformer_blocks(model)
+        top = method_cfg.freeze_train_top
+        if top > len(blocks):
+            raise TunesmithError(
+                f"the model has {len(blocks)} blocks, fewer than freeze_train_top={top}",
+                where="method.freeze_train_top",
+                fix=f"use a value from 0 to {len(blocks)}, or method.name: full to train everything",
+            )
+        first = len(blocks) - top
+        chosen = [n for n in names if any(n.startswith(f"{prefix}.{i}.") for i in range(first, len(blocks)))]
+        # The final norm and the head sit after the block stack and map its output to the task.
+        head = model.get_output_embeddings()
+        head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+        for name, param in names.items():
+            module_name = name.rsplit(".", 1)[0]
+            is_final_norm = module_name.endswith(FINAL_NORM_NAMES) and not name.startswith(f"{prefix}.")
+            if id(param) in head_ids or is_final_norm:
+                chosen.append(name)
+    for name in chosen:
+        names[name].requires_grad_(True)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return model

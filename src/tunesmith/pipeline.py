@@ -1,0 +1,329 @@
+"""The one place where a run's flow is composed. The CLI, the Python API and search trials call it.
+
+train:  config -> model reference -> tokenizer -> data (read, normalise, split, encode) -> model + method
+        -> base scores on test -> fit -> save weights -> tuned scores on test -> summary, report, plots
+The other entry points (evaluate_run, predict, merge, validate) are shorter paths through the same pieces.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.config import RunConfig, dump_config, load_saved_config
+from tunesmith.data.prepare import DataSplits, load_examples, prepare_splits, save_examples
+from tunesmith.errors import TunesmithError
+from tunesmith.methods import count_parameters, get_method
+from tunesmith.models.resolve import ResolvedModel, resolve_model
+from tunesmith.runs.rundir import RunDir
+from tunesmith.tasks import get_task
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def _accelerator(precision: str):
+    import torch
+    from accelerate import Accelerator
+
+    from tunesmith.train.precision import resolve_precision
+
+    return Accelerator(mixed_precision=resolve_precision(precision), cpu=not torch.cuda.is_available())
+
+
+def load_tokenizer_for(config: RunConfig) -> tuple[ResolvedModel, object]:
+    from tunesmith.models.load import load_tokenizer
+
+    resolved = resolve_model(config.model.name, config.model.gguf_file)
+    return resolved, load_tokenizer(resolved, config.model)
+
+
+def load_base_model(config: RunConfig, resolved: ResolvedModel, *, quantized: bool = True):
+    """The base model as the method wants it loaded (4-bit for qlora unless `quantized` is False)."""
+    from tunesmith.models.load import load_model
+
+    method = get_method(config.method.name)
+    extra = method.load_kwargs(config.method) if quantized else {}
+    return load_model(resolved, config.model, get_task(config.task).model_class(), method_name=config.method.name, extra=extra)
+
+
+def encode_splits(config: RunConfig, splits: DataSplits, tokenizer, model_config=None) -> dict[str, list]:
+    task = get_task(config.task)
+    return {name: task.encode(examples, tokenizer, config, model_config) for name, examples in splits.items()}
+
+
+def _print_parameters(model, method_name: str) -> dict:
+    trainable, total = count_parameters(model)
+    print(f"method {method_name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%)")
+    return {"trainable": trainable, "total": total}
+
+
+def _score_test(model, tokenizer, test, config: RunConfig, accelerator) -> tuple[dict, list[dict]]:
+    task = get_task(config.task)
+    with accelerator.autocast():
+        return task.evaluate_test(model, tokenizer, test, config)
+
+
+# ---------------------------------------------------------------------------------------------------
+# train
+
+
+def train(config: RunConfig | None = None, *, resume: str | Path | None = None) -> RunResult:
+    """Fine-tune as `config` says, or continue the run in `resume` exactly where it stopped."""
+    import torch
+    from accelerate.utils import broadcast_object_list, set_seed
+
+    from tunesmith.train.loop import fit
+
+    # 1. The run directory and the config that rules it.
+    if resume is not None:
+        run = RunDir.open(resume)
+        saved = load_saved_config(run.config_path)
+        if config is not None and dump_config(config) != dump_config(saved):
+            print(f"note: resuming with the config saved in {run.config_path}; the one given differs and is ignored")
+        config = saved
+    assert config is not None
+    set_seed(config.seed)
+    accelerator = _accelerator(config.train.precision)
+    main = accelerator.is_main_process
+    task = get_task(config.task)
+    method = get_method(config.method.name)
+
+    # 2. Tokenizer and data, before the (slow) model load, so bad data fails fast.
+    resolved, tokenizer = load_tokenizer_for(config)
+    splits = prepare_splits(config.data, config.seed)
+    encoded = encode_splits(config, splits, tokenizer)
+    if not encoded["train"]:
+        raise TunesmithError("the training split is empty", where="data.train", fix="add records or lower data.split's other ratios")
+
+    if resume is None:
+        path = [str(RunDir.create(config.output.dir, config.name).path) if main else None]
+        broadcast_object_list(path)
+        run = RunDir(path[0])
+        if main:
+            run.config_path.write_text(dump_config(config))
+            save_examples(splits.test, run.path / "data" / "test.jsonl")
+            print(f"run directory: {run.path}")
+    if main:
+        print(f"data ({splits.format}): " + ", ".join(f"{n} {len(x)}" for n, x in splits.items()))
+
+    # 3. Model and method.
+    started = time.time()
+    model = load_base_model(config, resolved)
+    model.config.use_cache = False  # the KV cache is for generation; in training it only costs memory
+    model = method.apply(model, config.method, config.train.gradient_checkpointing, **(
+        {"task_type": task.peft_task_type} if method.saves_adapter else {}))
+    params = _print_parameters(model, config.method.name)
+    if not hasattr(model, "hf_device_map"):  # a 4-bit model was placed while loading
+        model.to(accelerator.device)
+
+    # 4. Base scores, once per run (a resumed run keeps the ones it has).
+    base_metrics = run.read_json("base_metrics.json")
+    if main and config.eval.compare_base and splits.test and not base_metrics:
+        print(f"scoring the base model on {min(len(splits.test), config.eval.max_samples or 10**9)} test examples")
+        score = _score_base_through_adapter if method.saves_adapter else _score_test
+        metrics, rows = score(model, tokenizer, splits.test, config, accelerator)
+        base_metrics = {"metrics": metrics, "rows": rows}
+        run.write_json("base_metrics.json", base_metrics)
+    accelerator.wait_for_everyone()
+
+    # 5. Train.
+    result = fit(model=model, task=task, train_set=encoded["train"], val_set=encoded["validation"], config=config,
+                 accelerator=accelerator, run=run, pad_id=tokenizer.pad_token_id, resume=resume is not None)
+    model = accelerator.unwrap_model(model)
+
+    # 6. Save, score, report (main process only).
+    summary: dict = {}
+    if main:
+        weights = run.weights_dir(method.saves_adapter)
+        model.save_pretrained(weights, safe_serialization=True)
+        tokenizer.save_pretrained(weights)
+        tuned_metrics, tuned_rows = ({}, [])
+        if splits.test:
+            print("scoring the tuned model on the test split")
+            tuned_metrics, tuned_rows = _score_test(model, tokenizer, splits.test, config, accelerator)
+        summary = {
+            "status": "stopped_early" if result.state.stopped_early else "completed",
+            "run_dir": str(run.path),
+            "task": config.task,
+            "model": config.model.name,
+            "model_source": resolved.source,
+            "method": config.method.name,
+            "parameters": params,
+            "precision": accelerator.mixed_precision,
+            "processes": accelerator.num_processes,
+            "steps": result.state.step,
+            "total_steps": result.total_steps,
+            "trained_tokens": result.state.trained_tokens,
+            "train_seconds": round(result.state.train_seconds, 2),
+            "trained_tokens_per_s": round(result.state.trained_tokens / max(result.state.train_seconds, 1e-9), 1),
+            "wall_seconds": round(time.time() - started, 2),
+            "final_train_loss": result.last_train_loss,
+            "best_step": result.state.best_step,
+            "best_eval_loss": result.state.best_eval_loss,
+            "best_eval_ppl": math.exp(result.state.best_eval_loss) if result.state.best_eval_loss is not None else None,
+            "data": {name: len(x) for name, x in splits.items()},
+            "weights": str(weights),
+            "base": base_metrics.get("metrics", {}),
+            "tuned": tuned_metrics,
+        }
+        run.write_json("summary.json", summary)
+        run.write_json("test_predictions.json", {"base": base_metrics.get("rows", []), "tuned": tuned_rows})
+        from tunesmith.evaluate.report import write_report
+
+        write_report(run, summary, base_metrics.get("rows", []), tuned_rows, config)
+        if config.output.save_merged and method.saves_adapter:
+            merge(run.path, run.path / "model_merged")
+        print_comparison(summary)
+        print(f"done: {run.path}")
+    accelerator.wait_for_everyone()
+    return RunResult(run.path, summary)
+
+
+def _score_base_through_adapter(model, tokenizer, test, config, accelerator):
+    """Base scores for adapter methods: the same model with its (fresh) adapters switched off."""
+    with model.disable_adapter():
+        return _score_test(model, tokenizer, test, config, accelerator)
+
+
+def print_comparison(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    base, tuned = summary.get("base", {}), summary.get("tuned", {})
+    keys = [k for k in tuned if isinstance(tuned[k], float)]
+    if not keys:
+        return
+    table = Table(title="test split: base vs tuned")
+    for column in ("metric", "base", "tuned", "change"):
+        table.add_column(column, justify="right" if column != "metric" else "left")
+    for key in keys:
+        b, t = base.get(key), tuned[key]
+        table.add_row(key, "-" if b is None else f"{b:.4f}", f"{t:.4f}", "-" if b is None else f"{t - b:+.4f}")
+    if summary.get("best_eval_loss") is not None:
+        table.add_row("validation loss (best)", "-", f"{summary['best_eval_loss']:.4f}", "-")
+    Console().print(table)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading a finished run
+
+
+def load_tuned(run_dir: str | Path, *, for_merge: bool = False):
+    """(model, tokenizer, config) of a finished run: base + adapter, or the saved full model."""
+    run = RunDir.open(run_dir)
+    config = load_saved_config(run.config_path)
+    method = get_method(config.method.name)
+    task = get_task(config.task)
+    weights = run.weights_dir(method.saves_adapter)
+    if not weights.exists():
+        raise TunesmithError(f"{run.path} has no {weights.name}/ (the run did not finish)",
+                             fix=f"continue it with `tunesmith train --resume {run.path}`")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(weights)
+    if method.saves_adapter:
+        from peft import PeftModel
+
+        resolved = resolve_model(config.model.name, config.model.gguf_file)
+        # Merging needs float base weights; a 4-bit base would be merged lossy.
+        base = load_base_model(config, resolved, quantized=not for_merge)
+        model = PeftModel.from_pretrained(base, weights)
+    else:
+        from tunesmith.models.load import load_model
+        from tunesmith.models.resolve import ResolvedModel
+
+        model = load_model(ResolvedModel(str(weights), None, "local", str(weights)), config.model, task.model_class(),
+                           method_name=config.method.name)
+    model.eval()
+    return model, tokenizer, config
+
+
+def evaluate_run(run_dir: str | Path, *, test_file: str | None = None, max_samples: int | None = None) -> dict:
+    """Base vs tuned on the run's saved test split (or another file), written to eval.json and printed."""
+    run = RunDir.open(run_dir)
+    model, tokenizer, config = load_tuned(run.path)
+    if max_samples is not None:
+        config.eval.max_samples = max_samples
+    source = test_file or str(run.path / "data" / "test.jsonl")
+    test, _ = load_examples(source, config.data)
+    accelerator = _accelerator(config.train.precision)
+    tuned, _ = _score_test(model, tokenizer, test, config, accelerator)
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            base, _ = _score_test(model, tokenizer, test, config, accelerator)
+    else:
+        resolved = resolve_model(config.model.name, config.model.gguf_file)
+        base, _ = _score_test(load_base_model(config, resolved).eval(), tokenizer, test, config, accelerator)
+    result = {"test_file": source, "base": base, "tuned": tuned}
+    run.write_json("eval.json", result)
+    print_comparison(result)
+    return result
+
+
+def predict(run_dir: str | Path, input_path: str, output_path: str, *, max_new_tokens: int | None = None) -> int:
+    """Answer every record of `input_path` (any supported format; a last assistant turn is ignored)."""
+    from tunesmith.data.formats import Example
+    from tunesmith.tasks.chat import generate
+
+    model, tokenizer, config = load_tuned(run_dir)
+    examples, _ = load_examples(input_path, config.data)
+    conversations = []
+    for example in examples:
+        if example.messages is None:
+            conversations.append([{"role": "user", "content": example.text}])
+            continue
+        turns = example.messages
+        conversations.append(turns[:-1] if turns and turns[-1]["role"] == "assistant" else turns)
+    accelerator = _accelerator(config.train.precision)
+    with accelerator.autocast():
+        answers = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens or config.eval.max_new_tokens,
+                           batch_size=config.eval.batch_size, chat_template=config.data.chat_template)
+    output = Path(output_path)
+    if output.exists():
+        raise TunesmithError(f"{output} already exists", fix="choose a new --output path; tunesmith never overwrites results")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w", encoding="utf-8") as handle:
+        for conversation, answer in zip(conversations, answers):
+            handle.write(json.dumps({"messages": conversation + [{"role": "assistant", "content": answer}]}, ensure_ascii=False) + "\n")
+    return len(answers)
+
+
+def merge(run_dir: str | Path, output: str | Path) -> Path:
+    """Fold the adapter into the base weights and save a plain transformers model (safetensors)."""
+    output = Path(output)
+    if output.exists() and any(output.iterdir()):
+        raise TunesmithError(f"{output} exists and is not empty", fix="choose a new --output folder")
+    model, tokenizer, config = load_tuned(run_dir, for_merge=True)
+    if not hasattr(model, "merge_and_unload"):
+        raise TunesmithError(f"the run trained with method {config.method.name!r}; its model/ folder already holds full weights",
+                             fix=f"use {Path(run_dir) / 'model'} directly")
+    merged = model.merge_and_unload()
+    merged.save_pretrained(output, safe_serialization=True)
+    tokenizer.save_pretrained(output)
+    print(f"merged model written to {output}")
+    return output
+
+
+def validate(config: RunConfig) -> str:
+    """Check config, model reference and data without training; return the data report."""
+    from tunesmith.data.report import data_report
+
+    resolved, tokenizer = load_tokenizer_for(config)
+    splits = prepare_splits(config.data, config.seed)
+    encoded = encode_splits(config, splits, tokenizer)
+    return data_report(config, resolved, tokenizer, splits, encoded)
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers warns after fork (accelerate, DataLoader)

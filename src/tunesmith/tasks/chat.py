@@ -1,0 +1,119 @@
+"""Chat / instruction supervised fine-tuning of a causal language model."""
+
+from __future__ import annotations
+
+import torch
+
+from tunesmith.data.chat_template import (
+    IGNORE_INDEX,
+    EncodedExample,
+    encode_chat,
+    render,
+    stop_token_ids,
+    template_for,
+)
+from tunesmith.data.formats import Example
+from tunesmith.evaluate.metrics import exact_match, rouge_l
+from tunesmith.train.loss import token_loss_sum
+
+peft_task_type = "CAUSAL_LM"
+
+
+def model_class():
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM
+
+
+def encode(examples: list[Example], tokenizer, config, model_config=None) -> list[EncodedExample]:
+    stop_ids = stop_token_ids(tokenizer, model_config)
+    return [
+        encode_chat(
+            example,
+            tokenizer,
+            max_length=config.data.max_length,
+            train_on=config.data.train_on,
+            template=config.data.chat_template,
+            stop_ids=stop_ids,
+        )
+        for example in examples
+    ]
+
+
+def collate(batch: list[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example of the batch (dynamic padding)."""
+    width = max(len(e.input_ids) for e in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, example in enumerate(batch):
+        n = len(example.input_ids)
+        input_ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return token_loss_sum(logits, batch["labels"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Generation and test metrics
+
+
+def prompt_and_reference(example: Example) -> tuple[list[dict], str]:
+    """The conversation up to its last assistant turn, and that turn's text as the reference."""
+    last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
+    return example.messages[:last], example.messages[last]["content"]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int, batch_size: int,
+             chat_template: str | None = None) -> list[str]:
+    """Greedy answers, batched with left padding so every prompt ends where generation starts."""
+    template = template_for(tokenizer, chat_template)
+    texts = [render(tokenizer, conv, template, add_generation_prompt=True) for conv in conversations]
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    model.eval()
+    answers = []
+    try:
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start : start + batch_size]
+            inputs = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            output = model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=sorted(stop_token_ids(tokenizer, getattr(model, "config", None))) or None,
+            )
+            new_tokens = output[:, inputs["input_ids"].shape[1] :]
+            answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = previous_side
+    return answers
+
+
+def evaluate_test(model, tokenizer, examples: list[Example], config) -> tuple[dict, list[dict]]:
+    """ROUGE-L and exact match of greedy answers against the reference answers of the test split."""
+    chats = [e for e in examples if e.messages is not None]
+    if config.eval.max_samples is not None:
+        chats = chats[: config.eval.max_samples]
+    if not chats:
+        return {}, []
+    prompts, references = zip(*(prompt_and_reference(e) for e in chats))
+    predictions = generate(model, tokenizer, list(prompts), max_new_tokens=config.eval.max_new_tokens,
+                           batch_size=config.eval.batch_size, chat_template=config.data.chat_template)
+    metrics = {
+        "rougeL": rouge_l(predictions, list(references)),
+        "exact_match": exact_match(predictions, list(references)),
+        "test_samples": len(chats),
+    }
+    rows = [
+        {"where": e.where, "prompt": p[-1]["content"] if p else "", "reference": r, "prediction": y}
+        for e, p, r, y in zip(chats, prompts, references, predictions)
+    ]
+    return metrics, rows

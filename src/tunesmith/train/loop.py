@@ -1,0 +1,263 @@
+"""The training loop: one path for every task and method, on one CPU or many GPUs through accelerate.
+
+Phases of `fit`:
+  1. plan the steps: a data order that is a pure function of (seed, epoch), micro-batches grouped by
+     gradient accumulation, so a position (epoch, group) identifies the next batch exactly;
+  2. optimizer, schedule, accelerate wrapping; restore a checkpoint when resuming;
+  3. per optimizer step: forward/backward every micro-batch with the loss normalised by the trained
+     tokens of the whole step (all micro-batches, all processes), clip, step;
+  4. log, validate, keep the best, stop early, checkpoint.
+Each process takes every world_size-th example of a global micro-batch, so one process with batch B*W
+and W processes with batch B see the same examples per step and follow the same trajectory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tunesmith.data.chat_template import IGNORE_INDEX
+from tunesmith.evaluate.metrics import perplexity
+from tunesmith.runs.rundir import RunDir
+from tunesmith.train.checkpoint import (
+    load_checkpoint,
+    load_trainable_state,
+    prune_checkpoints,
+    save_checkpoint,
+    step_checkpoints,
+    trainable_state,
+)
+from tunesmith.train.progress import ProgressReporter
+from tunesmith.train.schedule import make_scheduler
+
+
+@dataclass
+class LoopState:
+    """Where the loop is; saved in every checkpoint as loop.json."""
+
+    step: int = 0
+    epoch: int = 0
+    group: int = 0  # next accumulation group within the epoch
+    trained_tokens: int = 0
+    best_eval_loss: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    train_seconds: float = 0.0
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class FitResult:
+    state: LoopState
+    total_steps: int
+    eval_history: list[dict] = field(default_factory=list)
+    last_train_loss: float | None = None
+
+
+def epoch_micro_batches(n_examples: int, global_batch: int, seed: int, epoch: int, world: int) -> list[list[int]]:
+    """Shuffled example indices cut into global micro-batches; tails too small to give each process one
+    example are dropped (only possible with several processes)."""
+    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(n_examples, generator=generator).tolist()
+    batches = [order[i : i + global_batch] for i in range(0, n_examples, global_batch)]
+    return [b for b in batches if len(b) >= world]
+
+
+def accumulation_groups(micro_batches: list[list[int]], grad_accum: int) -> list[list[list[int]]]:
+    return [micro_batches[i : i + grad_accum] for i in range(0, len(micro_batches), grad_accum)]
+
+
+def total_optimizer_steps(n_examples: int, train_cfg, world: int) -> int:
+    if train_cfg.max_steps:
+        return train_cfg.max_steps
+    micro = len(epoch_micro_batches(n_examples, train_cfg.batch_size * world, 0, 0, world))
+    per_epoch = math.ceil(micro / train_cfg.grad_accum)
+    return max(1, math.ceil(per_epoch * train_cfg.epochs))
+
+
+def _sum_across_processes(accelerator, value: float) -> float:
+    if accelerator.num_processes == 1:
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(tensor, reduction="sum").item())
+
+
+@torch.no_grad()
+def validation_loss(model, task, examples, *, batch_size: int, pad_id: int, accelerator) -> float:
+    """Mean token loss over the validation split, each process scoring its share."""
+    model.eval()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = examples[rank::world]
+    loss_total, tokens = 0.0, 0
+    for start in range(0, len(mine), batch_size):
+        batch = {k: v.to(accelerator.device) for k, v in task.collate(mine[start : start + batch_size], pad_id).items()}
+        with accelerator.autocast():
+            loss_sum, n = task.loss_sum(model, batch)
+        loss_total += float(loss_sum)
+        tokens += int(n)
+    model.train()
+    loss_total = _sum_across_processes(accelerator, loss_total)
+    tokens = _sum_across_processes(accelerator, tokens)
+    return loss_total / max(tokens, 1)
+
+
+def _maybe_die_for_test(step: int) -> None:
+    """Fault injection for the resume tests: a real SIGKILL right after step k's checkpoint."""
+    target = os.environ.get("TUNESMITH_TEST_KILL_AT_STEP")
+    if target and int(target) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pad_id: int,
+        resume: bool = False) -> FitResult:
+    tcfg = config.train
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+
+    # 1. Plan the steps.
+    total_steps = total_optimizer_steps(len(train_set), tcfg, world)
+    global_batch = tcfg.batch_size * world
+
+    # 2. Optimizer, schedule, wrapping, resume.
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tcfg.learning_rate, weight_decay=tcfg.weight_decay)
+    scheduler = make_scheduler(optimizer, total_steps, tcfg.warmup_ratio, tcfg.scheduler)
+    # The scheduler is stepped by us once per optimizer step; accelerate would step it once per process.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw_model = accelerator.unwrap_model(model)
+
+    state = LoopState()
+    if resume:
+        found = step_checkpoints(run.checkpoints)
+        if found:
+            state = LoopState(**load_checkpoint(found[-1], raw_model, optimizer, scheduler))
+            if main:
+                run.truncate_metrics(state.step)
+                print(f"resuming from {found[-1]} (step {state.step} of {total_steps})")
+        elif main:
+            print(f"no checkpoint in {run.checkpoints}; starting from step 0")
+    eval_history = [r for r in run.read_metrics() if "eval_loss" in r] if resume else []
+
+    def checkpoint(best: bool = False) -> None:
+        accelerator.wait_for_everyone()
+        if main:
+            if best:
+                save_checkpoint(run.checkpoints / "best", raw_model, optimizer, scheduler, state.to_dict())
+            else:
+                save_checkpoint(run.checkpoints / f"step-{state.step}", raw_model, optimizer, scheduler, state.to_dict())
+                prune_checkpoints(run.checkpoints, tcfg.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    def evaluate() -> bool:
+        """Validation pass; returns True when early stopping says stop."""
+        if not val_set:
+            return False
+        loss = validation_loss(model, task, val_set, batch_size=tcfg.batch_size, pad_id=pad_id, accelerator=accelerator)
+        record = {"step": state.step, "epoch": state.epoch, "eval_loss": loss, "eval_ppl": perplexity(loss)}
+        eval_history.append(record)
+        improved = state.best_eval_loss is None or loss < state.best_eval_loss - tcfg.early_stopping_min_delta
+        if improved:
+            state.best_eval_loss, state.best_step, state.evals_without_improvement = loss, state.step, 0
+        else:
+            state.evals_without_improvement += 1
+        if main:
+            run.log(record)
+            progress.note(f"step {state.step}: validation loss {loss:.4f} (ppl {perplexity(loss):.2f})"
+                          + (" best" if improved else ""))
+        if improved and tcfg.load_best_at_end:
+            checkpoint(best=True)
+        patience = tcfg.early_stopping_patience
+        return patience is not None and state.evals_without_improvement >= patience
+
+    # 3-4. The loop.
+    progress = ProgressReporter(total_steps, enabled=main, start_step=state.step)
+    model.train()
+    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+    last_train_loss = None
+    grad_norm = None
+    stop = False
+    with progress:
+        while state.step < total_steps and not stop:
+            groups = accumulation_groups(
+                epoch_micro_batches(len(train_set), global_batch, config.seed, state.epoch, world), tcfg.grad_accum
+            )
+            while state.group < len(groups) and state.step < total_steps and not stop:
+                step_start = time.perf_counter()
+                micro = [
+                    {k: v.to(accelerator.device) for k, v in task.collate([train_set[i] for i in mb[rank::world]], pad_id).items()}
+                    for mb in groups[state.group]
+                ]
+                local_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
+                step_tokens = _sum_across_processes(accelerator, local_tokens)
+                step_loss = 0.0
+                for j, batch in enumerate(micro):
+                    # Gradients are all-reduced once per optimizer step, not per micro-batch.
+                    sync = accelerator.no_sync(model) if j < len(micro) - 1 else contextlib.nullcontext()
+                    with sync, accelerator.autocast():
+                        loss_sum, _ = task.loss_sum(model, batch)
+                        # DDP averages gradients over processes; scale by world so the result is
+                        # the gradient of (total loss / total tokens).
+                        loss = loss_sum * (world / max(step_tokens, 1))
+                    accelerator.backward(loss)
+                    step_loss += float(loss_sum.detach())
+                if tcfg.max_grad_norm is not None:
+                    grad_norm = float(accelerator.clip_grad_norm_(params, tcfg.max_grad_norm))
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+                step_loss = _sum_across_processes(accelerator, step_loss)
+                state.step += 1
+                state.group += 1
+                state.trained_tokens += int(step_tokens)
+                state.train_seconds += time.perf_counter() - step_start
+                window_loss += step_loss
+                window_tokens += int(step_tokens)
+                last_train_loss = step_loss / max(step_tokens, 1)
+                progress.update(state.step, loss=last_train_loss, lr=scheduler.get_last_lr()[0],
+                                tokens_per_s=state.trained_tokens / max(state.train_seconds, 1e-9))
+
+                if state.step % tcfg.log_every == 0 or state.step == total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    if main:
+                        run.log({"step": state.step, "epoch": state.epoch, "loss": window_loss / max(window_tokens, 1),
+                                 "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                                 "trained_tokens": state.trained_tokens,
+                                 "tokens_per_s": window_tokens / max(elapsed, 1e-9)})
+                    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+
+                at_eval = tcfg.eval_every and state.step % tcfg.eval_every == 0
+                if at_eval or state.step == total_steps:
+                    stop = evaluate()
+                    state.stopped_early = stop and state.step < total_steps
+                if (tcfg.save_every and state.step % tcfg.save_every == 0) or (not tcfg.save_every and at_eval):
+                    checkpoint()
+                    _maybe_die_for_test(state.step)
+            if state.group >= len(groups):
+                state.epoch += 1
+                state.group = 0
+
+    if state.stopped_early and main:
+        progress.note(f"early stopping at step {state.step}: no improvement in {tcfg.early_stopping_patience} validation passes")
+    best = run.checkpoints / "best" / "trainable.safetensors"
+    if tcfg.load_best_at_end and state.best_step is not None and state.best_step != state.step and best.exists():
+        from safetensors.torch import load_file
+
+        load_trainable_state(raw_model, load_file(str(best)))
+        if main:
+            progress.note(f"loaded the best weights (step {state.best_step}, validation loss {state.best_eval_loss:.4f})")
+    accelerator.wait_for_everyone()
+    return FitResult(state=state, total_steps=total_steps, eval_history=eval_history, last_train_loss=last_train_loss)
+
+
+__all__ = ["fit", "FitResult", "LoopState", "trainable_state", "Path"]
