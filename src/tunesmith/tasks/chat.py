@@ -14,7 +14,7 @@ from tunesmith.data.chat_template import (
 )
 from tunesmith.data.formats import Example
 from tunesmith.evaluate.metrics import exact_match, rouge_l
-from tunesmith.train.loss import token_loss_sum
+from tunesmith.train.loss import causal_lm_loss_sum, count_trained_tokens
 
 peft_task_type = "CAUSAL_LM"
 
@@ -54,9 +54,13 @@ def collate(batch: list[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
+def count_targets(batch: dict[str, torch.Tensor]) -> int:
+    """Loss-bearing positions of a batch, known before the forward pass (for loss normalisation)."""
+    return count_trained_tokens(batch["labels"])
+
+
 def loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return token_loss_sum(logits, batch["labels"])
+    return causal_lm_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -19,11 +19,9 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from tunesmith.data.chat_template import IGNORE_INDEX
 from tunesmith.evaluate.metrics import perplexity
 from tunesmith.runs.rundir import RunDir
 from tunesmith.train.checkpoint import (
@@ -32,7 +30,6 @@ from tunesmith.train.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
     step_checkpoints,
-    trainable_state,
 )
 from tunesmith.train.progress import ProgressReporter
 from tunesmith.train.schedule import make_scheduler
@@ -197,7 +194,7 @@ def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pa
                     {k: v.to(accelerator.device) for k, v in task.collate([train_set[i] for i in mb[rank::world]], pad_id).items()}
                     for mb in groups[state.group]
                 ]
-                local_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
+                local_tokens = sum(task.count_targets(b) for b in micro)
                 step_tokens = _sum_across_processes(accelerator, local_tokens)
                 step_loss = 0.0
                 for j, batch in enumerate(micro):
@@ -259,5 +256,3 @@ def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pa
     accelerator.wait_for_everyone()
     return FitResult(state=state, total_steps=total_steps, eval_history=eval_history, last_train_loss=last_train_loss)
 
-
-__all__ = ["fit", "FitResult", "LoopState", "trainable_state", "Path"]

@@ -1,0 +1,89 @@
+"""Config: strict with what users type, lenient with what runs saved, docs generated from fields."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tunesmith.config import RunConfig, dump_config, load_config, load_saved_config, render_reference, render_template
+from tunesmith.errors import TunesmithError
+
+
+def test_defaults_have_descriptions_everywhere():
+    for section_name, field in RunConfig.model_fields.items():
+        assert field.description, section_name
+        annotation = field.annotation
+        if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+            for name, sub in annotation.model_fields.items():
+                assert sub.description, f"{section_name}.{name} has no description"
+
+
+def test_unknown_key_names_closest(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("method:\n  rank: 16\ntrain:\n  learning_rat: 1e-4\n")
+    with pytest.raises(TunesmithError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "unknown key 'train.learning_rat'" in message
+    assert "did you mean 'train.learning_rate'" in message
+    assert str(path) in message
+
+
+def test_wrong_type_names_field(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  batch_size: many\n")
+    with pytest.raises(TunesmithError, match="train.batch_size"):
+        load_config(path)
+
+
+def test_overrides_apply_and_parse_numbers(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  learning_rate: 1e-4\n")
+    config = load_config(path, ["train.learning_rate=3e-4", "method.r=16", "method.target_modules=[q_proj, v_proj]"])
+    assert config.train.learning_rate == pytest.approx(3e-4)
+    assert config.method.r == 16
+    assert config.method.target_modules == ["q_proj", "v_proj"]
+
+
+def test_override_of_unknown_key_is_an_error():
+    with pytest.raises(TunesmithError, match="method.rank"):
+        load_config(None, ["method.rank=4"])
+
+
+def test_split_must_sum_to_one():
+    with pytest.raises(TunesmithError, match="data.split"):
+        load_config(None, ["data.split=[0.5, 0.1, 0.1]"])
+
+
+def test_template_loads_back_to_the_same_config(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(render_template())
+    assert load_config(path) == RunConfig()
+    assert "# LoRA rank" in render_template()
+    assert "`train.learning_rate`" in render_reference()
+
+
+def test_saved_config_drops_unknown_keys_with_warning(tmp_path):
+    raw = yaml.safe_load(dump_config(RunConfig()))
+    raw["train"]["removed_in_future"] = 1
+    raw["legacy_section"] = {"x": 1}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.warns(UserWarning, match="removed_in_future"):
+        config = load_saved_config(path)
+    assert config == RunConfig()
+
+
+def test_relative_data_paths_resolve_against_the_yaml_folder(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.jsonl").write_text('{"text": "a"}\n')
+    (tmp_path / "run.yaml").write_text("data:\n  train: d/x.jsonl\n")
+    config = load_config(tmp_path / "run.yaml")
+    assert config.data.train == str(tmp_path / "d" / "x.jsonl")
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  epochs: [1\n")
+    with pytest.raises(TunesmithError, match=r"run.yaml:\d"):
+        load_config(path)
