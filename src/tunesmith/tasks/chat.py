@@ -91,6 +91,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_token
                 **inputs,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
+                use_cache=True,  # training turns the cache off in the config; generation needs it
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=sorted(stop_token_ids(tokenizer, getattr(model, "config", None))) or None,
             )

@@ -1,0 +1,35 @@
+"""Every shipped example YAML loads and validates; the data behind it reads and encodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLES
+from tunesmith.config import load_config
+
+EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))
+
+
+def test_there_are_examples():
+    assert EXAMPLE_FILES
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
+def test_example_validates(path: Path):
+    from tunesmith.pipeline import validate
+
+    config = load_config(path)
+    assert Path(config.data.train).exists(), config.data.train
+    report = validate(config)
+    assert "train" in report and "[[" in report
+
+
+def test_cli_init_template_is_a_valid_config(tmp_path, capsys):
+    from tunesmith.cli import main
+
+    assert main(["init", "--task", "chat"]) == 0
+    path = tmp_path / "run.yaml"
+    path.write_text(capsys.readouterr().out)
+    load_config(path)
