@@ -87,3 +87,10 @@ def test_invalid_yaml_names_line(tmp_path):
     path.write_text("train:\n  epochs: [1\n")
     with pytest.raises(TunesmithError, match=r"run.yaml:\d"):
         load_config(path)
+
+
+def test_docs_config_reference_is_in_sync():
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    assert render_reference() in docs, "regenerate docs/config.md from tunesmith.config.render_reference()"
