@@ -10,6 +10,7 @@ keys this version no longer knows are dropped with a warning, so old runs stay u
 from __future__ import annotations
 
 import difflib
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -234,15 +235,16 @@ def _read_yaml(path: Path) -> dict:
     return raw
 
 
+# YAML 1.1 (PyYAML) reads `1e-4` and `5e-5` as strings: it wants a dot and a signed exponent.
+_SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
 def _coerce_floats(raw: Any) -> Any:
-    """YAML 1.1 leaves `1e-4` as a string; read such strings as numbers before validation."""
+    """Read scientific-notation strings as numbers before validation (learning rates are written so)."""
     if isinstance(raw, dict):
         return {k: _coerce_floats(v) for k, v in raw.items()}
-    if isinstance(raw, str):
-        try:
-            return float(raw) if any(c in raw for c in "eE.") and raw.strip()[0].isdigit() else raw
-        except ValueError:
-            return raw
+    if isinstance(raw, str) and _SCIENTIFIC.match(raw.strip()):
+        return float(raw)
     return raw
 
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.config import RunConfig, dump_config, load_saved_config
+from tunesmith.config import DataConfig, RunConfig, dump_config, load_saved_config
 from tunesmith.data.prepare import DataSplits, load_examples, prepare_splits, save_examples
 from tunesmith.errors import TunesmithError
 from tunesmith.methods import count_parameters, get_method
@@ -39,6 +39,13 @@ def _accelerator(precision: str):
 
     from tunesmith.train.precision import resolve_precision
 
+    from accelerate.state import AcceleratorState, GradientState
+
+    # accelerate keeps one global state per process and refuses a second Accelerator with other
+    # settings. Each run (and each search trial) sets its own precision, so start from a clean state;
+    # the process group (PartialState) is kept, so this is safe under `accelerate launch` too.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     return Accelerator(mixed_precision=resolve_precision(precision), cpu=not torch.cuda.is_available())
 
 
@@ -257,7 +264,9 @@ def evaluate_run(run_dir: str | Path, *, test_file: str | None = None, max_sampl
     if max_samples is not None:
         config.eval.max_samples = max_samples
     source = test_file or str(run.path / "data" / "test.jsonl")
-    test, _ = load_examples(source, config.data)
+    # The saved split is already normalised (messages, system prompt applied): read it without the
+    # run's column mapping, which named the original file's columns.
+    test, _ = load_examples(source, config.data if test_file else DataConfig())
     accelerator = _accelerator(config.train.precision)
     tuned, _ = _score_test(model, tokenizer, test, config, accelerator)
     if hasattr(model, "disable_adapter"):

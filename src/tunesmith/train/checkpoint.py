@@ -67,6 +67,16 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, loop_state: dict)
     return folder
 
 
+def save_trainable(folder: Path, model) -> Path:
+    """Only the trainable weights (the best validation pass needs no optimizer state), written atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "trainable.safetensors"
+    staging = folder / ".trainable.safetensors.tmp"
+    save_file(trainable_state(model), str(staging))
+    staging.replace(target)
+    return target
+
+
 def load_checkpoint(folder: Path, model, optimizer, scheduler) -> dict:
     load_trainable_state(model, load_file(str(folder / "trainable.safetensors")))
     # Our own file of optimizer tensors and RNG tuples; weights_only=False is needed for the RNG

@@ -29,6 +29,7 @@ from tunesmith.train.checkpoint import (
     load_trainable_state,
     prune_checkpoints,
     save_checkpoint,
+    save_trainable,
     step_checkpoints,
 )
 from tunesmith.train.progress import ProgressReporter
@@ -149,7 +150,7 @@ def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pa
         accelerator.wait_for_everyone()
         if main:
             if best:
-                save_checkpoint(run.checkpoints / "best", raw_model, optimizer, scheduler, state.to_dict())
+                save_trainable(run.checkpoints / "best", raw_model)
             else:
                 save_checkpoint(run.checkpoints / f"step-{state.step}", raw_model, optimizer, scheduler, state.to_dict())
                 prune_checkpoints(run.checkpoints, tcfg.keep_checkpoints)
