@@ -149,3 +149,11 @@ def test_predict_chat_and_eval_commands(make_config, tmp_path):
 
     result = pipeline.evaluate_run(run, max_samples=2)
     assert set(result) == {"test_file", "base", "tuned"} and (run / "eval.json").exists()
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_gradient_checkpointing_gives_the_same_trajectory(make_config, method):
+    plain = pipeline.train(make_config(f"method.name={method}", "eval.compare_base=false")).run_dir
+    checkpointed = pipeline.train(make_config(f"method.name={method}", "eval.compare_base=false",
+                                              "train.gradient_checkpointing=true")).run_dir
+    assert losses(checkpointed) == pytest.approx(losses(plain), rel=1e-4)

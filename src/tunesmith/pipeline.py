@@ -88,7 +88,6 @@ def _score_test(model, tokenizer, test, config: RunConfig, accelerator) -> tuple
 
 def train(config: RunConfig | None = None, *, resume: str | Path | None = None) -> RunResult:
     """Fine-tune as `config` says, or continue the run in `resume` exactly where it stopped."""
-    import torch
     from accelerate.utils import broadcast_object_list, set_seed
 
     from tunesmith.train.loop import fit
@@ -100,7 +99,8 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None) 
         if config is not None and dump_config(config) != dump_config(saved):
             print(f"note: resuming with the config saved in {run.config_path}; the one given differs and is ignored")
         config = saved
-    assert config is not None
+    if config is None:
+        raise TunesmithError("nothing to train", fix="pass a config, or resume=<run directory>")
     set_seed(config.seed)
     accelerator = _accelerator(config.train.precision)
     main = accelerator.is_main_process

@@ -1,0 +1,107 @@
+"""The run directory: runs/<timestamp>-<name>/ with config, metrics, summary, report, plots, weights.
+
+Layout:
+  config.yaml      the resolved config (what actually ran)
+  metrics.jsonl    one JSON object per log step and per validation pass
+  summary.json     final metrics, paths, parameter counts, timings
+  report.md        human-readable summary with base-vs-tuned table and samples
+  plots/loss.png   train and validation loss
+  adapter/         PEFT adapter (lora, qlora) or model/ (full, freeze)
+  checkpoints/     step-N/ folders for --resume, plus best/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from tunesmith.errors import TunesmithError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary name and rename, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # -- creation -----------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, root: str | Path, name: str) -> "RunDir":
+        """A new folder; an existing one is never reused (mkdir without exist_ok is the lock)."""
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for attempt in range(1000):
+            candidate = root / (f"{stamp}-{slug}" if attempt == 0 else f"{stamp}-{slug}-{attempt + 1}")
+            try:
+                candidate.mkdir()
+                return cls(candidate)
+            except FileExistsError:
+                continue
+        raise TunesmithError(f"cannot create a run directory under {root}", fix="pick another output.dir")
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDir":
+        run = cls(path)
+        if not (run.path / "config.yaml").is_file():
+            raise TunesmithError(f"{run.path} is not a tunesmith run directory (no config.yaml)",
+                                 fix="pass a folder created by `tunesmith train`, e.g. runs/20260101-120000-run")
+        return run
+
+    # -- paths --------------------------------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def plots(self) -> Path:
+        return self.path / "plots"
+
+    def weights_dir(self, saves_adapter: bool) -> Path:
+        return self.path / ("adapter" if saves_adapter else "model")
+
+    # -- metrics ------------------------------------------------------------------------------------
+
+    def log(self, record: dict) -> None:
+        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """On resume, drop lines logged after the checkpoint so the file reads as one clean run."""
+        kept = [r for r in self.read_metrics() if r.get("step", 0) <= after_step]
+        atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+
+    def write_json(self, name: str, data: dict) -> None:
+        atomic_write_text(self.path / name, json.dumps(data, indent=2, default=str) + "\n")
+
+    def read_json(self, name: str) -> dict:
+        path = self.path / name
+        return json.loads(path.read_text()) if path.exists() else {}
