@@ -7,7 +7,12 @@ import json
 import pandas as pd
 
 from tunesmith.config import DataConfig
-from tunesmith.data.prepare import prepare_splits
+from tunesmith.data.prepare import prepare_splits as _prepare_splits
+from tunesmith.tasks import chat
+
+
+def prepare_splits(cfg, seed):
+    return _prepare_splits(cfg, seed, chat.normalise)
 
 
 def write_jsonl(path, n, offset=0):

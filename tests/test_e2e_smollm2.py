@@ -56,7 +56,7 @@ def test_lora_on_smollm2_reloads_with_stock_peft_and_merges(real_config, tmp_pat
     assert json.loads((run / "adapter" / "adapter_config.json").read_text())["peft_type"] == "LORA"
 
     ids = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365]])
-    ours, _, _ = pipeline.load_tuned(run)
+    ours = pipeline.load_tuned(run).model
     stock = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(starter_dir), run / "adapter").eval()
     with torch.no_grad():
         expected = stock(input_ids=ids).logits

@@ -45,7 +45,7 @@ def test_stock_peft_loading_and_merge_give_the_same_logits(make_config, tmp_path
     run = pipeline.train(config).run_dir
     ids = torch.randint(0, 2000, (2, 10))
 
-    ours, _, _ = pipeline.load_tuned(run)
+    ours = pipeline.load_tuned(run).model
     stock = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(config.model.name), run / "adapter").eval()
     with torch.no_grad():
         ours_logits, stock_logits = ours(input_ids=ids).logits, stock(input_ids=ids).logits

@@ -10,7 +10,7 @@ def chat_loop(run_dir: str, *, system: str | None = None, max_new_tokens: int = 
     from tunesmith.tasks.chat import generate
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    model, tokenizer, config = load_tuned(run_dir)
+    model, tokenizer, config, _ = load_tuned(run_dir)
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     print("chat with the tuned model; /reset clears the history, /exit or Ctrl-D leaves", file=stdout, flush=True)
     while True:

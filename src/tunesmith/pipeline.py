@@ -13,6 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from tunesmith.config import DataConfig, RunConfig, dump_config, load_saved_config
 from tunesmith.data.prepare import DataSplits, load_examples, prepare_splits, save_examples
@@ -27,6 +28,13 @@ from tunesmith.tasks import get_task
 class RunResult:
     run_dir: Path
     summary: dict
+
+
+class TunedModel(NamedTuple):
+    model: object  # PeftModel (adapter methods) or the transformers model (full, freeze)
+    tokenizer: object
+    config: RunConfig
+    meta: dict  # what the task learned from the data (labels)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -56,18 +64,24 @@ def load_tokenizer_for(config: RunConfig) -> tuple[ResolvedModel, object]:
     return resolved, load_tokenizer(resolved, config.model)
 
 
-def load_base_model(config: RunConfig, resolved: ResolvedModel, *, quantized: bool = True):
-    """The base model as the method wants it loaded (4-bit for qlora unless `quantized` is False)."""
+def load_base_model(config: RunConfig, resolved: ResolvedModel, meta: dict, *, quantized: bool = True):
+    """The base model as the method wants it loaded (4-bit for qlora unless `quantized` is False), with
+    the head the task needs (a classifier sized from the labels in `meta`)."""
     from tunesmith.models.load import load_model
 
     method = get_method(config.method.name)
-    extra = method.load_kwargs(config.method) if quantized else {}
-    return load_model(resolved, config.model, get_task(config.task).model_class(), method_name=config.method.name, extra=extra)
-
-
-def encode_splits(config: RunConfig, splits: DataSplits, tokenizer, model_config=None) -> dict[str, list]:
     task = get_task(config.task)
-    return {name: task.encode(examples, tokenizer, config, model_config) for name, examples in splits.items()}
+    extra = dict(method.load_kwargs(config.method) if quantized else {}, **task.model_kwargs(meta))
+    return load_model(resolved, config.model, task.model_class(), method_name=config.method.name, extra=extra)
+
+
+def read_splits(config: RunConfig) -> DataSplits:
+    return prepare_splits(config.data, config.seed, get_task(config.task).normalise)
+
+
+def encode_splits(config: RunConfig, splits: DataSplits, tokenizer, meta: dict) -> dict[str, list]:
+    task = get_task(config.task)
+    return {name: task.encode(examples, tokenizer, config, meta) for name, examples in splits.items()}
 
 
 def _print_parameters(model, method_name: str) -> dict:
@@ -76,10 +90,10 @@ def _print_parameters(model, method_name: str) -> dict:
     return {"trainable": trainable, "total": total}
 
 
-def _score_test(model, tokenizer, test, config: RunConfig, accelerator) -> tuple[dict, list[dict]]:
+def _score_test(model, tokenizer, test, config: RunConfig, accelerator, meta: dict) -> tuple[dict, list[dict]]:
     task = get_task(config.task)
     with accelerator.autocast():
-        return task.evaluate_test(model, tokenizer, test, config)
+        return task.evaluate_test(model, tokenizer, test, config, meta)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -109,8 +123,9 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None) 
 
     # 2. Tokenizer and data, before the (slow) model load, so bad data fails fast.
     resolved, tokenizer = load_tokenizer_for(config)
-    splits = prepare_splits(config.data, config.seed)
-    encoded = encode_splits(config, splits, tokenizer)
+    splits = read_splits(config)
+    meta = task.setup(splits, config)
+    encoded = encode_splits(config, splits, tokenizer, meta)
     if not encoded["train"]:
         raise TunesmithError("the training split is empty", where="data.train", fix="add records or lower data.split's other ratios")
 
@@ -120,14 +135,17 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None) 
         run = RunDir(path[0])
         if main:
             run.config_path.write_text(dump_config(config))
-            save_examples(splits.test, run.path / "data" / "test.jsonl")
+            run.write_json("task.json", meta)
+            save_examples([task.to_record(e) for e in splits.test], run.path / "data" / "test.jsonl")
             print(f"run directory: {run.path}")
     if main:
         print(f"data ({splits.format}): " + ", ".join(f"{n} {len(x)}" for n, x in splits.items()))
 
     # 3. Model and method.
     started = time.time()
-    model = load_base_model(config, resolved)
+    model = load_base_model(config, resolved, meta)
+    if model.config.pad_token_id is None:  # decoder classifiers find each row's last token through it
+        model.config.pad_token_id = tokenizer.pad_token_id
     model.config.use_cache = False  # the KV cache is for generation; in training it only costs memory
     model = method.apply(model, config.method, config.train.gradient_checkpointing, **(
         {"task_type": task.peft_task_type} if method.saves_adapter else {}))
@@ -140,7 +158,7 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None) 
     if main and config.eval.compare_base and splits.test and not base_metrics:
         print(f"scoring the base model on {min(len(splits.test), config.eval.max_samples or 10**9)} test examples")
         score = _score_base_through_adapter if method.saves_adapter else _score_test
-        metrics, rows = score(model, tokenizer, splits.test, config, accelerator)
+        metrics, rows = score(model, tokenizer, splits.test, config, accelerator, meta)
         base_metrics = {"metrics": metrics, "rows": rows}
         run.write_json("base_metrics.json", base_metrics)
     accelerator.wait_for_everyone()
@@ -159,7 +177,7 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None) 
         tuned_metrics, tuned_rows = ({}, [])
         if splits.test:
             print("scoring the tuned model on the test split")
-            tuned_metrics, tuned_rows = _score_test(model, tokenizer, splits.test, config, accelerator)
+            tuned_metrics, tuned_rows = _score_test(model, tokenizer, splits.test, config, accelerator, meta)
         summary = {
             "status": "stopped_early" if result.state.stopped_early else "completed",
             "run_dir": str(run.path),
@@ -198,10 +216,10 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None) 
     return RunResult(run.path, summary)
 
 
-def _score_base_through_adapter(model, tokenizer, test, config, accelerator):
+def _score_base_through_adapter(model, tokenizer, test, config, accelerator, meta):
     """Base scores for adapter methods: the same model with its (fresh) adapters switched off."""
     with model.disable_adapter():
-        return _score_test(model, tokenizer, test, config, accelerator)
+        return _score_test(model, tokenizer, test, config, accelerator, meta)
 
 
 def print_comparison(summary: dict) -> None:
@@ -227,8 +245,8 @@ def print_comparison(summary: dict) -> None:
 # Loading a finished run
 
 
-def load_tuned(run_dir: str | Path, *, for_merge: bool = False):
-    """(model, tokenizer, config) of a finished run: base + adapter, or the saved full model."""
+def load_tuned(run_dir: str | Path, *, for_merge: bool = False) -> TunedModel:
+    """The model of a finished run (base + adapter, or the saved full model) with its tokenizer."""
     run = RunDir.open(run_dir)
     config = load_saved_config(run.config_path)
     method = get_method(config.method.name)
@@ -240,12 +258,15 @@ def load_tuned(run_dir: str | Path, *, for_merge: bool = False):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(weights)
+    meta = run.read_json("task.json")
     if method.saves_adapter:
         from peft import PeftModel
 
         resolved = resolve_model(config.model.name, config.model.gguf_file)
         # Merging needs float base weights; a 4-bit base would be merged lossy.
-        base = load_base_model(config, resolved, quantized=not for_merge)
+        base = load_base_model(config, resolved, meta, quantized=not for_merge)
+        if base.config.pad_token_id is None:
+            base.config.pad_token_id = tokenizer.pad_token_id
         model = PeftModel.from_pretrained(base, weights)
     else:
         from tunesmith.models.load import load_model
@@ -254,27 +275,29 @@ def load_tuned(run_dir: str | Path, *, for_merge: bool = False):
         model = load_model(ResolvedModel(str(weights), None, "local", str(weights)), config.model, task.model_class(),
                            method_name=config.method.name)
     model.eval()
-    return model, tokenizer, config
+    return TunedModel(model, tokenizer, config, meta)
 
 
 def evaluate_run(run_dir: str | Path, *, test_file: str | None = None, max_samples: int | None = None) -> dict:
     """Base vs tuned on the run's saved test split (or another file), written to eval.json and printed."""
     run = RunDir.open(run_dir)
-    model, tokenizer, config = load_tuned(run.path)
+    model, tokenizer, config, meta = load_tuned(run.path)
+    task = get_task(config.task)
     if max_samples is not None:
         config.eval.max_samples = max_samples
     source = test_file or str(run.path / "data" / "test.jsonl")
-    # The saved split is already normalised (messages, system prompt applied): read it without the
-    # run's column mapping, which named the original file's columns.
-    test, _ = load_examples(source, config.data if test_file else DataConfig())
+    # The saved split is already normalised (canonical columns, system prompt applied): read it
+    # without the run's column mapping, which named the original file's columns.
+    test, _ = load_examples(source, config.data if test_file else DataConfig(), task.normalise)
     accelerator = _accelerator(config.train.precision)
-    tuned, _ = _score_test(model, tokenizer, test, config, accelerator)
+    tuned, _ = _score_test(model, tokenizer, test, config, accelerator, meta)
     if hasattr(model, "disable_adapter"):
         with model.disable_adapter():
-            base, _ = _score_test(model, tokenizer, test, config, accelerator)
+            base, _ = _score_test(model, tokenizer, test, config, accelerator, meta)
     else:
         resolved = resolve_model(config.model.name, config.model.gguf_file)
-        base, _ = _score_test(load_base_model(config, resolved).eval(), tokenizer, test, config, accelerator)
+        base_model = load_base_model(config, resolved, meta).eval()
+        base, _ = _score_test(base_model, tokenizer, test, config, accelerator, meta)
     result = {"test_file": source, "base": base, "tuned": tuned}
     run.write_json("eval.json", result)
     print_comparison(result)
@@ -282,31 +305,23 @@ def evaluate_run(run_dir: str | Path, *, test_file: str | None = None, max_sampl
 
 
 def predict(run_dir: str | Path, input_path: str, output_path: str, *, max_new_tokens: int | None = None) -> int:
-    """Answer every record of `input_path` (any supported format; a last assistant turn is ignored)."""
-    from tunesmith.data.formats import Example
-    from tunesmith.tasks.chat import generate
-
-    model, tokenizer, config = load_tuned(run_dir)
-    examples, _ = load_examples(input_path, config.data)
-    conversations = []
-    for example in examples:
-        if example.messages is None:
-            conversations.append([{"role": "user", "content": example.text}])
-            continue
-        turns = example.messages
-        conversations.append(turns[:-1] if turns and turns[-1]["role"] == "assistant" else turns)
-    accelerator = _accelerator(config.train.precision)
-    with accelerator.autocast():
-        answers = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens or config.eval.max_new_tokens,
-                           batch_size=config.eval.batch_size, chat_template=config.data.chat_template)
+    """Run the tuned model on every record of `input_path` (any format the task reads) and write one
+    JSON line per record: chat answers as messages, classifications as labels with scores."""
     output = Path(output_path)
     if output.exists():
         raise TunesmithError(f"{output} already exists", fix="choose a new --output path; tunesmith never overwrites results")
+    model, tokenizer, config, meta = load_tuned(run_dir)
+    task = get_task(config.task)
+    examples, _ = load_examples(input_path, config.data, task.normalise)
+    accelerator = _accelerator(config.train.precision)
+    kwargs = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    with accelerator.autocast():
+        rows = task.predict(model, tokenizer, examples, config, meta, **kwargs)
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "w", encoding="utf-8") as handle:
-        for conversation, answer in zip(conversations, answers):
-            handle.write(json.dumps({"messages": conversation + [{"role": "assistant", "content": answer}]}, ensure_ascii=False) + "\n")
-    return len(answers)
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return len(rows)
 
 
 def merge(run_dir: str | Path, output: str | Path) -> Path:
@@ -314,7 +329,7 @@ def merge(run_dir: str | Path, output: str | Path) -> Path:
     output = Path(output)
     if output.exists() and any(output.iterdir()):
         raise TunesmithError(f"{output} exists and is not empty", fix="choose a new --output folder")
-    model, tokenizer, config = load_tuned(run_dir, for_merge=True)
+    model, tokenizer, config, _ = load_tuned(run_dir, for_merge=True)
     if not hasattr(model, "merge_and_unload"):
         raise TunesmithError(f"the run trained with method {config.method.name!r}; its model/ folder already holds full weights",
                              fix=f"use {Path(run_dir) / 'model'} directly")
@@ -330,8 +345,9 @@ def validate(config: RunConfig) -> str:
     from tunesmith.data.report import data_report
 
     resolved, tokenizer = load_tokenizer_for(config)
-    splits = prepare_splits(config.data, config.seed)
-    encoded = encode_splits(config, splits, tokenizer)
+    splits = read_splits(config)
+    meta = get_task(config.task).setup(splits, config)
+    encoded = encode_splits(config, splits, tokenizer, meta)
     return data_report(config, resolved, tokenizer, splits, encoded)
 
 

@@ -11,7 +11,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.data.formats import Example, normalise
 from tunesmith.data.readers import read_records
 from tunesmith.data.split import SPLITS, split_examples
 from tunesmith.errors import TunesmithError
@@ -19,30 +18,28 @@ from tunesmith.errors import TunesmithError
 
 @dataclass
 class DataSplits:
-    train: list[Example]
-    validation: list[Example]
-    test: list[Example]
+    train: list  # the task's example type (chat: data.formats.Example)
+    validation: list
+    test: list
     format: str
 
     def items(self):
         return (("train", self.train), ("validation", self.validation), ("test", self.test))
 
 
-def load_examples(source: str, data_cfg, split: str | None = None) -> tuple[list[Example], str]:
-    from tunesmith.data.formats import detect_format
-
-    records = read_records(source, split=split)
-    fmt = detect_format(records, data_cfg.columns) if data_cfg.format == "auto" else data_cfg.format
-    return normalise(records, fmt, data_cfg.columns, data_cfg.system_prompt), fmt
+def load_examples(source: str, data_cfg, normalise_records, split: str | None = None) -> tuple[list, str]:
+    """Read one source and turn its records into the task's examples: (examples, format name)."""
+    return normalise_records(read_records(source, split=split), data_cfg)
 
 
-def prepare_splits(data_cfg, seed: int) -> DataSplits:
+def prepare_splits(data_cfg, seed: int, normalise_records) -> DataSplits:
+    """`normalise_records(records, data_cfg) -> (examples, format name)` is the task's reader."""
     if not data_cfg.train:
         raise TunesmithError("no training data given", where="data.train",
                              fix="set data.train to a .jsonl/.json/.csv/.parquet file, e.g. examples/data/support_tickets.jsonl")
-    train, fmt = load_examples(data_cfg.train, data_cfg, split="train")
+    train, fmt = load_examples(data_cfg.train, data_cfg, normalise_records, "train")
     given = {"validation": data_cfg.validation, "test": data_cfg.test}
-    loaded = {name: load_examples(path, data_cfg, split=name)[0] for name, path in given.items() if path}
+    loaded = {name: load_examples(path, data_cfg, normalise_records, name)[0] for name, path in given.items() if path}
 
     ratios = dict(zip(SPLITS, data_cfg.split))
     carve = [name for name in ("validation", "test") if name not in loaded and ratios[name] > 0]
@@ -54,10 +51,9 @@ def prepare_splits(data_cfg, seed: int) -> DataSplits:
     return DataSplits(train, loaded.get("validation", []), loaded.get("test", []), fmt)
 
 
-def save_examples(examples: list[Example], path: Path) -> None:
-    """Write a split as JSONL in the messages/text format, so later commands score the same records."""
+def save_examples(rows: list[dict], path: Path) -> None:
+    """Write a split as JSONL in the task's canonical columns, so later commands score the same records."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
-        for example in examples:
-            row = {"messages": example.messages} if example.messages is not None else {"text": example.text}
+        for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from tunesmith.data.chat_template import show_mask
 from tunesmith.data.split import find_duplicates
 
 
@@ -15,16 +14,20 @@ def _percentiles(values: list[int], points=(50, 90, 99, 100)) -> str:
 
 
 def _empty_turns(examples) -> int:
+    """Chat turns or texts that are empty or whitespace."""
     count = 0
     for example in examples:
-        if example.messages is None:
-            count += example.text == ""
+        messages = getattr(example, "messages", None)
+        if messages is not None:
+            count += sum(1 for m in messages if not m["content"].strip())
         else:
-            count += sum(1 for m in example.messages if not m["content"].strip())
+            count += not (getattr(example, "text", "") or "").strip()
     return count
 
 
 def data_report(config, resolved, tokenizer, splits, encoded) -> str:
+    from tunesmith.tasks import get_task
+
     lines = [
         f"model: {config.model.name} -> {resolved.path} ({resolved.source})",
         f"format: {splits.format}; loss on: {config.data.train_on}; max_length: {config.data.max_length}",
@@ -37,9 +40,9 @@ def data_report(config, resolved, tokenizer, splits, encoded) -> str:
         lengths = [e.full_length for e in enc]
         lines.append(f"{name:<11}{len(examples):>8}{truncated:>11}{find_duplicates(examples):>12}"
                      f"{_empty_turns(examples):>13}   {_percentiles(lengths)}")
-    trained = [e.trained_tokens for e in encoded["train"]]
-    lines += ["", f"loss-bearing tokens per training record: {_percentiles(trained)}; total {sum(trained):,}"]
+    trained = [e.trained_tokens for e in encoded["train"] if hasattr(e, "trained_tokens")]
+    if trained:
+        lines += ["", f"loss-bearing tokens per training record: {_percentiles(trained)}; total {sum(trained):,}"]
     if encoded["train"]:
-        lines += ["", "first training record as the model sees it ([[...]] carries loss):", "",
-                  show_mask(encoded["train"][0], tokenizer)]
+        lines += ["", get_task(config.task).describe(encoded["train"][0], tokenizer)]
     return "\n".join(lines)

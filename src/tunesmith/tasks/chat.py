@@ -9,14 +9,40 @@ from tunesmith.data.chat_template import (
     EncodedExample,
     encode_chat,
     render,
+    show_mask,
     stop_token_ids,
     template_for,
 )
-from tunesmith.data.formats import Example
+from tunesmith.data.formats import Example, detect_format, normalise as normalise_format
 from tunesmith.evaluate.metrics import exact_match, rouge_l
 from tunesmith.train.loss import causal_lm_loss_sum, count_trained_tokens
 
 peft_task_type = "CAUSAL_LM"
+
+
+def normalise(records: list, data_cfg) -> tuple[list[Example], str]:
+    """Chat/instruction records (and plain text) in any format of `data/formats.py`."""
+    fmt = detect_format(records, data_cfg.columns) if data_cfg.format == "auto" else data_cfg.format
+    return normalise_format(records, fmt, data_cfg.columns, data_cfg.system_prompt), fmt
+
+
+def to_record(example: Example) -> dict:
+    """The canonical record of an example (how the run saves its test split)."""
+    return {"messages": example.messages} if example.messages is not None else {"text": example.text}
+
+
+def setup(splits, config) -> dict:
+    """Nothing to learn from the data before loading the model (classification learns its labels here)."""
+    return {}
+
+
+def model_kwargs(meta: dict) -> dict:
+    return {}
+
+
+def describe(encoded: EncodedExample, tokenizer) -> str:
+    """One encoded example as the model sees it, for `tunesmith validate`."""
+    return "first training record as the model sees it ([[...]] carries loss):\n\n" + show_mask(encoded, tokenizer)
 
 
 def model_class():
@@ -25,8 +51,8 @@ def model_class():
     return AutoModelForCausalLM
 
 
-def encode(examples: list[Example], tokenizer, config, model_config=None) -> list[EncodedExample]:
-    stop_ids = stop_token_ids(tokenizer, model_config)
+def encode(examples: list[Example], tokenizer, config, meta: dict | None = None) -> list[EncodedExample]:
+    stop_ids = stop_token_ids(tokenizer)
     return [
         encode_chat(
             example,
@@ -102,7 +128,22 @@ def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_token
     return answers
 
 
-def evaluate_test(model, tokenizer, examples: list[Example], config) -> tuple[dict, list[dict]]:
+def predict(model, tokenizer, examples: list[Example], config, meta: dict | None = None,
+            max_new_tokens: int | None = None) -> list[dict]:
+    """Answer each example: the conversation without its final assistant turn, plus a generated one."""
+    conversations = []
+    for example in examples:
+        if example.messages is None:
+            conversations.append([{"role": "user", "content": example.text}])
+            continue
+        turns = example.messages
+        conversations.append(turns[:-1] if turns and turns[-1]["role"] == "assistant" else turns)
+    answers = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens or config.eval.max_new_tokens,
+                       batch_size=config.eval.batch_size, chat_template=config.data.chat_template)
+    return [{"messages": c + [{"role": "assistant", "content": a}]} for c, a in zip(conversations, answers)]
+
+
+def evaluate_test(model, tokenizer, examples: list[Example], config, meta: dict | None = None) -> tuple[dict, list[dict]]:
     """ROUGE-L and exact match of greedy answers against the reference answers of the test split."""
     chats = [e for e in examples if e.messages is not None]
     if config.eval.max_samples is not None:
