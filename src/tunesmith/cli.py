@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from tunesmith.errors import TunesmithError
+from tunesmith.plan.cli import add_commands as add_plan_commands
 
 
 def _cmd_init(args) -> None:
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--output", required=True, help="folder to write (must not exist or be empty)")
     p.set_defaults(func=_cmd_merge)
+
+    add_plan_commands(sub)  # estimate, recommend: read model configs only, never weights
     return parser
 
 

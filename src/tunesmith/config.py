@@ -38,8 +38,8 @@ class ModelConfig(Section):
         "auto",
         description="dtype of the frozen base weights; auto keeps float32 on CPU and bf16 on GPUs that support it",
     )
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="attention kernel; sdpa is fast everywhere, flash_attention_2 needs the flash-attn package"
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="attention kernel; auto takes sdpa where the model supports it, flash_attention_2 needs flash-attn"
     )
     trust_remote_code: bool = Field(
         False, description="run Python code shipped with the model; only for models whose authors you trust"
@@ -68,6 +68,8 @@ class DataConfig(Section):
     chat_template: str | None = Field(
         None, description="Jinja chat template overriding the tokenizer's; None uses the tokenizer's or a ChatML fallback"
     )
+    multi_label: bool = Field(False, description="classification: several labels per record (sigmoid per label); list labels imply it")
+    label_separator: str | None = Field(None, description="classification: split string labels on this, e.g. ',' for 'a,b'")
 
 
 class MethodConfig(Section):
@@ -119,6 +121,7 @@ class TrainConfig(Section):
     )
     early_stopping_min_delta: float = Field(0.0, ge=0, description="smallest validation loss drop that counts as improvement")
     load_best_at_end: bool = Field(True, description="finish with the weights of the best validation pass, not the last step")
+    class_weights: bool = Field(False, description="classification: weigh classes inversely to their frequency, for imbalanced data")
 
 
 class EvalConfig(Section):
@@ -134,12 +137,12 @@ class OutputConfig(Section):
     save_merged: bool = Field(False, description="also write the adapter merged into full weights (model_merged/)")
 
 
-TASKS = ("chat",)
+TASKS = ("chat", "text-classification")  # tunesmith.tasks.TASKS; kept here so config imports no torch
 
 
 class RunConfig(Section):
     name: str = Field("run", description="run name used in the run directory")
-    task: str = Field("chat", description="what is trained: chat (supervised fine-tuning of a causal LM)")
+    task: str = Field("chat", description="what is trained: chat (causal-LM SFT) or text-classification (new head)")
     seed: int = Field(42, description="seed for data order, splits, initialisation and dropout")
     model: ModelConfig = Field(default_factory=ModelConfig, description="base model")
     data: DataConfig = Field(default_factory=DataConfig, description="data files and how records are read")

@@ -58,10 +58,13 @@ def _accelerator(precision: str):
 
 
 def load_tokenizer_for(config: RunConfig) -> tuple[ResolvedModel, object]:
-    from tunesmith.models.load import load_tokenizer
-
+    """The model reference and its preprocessor: a tokenizer for text tasks (the task decides)."""
     resolved = resolve_model(config.model.name, config.model.gguf_file)
-    return resolved, load_tokenizer(resolved, config.model)
+    return resolved, get_task(config.task).load_processor(resolved, config.model)
+
+
+def _pad_id(processor) -> int:
+    return getattr(processor, "pad_token_id", None) or 0
 
 
 def load_base_model(config: RunConfig, resolved: ResolvedModel, meta: dict, *, quantized: bool = True):
@@ -76,7 +79,8 @@ def load_base_model(config: RunConfig, resolved: ResolvedModel, meta: dict, *, q
 
 
 def read_splits(config: RunConfig) -> DataSplits:
-    return prepare_splits(config.data, config.seed, get_task(config.task).normalise)
+    task = get_task(config.task)
+    return prepare_splits(config.data, config.seed, task.normalise, task.stratify_key)
 
 
 def encode_splits(config: RunConfig, splits: DataSplits, tokenizer, meta: dict) -> dict[str, list]:
@@ -145,7 +149,7 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None) 
     started = time.time()
     model = load_base_model(config, resolved, meta)
     if model.config.pad_token_id is None:  # decoder classifiers find each row's last token through it
-        model.config.pad_token_id = tokenizer.pad_token_id
+        model.config.pad_token_id = _pad_id(tokenizer)
     model.config.use_cache = False  # the KV cache is for generation; in training it only costs memory
     model = method.apply(model, config.method, config.train.gradient_checkpointing, **(
         {"task_type": task.peft_task_type} if method.saves_adapter else {}))
@@ -160,12 +164,15 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None) 
         score = _score_base_through_adapter if method.saves_adapter else _score_test
         metrics, rows = score(model, tokenizer, splits.test, config, accelerator, meta)
         base_metrics = {"metrics": metrics, "rows": rows}
+        reference = task.baseline(splits, config, meta)
+        if reference is not None:
+            base_metrics["baseline"] = reference
         run.write_json("base_metrics.json", base_metrics)
     accelerator.wait_for_everyone()
 
     # 5. Train.
     result = fit(model=model, task=task, train_set=encoded["train"], val_set=encoded["validation"], config=config,
-                 accelerator=accelerator, run=run, pad_id=tokenizer.pad_token_id, resume=resume is not None)
+                 accelerator=accelerator, run=run, pad_id=_pad_id(tokenizer), resume=resume is not None)
     model = accelerator.unwrap_model(model)
 
     # 6. Save, score, report (main process only).
@@ -178,6 +185,7 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None) 
         if splits.test:
             print("scoring the tuned model on the test split")
             tuned_metrics, tuned_rows = _score_test(model, tokenizer, splits.test, config, accelerator, meta)
+            task.plots(tuned_rows, meta, run.plots)
         summary = {
             "status": "stopped_early" if result.state.stopped_early else "completed",
             "run_dir": str(run.path),
@@ -202,6 +210,7 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None) 
             "weights": str(weights),
             "base": base_metrics.get("metrics", {}),
             "tuned": tuned_metrics,
+            "baseline": base_metrics.get("baseline"),
         }
         run.write_json("summary.json", summary)
         run.write_json("test_predictions.json", {"base": base_metrics.get("rows", []), "tuned": tuned_rows})
@@ -226,18 +235,24 @@ def print_comparison(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    base, tuned = summary.get("base", {}), summary.get("tuned", {})
+    base, tuned, reference = summary.get("base", {}), summary.get("tuned", {}), summary.get("baseline") or {}
     keys = [k for k in tuned if isinstance(tuned[k], float)]
     if not keys:
         return
     table = Table(title="test split: base vs tuned")
-    for column in ("metric", "base", "tuned", "change"):
+    columns = ["metric", "base"] + (["baseline"] if reference else []) + ["tuned", "change"]
+    for column in columns:
         table.add_column(column, justify="right" if column != "metric" else "left")
+
+    def cell(value) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
     for key in keys:
         b, t = base.get(key), tuned[key]
-        table.add_row(key, "-" if b is None else f"{b:.4f}", f"{t:.4f}", "-" if b is None else f"{t - b:+.4f}")
+        row = [key, cell(b)] + ([cell(reference.get(key))] if reference else []) + [f"{t:.4f}", "-" if b is None else f"{t - b:+.4f}"]
+        table.add_row(*row)
     if summary.get("best_eval_loss") is not None:
-        table.add_row("validation loss (best)", "-", f"{summary['best_eval_loss']:.4f}", "-")
+        table.add_row("validation loss (best)", "-", *(["-"] if reference else []), f"{summary['best_eval_loss']:.4f}", "-")
     Console().print(table)
 
 
@@ -255,9 +270,7 @@ def load_tuned(run_dir: str | Path, *, for_merge: bool = False) -> TunedModel:
     if not weights.exists():
         raise TunesmithError(f"{run.path} has no {weights.name}/ (the run did not finish)",
                              fix=f"continue it with `tunesmith train --resume {run.path}`")
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(weights)
+    tokenizer = task.load_processor(ResolvedModel(str(weights), None, "local", str(weights)), config.model)
     meta = run.read_json("task.json")
     if method.saves_adapter:
         from peft import PeftModel
@@ -266,11 +279,10 @@ def load_tuned(run_dir: str | Path, *, for_merge: bool = False) -> TunedModel:
         # Merging needs float base weights; a 4-bit base would be merged lossy.
         base = load_base_model(config, resolved, meta, quantized=not for_merge)
         if base.config.pad_token_id is None:
-            base.config.pad_token_id = tokenizer.pad_token_id
+            base.config.pad_token_id = _pad_id(tokenizer)
         model = PeftModel.from_pretrained(base, weights)
     else:
         from tunesmith.models.load import load_model
-        from tunesmith.models.resolve import ResolvedModel
 
         model = load_model(ResolvedModel(str(weights), None, "local", str(weights)), config.model, task.model_class(),
                            method_name=config.method.name)

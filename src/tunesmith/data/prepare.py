@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.data.readers import read_records
-from tunesmith.data.split import SPLITS, split_examples
+from tunesmith.data.split import SPLITS, split_examples, split_stratified
 from tunesmith.errors import TunesmithError
 
 
@@ -32,8 +32,9 @@ def load_examples(source: str, data_cfg, normalise_records, split: str | None = 
     return normalise_records(read_records(source, split=split), data_cfg)
 
 
-def prepare_splits(data_cfg, seed: int, normalise_records) -> DataSplits:
-    """`normalise_records(records, data_cfg) -> (examples, format name)` is the task's reader."""
+def prepare_splits(data_cfg, seed: int, normalise_records, stratify_key=None) -> DataSplits:
+    """`normalise_records(records, data_cfg) -> (examples, format name)` is the task's reader;
+    `stratify_key(example)`, when given and not None, keeps each key's share in every carved split."""
     if not data_cfg.train:
         raise TunesmithError("no training data given", where="data.train",
                              fix="set data.train to a .jsonl/.json/.csv/.parquet file, e.g. examples/data/support_tickets.jsonl")
@@ -45,7 +46,8 @@ def prepare_splits(data_cfg, seed: int, normalise_records) -> DataSplits:
     carve = [name for name in ("validation", "test") if name not in loaded and ratios[name] > 0]
     if carve:
         share = ratios["train"] + sum(ratios[n] for n in carve)
-        cut = split_examples(train, tuple(ratios[n] / share if (n == "train" or n in carve) else 0.0 for n in SPLITS), seed)
+        carve_ratios = tuple(ratios[n] / share if (n == "train" or n in carve) else 0.0 for n in SPLITS)
+        cut = split_stratified(train, carve_ratios, seed, stratify_key) if stratify_key else split_examples(train, carve_ratios, seed)
         train = cut["train"]
         loaded.update({n: cut[n] for n in carve})
     return DataSplits(train, loaded.get("validation", []), loaded.get("test", []), fmt)

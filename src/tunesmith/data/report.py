@@ -30,7 +30,8 @@ def data_report(config, resolved, tokenizer, splits, encoded) -> str:
 
     lines = [
         f"model: {config.model.name} -> {resolved.path} ({resolved.source})",
-        f"format: {splits.format}; loss on: {config.data.train_on}; max_length: {config.data.max_length}",
+        f"task: {config.task}; format: {splits.format}; max_length: {config.data.max_length}"
+        + (f"; loss on: {config.data.train_on}" if config.task == "chat" else ""),
         "",
         f"{'split':<11}{'records':>8}{'truncated':>11}{'duplicates':>12}{'empty turns':>13}   tokens per record",
     ]

@@ -48,6 +48,37 @@ def split_examples(
     return result
 
 
+def split_stratified(examples: Sequence[Any], ratios=(0.8, 0.1, 0.1), seed: int = 42, key=None) -> dict[str, list]:
+    """Like split_examples, but each group of equal `key(example)` is cut by the ratios on its own, so
+    every split keeps the groups' shares (stratification). Rounding leftovers go to train; a split with
+    a non-zero ratio still gets at least one example when there are enough."""
+    _check_ratios(ratios)
+    if not examples:
+        return split_examples(examples, ratios, seed)  # raises the empty-dataset error
+    groups: dict = {}
+    for example in examples:
+        groups.setdefault(key(example), []).append(example)
+    result = {name: [] for name in SPLITS}
+    rng = random.Random(seed)
+    for group_key in sorted(groups, key=str):
+        members = list(groups[group_key])
+        rng.shuffle(members)
+        n = len(members)
+        sizes = [int(n * r) for r in ratios[1:]]
+        start = 0
+        cut = {"validation": sizes[0], "test": sizes[1]}
+        for name in ("validation", "test"):
+            result[name] += members[start:start + cut[name]]
+            start += cut[name]
+        result["train"] += members[start:]
+    for name, ratio in zip(SPLITS[1:], ratios[1:]):
+        if ratio > 0 and not result[name] and len(result["train"]) > 1:
+            result[name].append(result["train"].pop())
+    for name in SPLITS:
+        rng.shuffle(result[name])
+    return result
+
+
 def find_duplicates(examples: Sequence[Any]) -> int:
     """Count examples whose content (messages or text) exactly repeats an earlier example's."""
     seen: set = set()
@@ -62,6 +93,8 @@ def find_duplicates(examples: Sequence[Any]) -> int:
 
 
 def _content_key(example: Any) -> tuple:
+    if hasattr(example, "content_key"):
+        return example.content_key()
     messages = getattr(example, "messages", None)
     if messages is not None:
         return ("messages", tuple((turn.get("role"), turn.get("content")) for turn in messages))

@@ -39,7 +39,7 @@ def _fmt(value) -> str:
 
 def write_report(run: RunDir, summary: dict, base_rows: list[dict], tuned_rows: list[dict], config) -> None:
     plot = plot_loss(run)
-    base, tuned = summary.get("base", {}), summary.get("tuned", {})
+    base, tuned, reference = summary.get("base", {}), summary.get("tuned", {}), summary.get("baseline") or {}
     lines = [
         f"# Run {run.path.name}",
         "",
@@ -55,10 +55,24 @@ def write_report(run: RunDir, summary: dict, base_rows: list[dict], tuned_rows: 
         "",
         "## Test split: base vs tuned",
         "",
-        "| metric | base | tuned |",
-        "|---|---|---|",
     ]
-    lines += [f"| {k} | {_fmt(base.get(k))} | {_fmt(v)} |" for k, v in tuned.items()]
+    if reference:
+        lines += ["The baseline is TF-IDF (word 1-2 grams) + logistic regression trained on the same training split.", ""]
+    lines += ["| metric | base |" + (" baseline |" if reference else "") + " tuned |",
+              "|---|---|" + ("---|" if reference else "") + "---|"]
+    lines += [f"| {k} | {_fmt(base.get(k))} |" + (f" {_fmt(reference.get(k))} |" if reference else "") + f" {_fmt(v)} |"
+              for k, v in tuned.items() if not isinstance(v, dict)]
+    if reference and "accuracy" in tuned and "accuracy" in reference:
+        lines += ["", f"Tuned accuracy is {tuned['accuracy'] - reference['accuracy']:+.4f} against the baseline "
+                      f"({tuned['accuracy']:.4f} vs {reference['accuracy']:.4f}); macro-F1 "
+                      f"{tuned['f1_macro'] - reference['f1_macro']:+.4f}."]
+    per_class = tuned.get("per_class")
+    if per_class:
+        lines += ["", "### Per class (tuned)", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
+                  for name, m in per_class.items()]
+    if (run.plots / "confusion.png").exists():
+        lines += ["", "![confusion matrix](plots/confusion.png)"]
     if plot:
         lines += ["", "## Loss", "", "![loss](plots/loss.png)"]
     shown = config.eval.report_samples

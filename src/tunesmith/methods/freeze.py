@@ -17,6 +17,9 @@ saves_adapter = False
 
 # Names HF models give the norm after the last block (Llama/Mistral, Falcon/Phi, GPT-2).
 FINAL_NORM_NAMES = ("norm", "final_layernorm", "ln_f")
+# Task heads after the block stack: classifiers (BERT/RoBERTa/DeBERTa `classifier`, decoder LLMs
+# `score`, DistilBERT `pre_classifier`) and BERT's pooler, which feeds the classifier.
+HEAD_NAMES = ("classifier", "score", "pre_classifier", "pooler", "qa_outputs")
 
 
 def load_kwargs(method_cfg) -> dict:
@@ -65,9 +68,12 @@ def apply(model, method_cfg, gradient_checkpointing: bool = False):
         head = model.get_output_embeddings()
         head_ids = {id(p) for p in head.parameters()} if head is not None else set()
         for name, param in names.items():
+            if name.startswith(f"{prefix}."):
+                continue
             module_name = name.rsplit(".", 1)[0]
-            is_final_norm = module_name.endswith(FINAL_NORM_NAMES) and not name.startswith(f"{prefix}.")
-            if id(param) in head_ids or is_final_norm:
+            is_final_norm = module_name.endswith(FINAL_NORM_NAMES)
+            is_task_head = any(part in HEAD_NAMES for part in module_name.split("."))
+            if id(param) in head_ids or is_final_norm or is_task_head:
                 chosen.append(name)
     for name in chosen:
         names[name].requires_grad_(True)

@@ -43,7 +43,9 @@ def weights_dtype(model_cfg, method_name: str) -> torch.dtype:
 
 def load_model(resolved: ResolvedModel, model_cfg, model_class, *, method_name: str, extra: dict | None = None):
     kwargs = _pretrained_kwargs(resolved, model_cfg)
-    kwargs.update(dtype=weights_dtype(model_cfg, method_name), attn_implementation=model_cfg.attn_implementation)
+    kwargs["dtype"] = weights_dtype(model_cfg, method_name)
+    if model_cfg.attn_implementation != "auto":  # auto: transformers picks sdpa where supported, else eager
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
     kwargs.update(extra or {})
     try:
         return model_class.from_pretrained(resolved.path, **kwargs)

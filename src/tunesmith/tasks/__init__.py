@@ -1,22 +1,33 @@
 """Tasks: what a record becomes, which model class learns it, how it is scored. One registry line each.
 
 A task module provides:
+  load_processor(resolved, model_cfg) -> tokenizer (text) or image processor; saved beside the weights
   model_class() -> the transformers Auto class to load
   peft_task_type: str
-  encode(examples, tokenizer, config) -> list of encoded examples (input_ids, labels, where)
+  normalise(records, data_cfg) -> (examples, format name)   records of any reader -> the task's examples
+  to_record(example) -> dict            the canonical record (how a run saves its test split)
+  stratify_key(example) -> hashable | None   splits keep the share of each key (None: random split)
+  setup(splits, config) -> meta         what is learned from the data before loading (label names)
+  model_kwargs(meta) -> dict            from_pretrained extras (the new head's size and label names)
+  encode(examples, tokenizer, config, meta) -> encoded examples
   collate(encoded, pad_id) -> dict of tensors
   count_targets(batch) -> loss-bearing targets in a batch, before the forward pass
   loss_sum(model, batch) -> (summed loss, number of loss-bearing targets)
-  evaluate_test(model, tokenizer, examples, config) -> (metrics, per-example outputs)
+  evaluate_test(model, tokenizer, examples, config, meta) -> (metrics, per-example rows)
+  predict(model, tokenizer, examples, config, meta) -> one output dict per example
+  baseline(splits, config, meta) -> metrics | None   a non-neural reference on the same split
+  plots(rows, meta, folder) -> paths    task plots of the tuned test predictions
+  describe(encoded, tokenizer) -> str   one example as the model sees it (`tunesmith validate`)
 The training loop only calls these; it knows nothing task-specific.
 """
 
 from __future__ import annotations
 
-from tunesmith.tasks import chat
+from tunesmith.tasks import chat, text_classification
 
 TASKS = {
     "chat": chat,
+    "text-classification": text_classification,
 }
 
 

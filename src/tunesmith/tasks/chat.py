@@ -40,9 +40,27 @@ def model_kwargs(meta: dict) -> dict:
     return {}
 
 
+def stratify_key(example: Example):
+    return None  # chat splits are plain random
+
+
+def baseline(splits, config, meta: dict) -> dict | None:
+    return None  # the base model itself is the baseline
+
+
+def plots(rows: list[dict], meta: dict, folder) -> list[str]:
+    return []
+
+
 def describe(encoded: EncodedExample, tokenizer) -> str:
     """One encoded example as the model sees it, for `tunesmith validate`."""
     return "first training record as the model sees it ([[...]] carries loss):\n\n" + show_mask(encoded, tokenizer)
+
+
+def load_processor(resolved, model_cfg):
+    from tunesmith.models.load import load_tokenizer
+
+    return load_tokenizer(resolved, model_cfg)
 
 
 def model_class():

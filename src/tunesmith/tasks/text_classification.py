@@ -1,0 +1,313 @@
+"""Text classification: single-label, multi-label and sentence-pair (cross-encoder) classification.
+
+Any encoder (BERT, RoBERTa, DeBERTa, MiniLM) or decoder LLM gets a new classification head sized from
+the labels found in the training split; the label names are saved in the model config (id2label), so
+a reloaded model predicts names, not indices. Records need a text and a label column (and optionally
+a second text for pairs); `data.columns` maps other names. A list-valued label, or
+`data.multi_label: true` with `data.label_separator`, makes the task multi-label (sigmoid per label).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from tunesmith.errors import TunesmithError
+
+peft_task_type = "SEQ_CLS"
+
+CANONICAL = ("text", "text_pair", "label")
+
+
+@dataclass
+class LabeledText:
+    where: str
+    text: str
+    labels: tuple[str, ...]
+    text_pair: str | None = None
+
+    def content_key(self) -> tuple:
+        return ("labeled_text", self.text, self.text_pair)
+
+
+@dataclass
+class EncodedText:
+    input_ids: list[int]
+    where: str
+    target: list[float] | int  # class index, or a multi-hot row
+    weight: float = 1.0  # class weight of the example's label (1 without `train.class_weights`)
+    token_type_ids: list[int] | None = None
+    truncated: bool = False
+    full_length: int = 0
+    labels: tuple[str, ...] = field(default_factory=tuple)
+
+
+def load_processor(resolved, model_cfg):
+    from tunesmith.models.load import load_tokenizer
+
+    return load_tokenizer(resolved, model_cfg)
+
+
+def model_class():
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification
+
+
+# ---------------------------------------------------------------------------------------------------
+# Records -> examples
+
+
+def _column(record_fields: dict, canonical: str, columns: dict, where: str, required: bool):
+    name = columns.get(canonical, canonical)
+    if name in record_fields:
+        return record_fields[name]
+    if canonical == "label" and "labels" in record_fields and "label" not in columns:
+        return record_fields["labels"]
+    if required:
+        found = ", ".join(map(str, record_fields)) or "none"
+        raise TunesmithError(
+            f"no {name!r} column (columns found: {found})",
+            where=where,
+            fix=f"map yours with data.columns, e.g. data.columns: {{text: <text column>, label: <label column>}}",
+        )
+    return None
+
+
+def _labels_of(value, data_cfg, where: str) -> tuple[str, ...]:
+    if isinstance(value, (list, tuple)):
+        labels = tuple(str(v).strip() for v in value)
+    elif isinstance(value, (str, int)):  # bool is an int: True/False labels work too
+        text = str(value).strip()
+        labels = tuple(p.strip() for p in text.split(data_cfg.label_separator)) if data_cfg.label_separator else (text,)
+    else:
+        raise TunesmithError(f"label {value!r} is not a string, number or list", where=where,
+                             fix="give each record a label such as 'positive' or a list of labels")
+    labels = tuple(label for label in labels if label)
+    if not labels and not data_cfg.multi_label:
+        raise TunesmithError("the label is empty", where=where, fix="give every record a label, or drop the record")
+    return labels
+
+
+def normalise(records: list, data_cfg) -> tuple[list[LabeledText], str]:
+    columns = dict(data_cfg.columns)
+    unknown = set(columns) - set(CANONICAL)
+    if unknown:
+        raise TunesmithError(f"data.columns maps {sorted(unknown)}, which text classification does not read",
+                             where="data.columns", fix=f"map only {', '.join(CANONICAL)}")
+    examples = []
+    for record in records:
+        text = _column(record.fields, "text", columns, record.where, required=True)
+        pair = _column(record.fields, "text_pair", columns, record.where, required=False)
+        for name, value in (("text", text), ("text_pair", pair)):
+            if value is not None and not isinstance(value, str):
+                raise TunesmithError(f"{name} is {type(value).__name__}, not a string", where=record.where,
+                                     fix="every text must be a string")
+        if not text.strip():
+            raise TunesmithError("the text is empty", where=record.where, fix="remove the record or fill in its text")
+        labels = _labels_of(_column(record.fields, "label", columns, record.where, required=True), data_cfg, record.where)
+        examples.append(LabeledText(record.where, text, labels, pair))
+    pairs = any(e.text_pair is not None for e in examples)
+    multi = data_cfg.multi_label or any(len(e.labels) != 1 for e in examples)
+    return examples, ("multi-label" if multi else "single-label") + (" pairs" if pairs else "")
+
+
+def to_record(example: LabeledText) -> dict:
+    row = {"text": example.text, "label": list(example.labels) if len(example.labels) != 1 else example.labels[0]}
+    if example.text_pair is not None:
+        row["text_pair"] = example.text_pair
+    return row
+
+
+def stratify_key(example: LabeledText):
+    """Splits keep each label's share (single-label); multi-label examples stratify by their first label."""
+    return example.labels[0] if example.labels else ""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Labels, head, encoding
+
+
+def setup(splits, config) -> dict:
+    """Label names from the training split; class weights when asked; checks on the other splits."""
+    train_labels = Counter(label for e in splits.train for label in e.labels)
+    names = sorted(train_labels)
+    if len(names) < 2:
+        raise TunesmithError(f"the training split has {len(names)} class ({', '.join(names) or 'none'}); "
+                             "a classifier needs at least two", where="data.train",
+                             fix="add records of the other classes")
+    for split_name, examples in (("validation", splits.validation), ("test", splits.test)):
+        for example in examples:
+            unseen = [label for label in example.labels if label not in train_labels]
+            if unseen:
+                raise TunesmithError(
+                    f"label {unseen[0]!r} of the {split_name} split never occurs in the training split, so the "
+                    f"model cannot learn it (training labels: {', '.join(names)})",
+                    where=example.where, fix="add training records with that label, or remove it from the other splits")
+    multi = config.data.multi_label or any(len(e.labels) != 1 for e in splits.train)
+    weights = None
+    if config.train.class_weights:
+        # sklearn's "balanced" weights: n_samples / (n_classes * count), so rare classes weigh more.
+        total = sum(train_labels.values())
+        weights = {name: total / (len(names) * train_labels[name]) for name in names}
+    return {"labels": names, "multi_label": multi, "class_weights": weights}
+
+
+def model_kwargs(meta: dict) -> dict:
+    names = meta["labels"]
+    return {
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {name: i for i, name in enumerate(names)},
+        "problem_type": "multi_label_classification" if meta["multi_label"] else "single_label_classification",
+        # A checkpoint that already has a head of another size gets a new one instead of an error.
+        "ignore_mismatched_sizes": True,
+    }
+
+
+def encode(examples: list[LabeledText], tokenizer, config, meta: dict) -> list[EncodedText]:
+    index = {name: i for i, name in enumerate(meta["labels"])}
+    weights = meta.get("class_weights") or {}
+    max_length = config.data.max_length
+    out = []
+    for example in examples:
+        full = tokenizer(example.text, example.text_pair)
+        encoded = tokenizer(example.text, example.text_pair, truncation=True, max_length=max_length)
+        if meta["multi_label"]:
+            target: list[float] | int = [0.0] * len(index)
+            for label in example.labels:
+                if label in index:
+                    target[index[label]] = 1.0
+        else:
+            target = index.get(example.labels[0], -100)  # unseen labels only reach here from `predict` inputs
+        out.append(EncodedText(
+            input_ids=encoded["input_ids"], where=example.where, target=target,
+            weight=weights.get(example.labels[0], 1.0) if example.labels else 1.0,
+            token_type_ids=encoded.get("token_type_ids"), truncated=len(full["input_ids"]) > max_length,
+            full_length=len(full["input_ids"]), labels=example.labels,
+        ))
+    return out
+
+
+def collate(batch: list[EncodedText], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(e.input_ids) for e in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, example in enumerate(batch):
+        input_ids[row, : len(example.input_ids)] = torch.tensor(example.input_ids)
+        attention_mask[row, : len(example.input_ids)] = 1
+    out = {"input_ids": input_ids, "attention_mask": attention_mask,
+           "weights": torch.tensor([e.weight for e in batch], dtype=torch.float32)}
+    if batch[0].token_type_ids is not None:
+        token_types = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, example in enumerate(batch):
+            token_types[row, : len(example.token_type_ids)] = torch.tensor(example.token_type_ids)
+        out["token_type_ids"] = token_types
+    multi = isinstance(batch[0].target, list)
+    out["targets"] = torch.tensor([e.target for e in batch], dtype=torch.float32 if multi else torch.long)
+    return out
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def logits_of(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}).logits.float()
+
+
+def count_targets(batch: dict[str, torch.Tensor]) -> int:
+    """Each example is one target: the loss is a mean over examples."""
+    return int(batch["input_ids"].shape[0])
+
+
+def loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = logits_of(model, batch)
+    targets = batch["targets"]
+    if targets.dtype == torch.float32:
+        # Multi-label: a sigmoid per label, averaged over labels so each example weighs the same.
+        per_example = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dim=-1)
+    else:
+        per_example = F.cross_entropy(logits, targets, reduction="none")
+    return (per_example * batch["weights"]).sum(), torch.tensor(len(targets))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prediction and metrics
+
+
+@torch.no_grad()
+def _scores(model, tokenizer, examples: list[LabeledText], config, meta: dict) -> torch.Tensor:
+    model.eval()
+    encoded = encode(examples, tokenizer, config, meta)
+    out = []
+    for start in range(0, len(encoded), config.eval.batch_size):
+        batch = collate(encoded[start : start + config.eval.batch_size], tokenizer.pad_token_id)
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        logits = logits_of(model, batch)
+        out.append(torch.sigmoid(logits) if meta["multi_label"] else torch.softmax(logits, dim=-1))
+    return torch.cat(out).cpu() if out else torch.empty(0, len(meta["labels"]))
+
+
+def _chosen(scores: torch.Tensor, meta: dict) -> list[tuple[str, ...]]:
+    names = meta["labels"]
+    if meta["multi_label"]:
+        return [tuple(names[i] for i in (row >= 0.5).nonzero().flatten().tolist()) for row in scores]
+    return [(names[int(row.argmax())],) for row in scores]
+
+
+def predict(model, tokenizer, examples: list[LabeledText], config, meta: dict, **_) -> list[dict]:
+    scores = _scores(model, tokenizer, examples, config, meta)
+    rows = []
+    for example, row, chosen in zip(examples, scores, _chosen(scores, meta)):
+        result = {"text": example.text}
+        if example.text_pair is not None:
+            result["text_pair"] = example.text_pair
+        result["labels" if meta["multi_label"] else "label"] = list(chosen) if meta["multi_label"] else chosen[0]
+        result["scores"] = {name: round(float(s), 6) for name, s in zip(meta["labels"], row)}
+        rows.append(result)
+    return rows
+
+
+def evaluate_test(model, tokenizer, examples: list[LabeledText], config, meta: dict) -> tuple[dict, list[dict]]:
+    from tunesmith.evaluate.classification import classification_metrics
+
+    if not examples:
+        return {}, []
+    scores = _scores(model, tokenizer, examples, config, meta)
+    predicted = _chosen(scores, meta)
+    metrics = classification_metrics([e.labels for e in examples], predicted, meta["labels"], meta["multi_label"])
+    rows = [{"where": e.where, "prompt": e.text, "reference": ", ".join(e.labels), "prediction": ", ".join(p)}
+            for e, p in zip(examples, predicted)]
+    return metrics, rows
+
+
+def baseline(splits, config, meta: dict) -> dict | None:
+    """TF-IDF + logistic regression on the same split: the bar a fine-tuned encoder must clear."""
+    if meta["multi_label"] or not splits.test:
+        return None
+    from tunesmith.evaluate.classification import classification_metrics, tfidf_baseline
+
+    predicted = tfidf_baseline([_joined(e) for e in splits.train], [e.labels[0] for e in splits.train],
+                               [_joined(e) for e in splits.test], seed=config.seed)
+    return classification_metrics([e.labels for e in splits.test], [(p,) for p in predicted], meta["labels"], False)
+
+
+def _joined(example: LabeledText) -> str:
+    return example.text if example.text_pair is None else f"{example.text} [SEP] {example.text_pair}"
+
+
+def plots(rows: list[dict], meta: dict, folder) -> list[str]:
+    from tunesmith.evaluate.classification import plot_confusion
+
+    if meta["multi_label"] or not rows:
+        return []
+    return [plot_confusion([r["reference"] for r in rows], [r["prediction"] for r in rows], meta["labels"],
+                           folder / "confusion.png")]
+
+
+def describe(encoded: EncodedText, tokenizer) -> str:
+    return (f"first training record as the model sees it (labels: {', '.join(encoded.labels)}):\n\n"
+            + tokenizer.decode(encoded.input_ids))

@@ -1,0 +1,185 @@
+"""Text classification on tiny encoders (BERT, RoBERTa, DeBERTa) and decoders (Llama, Mistral) built
+from configs, with the real MiniLM tokenizer: new head sized from the labels, label names saved,
+single-label, multi-label and sentence pairs, class weights, and the errors on bad labels."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from conftest import EXAMPLES, read_jsonl
+from tunesmith import pipeline
+from tunesmith.config import load_config
+from tunesmith.errors import TunesmithError
+
+DEBIAN = EXAMPLES / "data" / "debian_sections.csv"
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    from transformers import AutoTokenizer
+
+    from tunesmith.models.resolve import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model("all-minilm-l6-v2").path)
+
+
+def _tiny(tmp_path_factory, tokenizer, name, config):
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp(name)
+    AutoModel.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_encoders(tmp_path_factory, minilm_tokenizer):
+    from transformers import BertConfig, DebertaV2Config, LlamaConfig, MistralConfig, RobertaConfig
+
+    vocab = len(minilm_tokenizer)
+    small = dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                 max_position_embeddings=128)
+    decoder = dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                   intermediate_size=64, max_position_embeddings=128, pad_token_id=minilm_tokenizer.pad_token_id)
+    configs = {
+        "bert": BertConfig(**small),
+        "roberta": RobertaConfig(**small, pad_token_id=minilm_tokenizer.pad_token_id),
+        "deberta": DebertaV2Config(**small),
+        "llama": LlamaConfig(**decoder),
+        "mistral": MistralConfig(**decoder),
+    }
+    return {name: _tiny(tmp_path_factory, minilm_tokenizer, name, cfg) for name, cfg in configs.items()}
+
+
+@pytest.fixture()
+def debian_subset(tmp_path):
+    # Four sections keep tiny random-init models learning visibly within a few steps.
+    keep = {"database", "games", "mail", "sound"}
+    rows = [r for r in csv.DictReader(DEBIAN.open()) if r["label"] in keep][:240]
+    path = tmp_path / "sections.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["text", "label", "package"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def classification_config(tmp_path, model, data, *overrides):
+    return load_config(None, [
+        "task=text-classification", f"model.name={model}", f"data.train={data}", "data.max_length=48",
+        f"output.dir={tmp_path / 'runs'}", "train.batch_size=16", "train.max_steps=20", "train.eval_every=10",
+        "train.log_every=1", "train.learning_rate=1e-2", "train.warmup_ratio=0", "train.precision=fp32", "method.name=full", *overrides,
+    ])
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "deberta", "llama", "mistral"])
+def test_every_family_trains_evaluates_and_predicts(family, tiny_encoders, debian_subset, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    result = pipeline.train(classification_config(tmp_path, tiny_encoders[family], debian_subset))
+    run = result.run_dir
+    curve = [r["loss"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
+    assert sum(curve[-4:]) < sum(curve[:4]), curve
+    summary = result.summary
+    assert {"accuracy", "f1_macro", "f1_micro", "f1_weighted", "per_class"} <= set(summary["tuned"])
+    assert (run / "plots" / "confusion.png").exists()
+    assert summary["baseline"]["accuracy"] > 0.3  # TF-IDF on the same split
+
+    # The head was sized from the data and the label names travel with the model.
+    model = AutoModelForSequenceClassification.from_pretrained(run / "model")
+    assert model.config.num_labels == 4 and "database" in model.config.label2id
+
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text(json.dumps({"text": "ODBC driver for PostgreSQL", "label": "database"}) + "\n")
+    assert pipeline.predict(run, str(inputs), str(tmp_path / "out.jsonl")) == 1
+    (row,) = read_jsonl(tmp_path / "out.jsonl")
+    assert row["label"] in model.config.label2id and abs(sum(row["scores"].values()) - 1) < 1e-4
+
+
+def test_lora_classifier_trains_the_new_head_and_reloads(tiny_encoders, debian_subset, tmp_path):
+    config = classification_config(tmp_path, tiny_encoders["bert"], debian_subset, "method.name=lora", "method.r=4",
+                                   "train.learning_rate=2e-2")
+    run = pipeline.train(config).run_dir
+    tuned = pipeline.load_tuned(run)
+    assert tuned.meta["labels"][0] == "database"
+    names = [n for n, _ in tuned.model.named_parameters()]
+    assert any("classifier" in n and "modules_to_save" in n for n in names)
+    result = pipeline.evaluate_run(run)
+    assert result["tuned"]["accuracy"] >= 0
+
+
+def test_freeze_trains_the_head_and_top_block_only(tiny_encoders, debian_subset, tmp_path):
+    from safetensors.torch import load_file
+
+    run = pipeline.train(classification_config(tmp_path, tiny_encoders["bert"], debian_subset, "method.name=freeze",
+                                               "method.freeze_train_top=1")).run_dir
+    before = load_file(str(tiny_encoders["bert"] / "model.safetensors"))
+    after = load_file(str(run / "model" / "model.safetensors"))
+    for name, tensor in before.items():
+        key = name if name in after else f"bert.{name}"
+        if ".layer.0." in name or "embeddings" in name:
+            assert torch.equal(tensor, after[key]), name
+    assert not torch.equal(before["encoder.layer.1.output.dense.weight"], after["bert.encoder.layer.1.output.dense.weight"])
+
+
+def test_multi_label_pairs_and_class_weights(tiny_encoders, tmp_path):
+    rows = []
+    for i in range(60):
+        tags = ["fast"] if i % 3 == 0 else (["cheap", "fast"] if i % 3 == 1 else ["cheap"])
+        rows.append({"query": f"question {i}", "passage": f"passage about {' and '.join(tags)} {i}", "tags": tags})
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = classification_config(tmp_path, tiny_encoders["bert"], data, "data.columns={text: query, text_pair: passage, label: tags}",
+                                   "train.class_weights=true")
+    result = pipeline.train(config)
+    assert result.summary["tuned"]["test_samples"] > 0
+    meta = json.loads((result.run_dir / "task.json").read_text())
+    assert meta["multi_label"] and meta["labels"] == ["cheap", "fast"] and meta["class_weights"]["fast"] > 0
+
+
+def test_bad_labels_are_clear_errors(tmp_path, minilm_tokenizer):
+    from tunesmith.config import DataConfig
+    from tunesmith.data.prepare import DataSplits, load_examples
+    from tunesmith.tasks import text_classification as task
+
+    one_class = tmp_path / "one.jsonl"
+    one_class.write_text("".join(json.dumps({"text": f"t{i}", "label": "a"}) + "\n" for i in range(5)))
+    examples, _ = load_examples(str(one_class), DataConfig(), task.normalise)
+    config = load_config(None, ["task=text-classification"])
+    with pytest.raises(TunesmithError, match="at least two"):
+        task.setup(DataSplits(examples, [], [], "single-label"), config)
+
+    test_only = tmp_path / "test.jsonl"
+    test_only.write_text(json.dumps({"text": "x", "label": "zebra"}) + "\n")
+    test_examples, _ = load_examples(str(test_only), DataConfig(), task.normalise)
+    mixed = [task.LabeledText("t:1", "a", ("a",)), task.LabeledText("t:2", "b", ("b",))]
+    with pytest.raises(TunesmithError, match="zebra") as info:
+        task.setup(DataSplits(mixed, [], test_examples, "single-label"), config)
+    assert "test.jsonl:1" in str(info.value)
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"text": "  ", "label": "a"}) + "\n")
+    with pytest.raises(TunesmithError, match="empty"):
+        load_examples(str(empty), DataConfig(), task.normalise)
+
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text(json.dumps({"sentence": "x", "label": "a"}) + "\n")
+    with pytest.raises(TunesmithError, match="data.columns"):
+        load_examples(str(missing), DataConfig(), task.normalise)
+
+
+def test_stratified_split_keeps_label_shares(tmp_path):
+    from tunesmith.config import DataConfig
+    from tunesmith.data.prepare import prepare_splits
+    from tunesmith.tasks import text_classification as task
+
+    splits = prepare_splits(DataConfig(train=str(DEBIAN)), 42, task.normalise, task.stratify_key)
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (960, 120, 120)
+    from collections import Counter
+
+    assert set(Counter(e.labels[0] for e in splits.test).values()) == {15}
