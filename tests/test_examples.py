@@ -23,13 +23,14 @@ def test_example_validates(path: Path):
     config = load_config(path)
     assert Path(config.data.train).exists(), config.data.train
     report = validate(config)
-    assert "train" in report and "[[" in report
+    assert "train" in report and "first training record" in report
 
 
-def test_cli_init_template_is_a_valid_config(tmp_path, capsys):
+@pytest.mark.parametrize("task", ["chat", "text-classification"])
+def test_cli_init_template_is_a_valid_config(tmp_path, capsys, task):
     from tunesmith.cli import main
 
-    assert main(["init", "--task", "chat"]) == 0
+    assert main(["init", "--task", task]) == 0
     path = tmp_path / "run.yaml"
     path.write_text(capsys.readouterr().out)
     load_config(path)

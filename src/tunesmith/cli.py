@@ -13,11 +13,19 @@ from tunesmith.errors import TunesmithError
 from tunesmith.plan.cli import add_commands as add_plan_commands
 
 
-def _cmd_init(args) -> None:
-    from tunesmith.config import RunConfig, render_template
+# What `tunesmith init --task T` starts from: a packaged model and the shipped example data.
+INIT_STARTS = {
+    "chat": {"model.name": "smollm2-135m-instruct", "data.train": "examples/data/support_tickets.jsonl"},
+    "text-classification": {"model.name": "all-minilm-l6-v2", "data.train": "examples/data/debian_sections.csv",
+                            "method.name": "full", "data.max_length": 128},
+}
 
-    config = RunConfig(task=args.task)
-    config.data.train = "examples/data/support_tickets.jsonl"
+
+def _cmd_init(args) -> None:
+    from tunesmith.config import load_config, render_template
+
+    start = INIT_STARTS.get(args.task, {})
+    config = load_config(None, [f"task={args.task}"] + [f"{k}={v}" for k, v in start.items()])
     print(render_template(config), end="")
 
 
@@ -73,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("init", help="print a commented starter config")
-    p.add_argument("--task", default="chat", help="task of the config (chat)")
+    p.add_argument("--task", default="chat", choices=list(INIT_STARTS), help="task of the config")
     p.set_defaults(func=_cmd_init)
 
     def config_args(p, optional=False):

@@ -45,7 +45,7 @@ def write_report(run: RunDir, summary: dict, base_rows: list[dict], tuned_rows: 
         "",
         f"- model: `{summary['model']}` ({summary['model_source']}), method: `{summary['method']}`, task: `{summary['task']}`",
         f"- trainable parameters: {summary['parameters']['trainable']:,} of {summary['parameters']['total']:,}",
-        f"- data: " + ", ".join(f"{k} {v}" for k, v in summary["data"].items()),
+        "- data: " + ", ".join(f"{k} {v}" for k, v in summary["data"].items()),
         f"- steps: {summary['steps']} of {summary['total_steps']} ({summary['status']}), precision {summary['precision']}, "
         f"{summary['processes']} process(es)",
         f"- trained tokens: {summary['trained_tokens']:,} at {summary['trained_tokens_per_s']:,.0f} tokens/s; "

@@ -78,7 +78,8 @@ def _from_run_config(path: str) -> dict:
         "model": cfg.model.name, "method": cfg.method.name, "seq_len": cfg.data.max_length,
         "batch": cfg.train.batch_size, "grad_checkpointing": cfg.train.gradient_checkpointing,
         "lora_r": cfg.method.r, "lora_targets": cfg.method.target_modules, "dtype": dtype,
-        "attention": {"flash_attention_2": "flash"}.get(cfg.model.attn_implementation, cfg.model.attn_implementation),
+        # auto: transformers picks sdpa where the model supports it, which is what the estimate should assume
+        "attention": {"flash_attention_2": "flash", "auto": "sdpa"}.get(cfg.model.attn_implementation, cfg.model.attn_implementation),
         "precision": cfg.train.precision, "freeze_train_top": cfg.method.freeze_train_top,
         "double_quant": cfg.method.double_quant,
     }

@@ -18,6 +18,7 @@ from tunesmith.evaluate.metrics import exact_match, rouge_l
 from tunesmith.train.loss import causal_lm_loss_sum, count_trained_tokens
 
 peft_task_type = "CAUSAL_LM"
+target_unit = "tok"  # what count_targets counts, for the progress bar: trained (loss-bearing) tokens
 
 
 def normalise(records: list, data_cfg) -> tuple[list[Example], str]:

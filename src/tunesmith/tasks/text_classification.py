@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tunesmith.errors import TunesmithError
 
 peft_task_type = "SEQ_CLS"
+target_unit = "ex"  # count_targets counts examples
 
 CANONICAL = ("text", "text_pair", "label")
 
@@ -72,7 +73,7 @@ def _column(record_fields: dict, canonical: str, columns: dict, where: str, requ
         raise TunesmithError(
             f"no {name!r} column (columns found: {found})",
             where=where,
-            fix=f"map yours with data.columns, e.g. data.columns: {{text: <text column>, label: <label column>}}",
+            fix="map yours with data.columns, e.g. data.columns: {text: <text column>, label: <label column>}",
         )
     return None
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunesmith.errors import TunesmithError
+from tunesmith.runs.rundir import atomic_directory
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -51,19 +51,11 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(folder: Path, model, optimizer, scheduler, loop_state: dict) -> Path:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with atomic_directory(folder) as staging:
         save_file(trainable_state(model), str(staging / "trainable.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
                    staging / "states.pt")
         (staging / "loop.json").write_text(json.dumps(loop_state, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 

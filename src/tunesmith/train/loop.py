@@ -178,7 +178,7 @@ def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pa
         return patience is not None and state.evals_without_improvement >= patience
 
     # 3-4. The loop.
-    progress = ProgressReporter(total_steps, enabled=main, start_step=state.step)
+    progress = ProgressReporter(total_steps, enabled=main, start_step=state.step, unit=task.target_unit)
     model.train()
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
     last_train_loss = None

@@ -11,7 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class ProgressReporter:
-    def __init__(self, total_steps: int, *, enabled: bool = True, start_step: int = 0):
+    def __init__(self, total_steps: int, *, enabled: bool = True, start_step: int = 0, unit: str = "tok"):
+        self.unit = unit
         self.total = total_steps
         self.enabled = enabled
         self.console = Console(stderr=True)
@@ -23,7 +24,7 @@ class ProgressReporter:
         if self.live:
             self._progress = Progress(
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
+                TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} " + unit + "/s"),
                 TimeRemainingColumn(), console=self.console,
             )
             self._task = self._progress.add_task("train", total=total_steps, completed=start_step, loss="-", lr="-", tps="-")
@@ -50,7 +51,7 @@ class ProgressReporter:
             elapsed = time.perf_counter() - self._started
             done = max(step - self.start_step, 1)
             eta = elapsed / done * (self.total - step)
-            print(f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {tokens_per_s:,.0f} tok/s  eta {eta:.0f}s",
+            print(f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {tokens_per_s:,.0f} {self.unit}/s  eta {eta:.0f}s",
                   file=sys.stderr, flush=True)
 
     def note(self, text: str) -> None:
