@@ -21,12 +21,14 @@ def test_example_validates(path: Path):
     from tunesmith.pipeline import validate
 
     config = load_config(path)
+    if config.data.train.startswith("/usr/share/datasets/") and not Path(config.data.train).exists():
+        pytest.skip(f"{config.data.train} comes from a Debian package (make setup installs it as root)")
     assert Path(config.data.train).exists(), config.data.train
     report = validate(config)
     assert "train" in report and "first training record" in report
 
 
-@pytest.mark.parametrize("task", ["chat", "text-classification"])
+@pytest.mark.parametrize("task", ["chat", "text-classification", "image-classification"])
 def test_cli_init_template_is_a_valid_config(tmp_path, capsys, task):
     from tunesmith.cli import main
 

@@ -18,6 +18,8 @@ INIT_STARTS = {
     "chat": {"model.name": "smollm2-135m-instruct", "data.train": "examples/data/support_tickets.jsonl"},
     "text-classification": {"model.name": "all-minilm-l6-v2", "data.train": "examples/data/debian_sections.csv",
                             "method.name": "full", "data.max_length": 128},
+    "image-classification": {"model.name": "efficientnet-lite0", "method.name": "full",
+                             "data.train": "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"},
 }
 
 

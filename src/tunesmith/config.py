@@ -70,6 +70,8 @@ class DataConfig(Section):
     )
     multi_label: bool = Field(False, description="classification: several labels per record (sigmoid per label); list labels imply it")
     label_separator: str | None = Field(None, description="classification: split string labels on this, e.g. ',' for 'a,b'")
+    augment: bool = Field(True, description="image classification: random resized crop + flip on training images; helps small data sets, slows convergence a little")
+    skip_bad_images: bool = Field(False, description="image classification: skip (and count) images that cannot be decoded instead of stopping")
 
 
 class MethodConfig(Section):
@@ -137,12 +139,12 @@ class OutputConfig(Section):
     save_merged: bool = Field(False, description="also write the adapter merged into full weights (model_merged/)")
 
 
-TASKS = ("chat", "text-classification")  # tunesmith.tasks.TASKS; kept here so config imports no torch
+TASKS = ("chat", "text-classification", "image-classification")  # tunesmith.tasks.TASKS; kept here so config imports no torch
 
 
 class RunConfig(Section):
     name: str = Field("run", description="run name used in the run directory")
-    task: str = Field("chat", description="what is trained: chat (causal-LM SFT) or text-classification (new head)")
+    task: str = Field("chat", description="what is trained: chat (causal-LM SFT), text-classification or image-classification (both a new head)")
     seed: int = Field(42, description="seed for data order, splits, initialisation and dropout")
     model: ModelConfig = Field(default_factory=ModelConfig, description="base model")
     data: DataConfig = Field(default_factory=DataConfig, description="data files and how records are read")

@@ -80,7 +80,7 @@ def load_base_model(config: RunConfig, resolved: ResolvedModel, meta: dict, *, q
 
 def read_splits(config: RunConfig) -> DataSplits:
     task = get_task(config.task)
-    return prepare_splits(config.data, config.seed, task.normalise, task.stratify_key)
+    return prepare_splits(config.data, config.seed, task.normalise, task.stratify_key, getattr(task, "read", None))
 
 
 def encode_splits(config: RunConfig, splits: DataSplits, tokenizer, meta: dict) -> dict[str, list]:
@@ -148,7 +148,8 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None) 
     # 3. Model and method.
     started = time.time()
     model = load_base_model(config, resolved, meta)
-    if model.config.pad_token_id is None:  # decoder classifiers find each row's last token through it
+    # Decoder classifiers find each row's last token through pad_token_id (vision configs have none).
+    if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = _pad_id(tokenizer)
     model.config.use_cache = False  # the KV cache is for generation; in training it only costs memory
     model = method.apply(model, config.method, config.train.gradient_checkpointing, **(
@@ -278,7 +279,7 @@ def load_tuned(run_dir: str | Path, *, for_merge: bool = False) -> TunedModel:
         resolved = resolve_model(config.model.name, config.model.gguf_file)
         # Merging needs float base weights; a 4-bit base would be merged lossy.
         base = load_base_model(config, resolved, meta, quantized=not for_merge)
-        if base.config.pad_token_id is None:
+        if getattr(base.config, "pad_token_id", None) is None:
             base.config.pad_token_id = _pad_id(tokenizer)
         model = PeftModel.from_pretrained(base, weights)
     else:

