@@ -169,3 +169,41 @@ def test_bad_input_exits_with_code_2():
     result = subprocess.run([sys.executable, "-m", "tunesmith.plan.cli", "estimate", "lama-2-7b"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "closest: llama-2-7b" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pre-flight check in `tunesmith train`
+
+
+def _small_machine(monkeypatch, gib: float):
+    import dataclasses
+
+    from tunesmith.plan import hardware
+
+    real = hardware.cpu_profile()
+    monkeypatch.setattr(hardware, "cpu_profile", lambda: dataclasses.replace(real, memory_bytes=int(gib * 1024**3)))
+
+
+def test_train_refuses_a_run_that_does_not_fit_and_names_the_cheapest_fix(monkeypatch, make_config, starter_dir):
+    from tunesmith import pipeline
+
+    _small_machine(monkeypatch, 3.0)
+    config = make_config("method.name=full", "train.batch_size=32", model=starter_dir)
+    with pytest.raises(TunesmithError) as info:
+        pipeline.train(config)
+    message = str(info.value)
+    assert "GiB" in message and "cheapest first: --set train.batch_size=" in message and "--force" in message
+    runs = Path(config.output.dir)
+    assert not runs.exists() or not any(runs.iterdir()), "a refused run leaves no run directory"
+
+
+def test_batch_size_auto_takes_the_largest_that_fits(monkeypatch, tmp_path, starter_dir):
+    from tunesmith.config import load_config
+    from tunesmith.plan.preflight import preflight
+
+    _small_machine(monkeypatch, 4.0)
+    config = load_config(None, [f"model.name={starter_dir}", "train.batch_size=auto", "method.name=lora"])
+    small = preflight(str(starter_dir), config, longest=256).batch_size
+    _small_machine(monkeypatch, 16.0)
+    large = preflight(str(starter_dir), config, longest=256).batch_size
+    assert 1 <= small < large <= 64

@@ -50,7 +50,7 @@ def _cmd_train(args) -> None:
     if args.config is None and args.resume is None:
         raise TunesmithError("give a config file or --resume RUN_DIR", fix="tunesmith train run.yaml")
     config = _load(args) if args.config else None
-    train(config, resume=args.resume)
+    train(config, resume=args.resume, force=args.force)
 
 
 def _cmd_eval(args) -> None:
@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune; --resume RUN_DIR continues a stopped run")
     config_args(p, optional=True)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="train even when the memory estimate says it will not fit")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="base vs tuned on the run's test split")

@@ -13,7 +13,7 @@ import difflib
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -103,7 +103,9 @@ class MethodConfig(Section):
 class TrainConfig(Section):
     epochs: float = Field(1.0, gt=0, description="passes over the training split (fractions allowed)")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs when set")
-    batch_size: int = Field(8, ge=1, description="examples per micro-batch per process; memory grows with it")
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        8, description="examples per micro-batch per process (memory grows with it); auto takes the largest that fits"
+    )
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step; raises the effective batch without memory")
     learning_rate: float = Field(2e-4, gt=0, description="peak learning rate; ~1e-4..5e-4 for LoRA, ~1e-5..5e-5 for full")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")

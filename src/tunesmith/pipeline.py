@@ -104,8 +104,9 @@ def _score_test(model, tokenizer, test, config: RunConfig, accelerator, meta: di
 # train
 
 
-def train(config: RunConfig | None = None, *, resume: str | Path | None = None) -> RunResult:
-    """Fine-tune as `config` says, or continue the run in `resume` exactly where it stopped."""
+def train(config: RunConfig | None = None, *, resume: str | Path | None = None, force: bool = False) -> RunResult:
+    """Fine-tune as `config` says, or continue the run in `resume` exactly where it stopped. A run the
+    memory estimate says will not fit is refused with the cheapest fix, unless `force`."""
     from accelerate.utils import broadcast_object_list, set_seed
 
     from tunesmith.train.loop import fit
@@ -132,6 +133,15 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None) 
     encoded = encode_splits(config, splits, tokenizer, meta)
     if not encoded["train"]:
         raise TunesmithError("the training split is empty", where="data.train", fix="add records or lower data.split's other ratios")
+
+    # Pre-flight: will it fit? (and batch_size: auto -> a number, saved as such in the run's config)
+    from tunesmith.plan.preflight import preflight
+
+    longest = max(getattr(e, "full_length", 0) for e in encoded["train"])
+    check = preflight(resolved.path, config, longest, force=force)
+    config.train.batch_size = check.batch_size
+    if main:
+        print(check.note)
 
     if resume is None:
         path = [str(RunDir.create(config.output.dir, config.name).path) if main else None]

@@ -1,0 +1,85 @@
+"""Pre-flight check of a run: will it fit in memory? If not, refuse before loading anything and name the
+cheapest change that makes it fit. Also resolves `train.batch_size: auto` to the largest batch that fits.
+
+"Cheapest" follows what each change costs the user: a smaller micro-batch with more accumulation keeps
+the same effective batch and result (only speed changes); gradient checkpointing costs ~30% speed;
+LoRA/QLoRA change what is trained; a shorter max length drops data. Every suggested change is checked
+with the estimator before it is offered.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tunesmith.errors import TunesmithError
+from tunesmith.plan.estimate import Estimate, estimate
+
+GIB = 1024**3
+AUTO_BATCH_CAP = 64  # beyond this, accumulation is as good and the estimate's error grows
+
+
+@dataclass
+class Preflight:
+    estimate: Estimate | None
+    batch_size: int
+    note: str
+
+
+def _estimate(model_ref: str, config, seq_len: int, batch: int, **changes) -> Estimate:
+    settings = dict(
+        method=config.method.name, seq_len=seq_len, batch=batch,
+        grad_checkpointing=config.train.gradient_checkpointing, hardware="auto", lora_r=config.method.r,
+        lora_targets=config.method.target_modules, precision=config.train.precision,
+        freeze_train_top=config.method.freeze_train_top, double_quant=config.method.double_quant,
+    )
+    settings.update(changes)
+    return estimate(model_ref, **settings)
+
+
+def _fixes(model_ref: str, config, seq_len: int, batch: int, est: Estimate) -> list[str]:
+    fixes = []
+    if 1 <= est.max_batch < batch:
+        accum = config.train.grad_accum * math.ceil(batch / est.max_batch)
+        fixes.append(f"--set train.batch_size={est.max_batch} --set train.grad_accum={accum} (same effective batch)")
+    if not config.train.gradient_checkpointing and _estimate(model_ref, config, seq_len, batch, grad_checkpointing=True).fits:
+        fixes.append("--set train.gradient_checkpointing=true (~30% slower)")
+    for method in {"full": ("lora", "qlora"), "freeze": ("lora", "qlora"), "lora": ("qlora",)}.get(config.method.name, ()):
+        if _estimate(model_ref, config, seq_len, batch, method=method).fits:
+            fixes.append(f"--set method.name={method}")
+            break
+    shorter = seq_len // 2
+    if shorter >= 64 and _estimate(model_ref, config, shorter, batch).fits:
+        fixes.append(f"--set data.max_length={shorter} (cuts longer records)")
+    return fixes
+
+
+def preflight(model_ref: str, config, longest: int, *, force: bool = False) -> Preflight:
+    """Check the run against the local device's memory. `longest` is the longest encoded example
+    (batches are padded to their longest member). Models the estimator cannot size pass with a note."""
+    seq_len = max(8, min(longest, config.data.max_length))
+    auto = config.train.batch_size == "auto"
+    batch = 1 if auto else config.train.batch_size
+    try:
+        est = _estimate(model_ref, config, seq_len, batch)
+    except TunesmithError as exc:
+        if auto:
+            raise TunesmithError(f"train.batch_size: auto needs a memory estimate, and {exc.message}",
+                                 where="train.batch_size", fix="set a number, e.g. train.batch_size: 8") from None
+        return Preflight(None, batch, f"pre-flight memory check skipped: {exc.message}")
+    if auto:
+        batch = max(1, min(est.max_batch, AUTO_BATCH_CAP))
+        est = _estimate(model_ref, config, seq_len, batch)
+    need, have = est.total_bytes / GIB, est.device_bytes / GIB
+    note = f"memory estimate: {need:.1f} GiB of {have:.1f} GiB on {est.hardware.name} (batch {batch}, {seq_len} tokens)"
+    if est.fits or force:
+        return Preflight(est, batch, note + ("" if est.fits else "; does not fit, going on because of --force"))
+    parts = sorted(est.breakdown.items(), key=lambda kv: -kv[1])[:2]
+    biggest = ", ".join(f"{name} {size / GIB:.1f} GiB" for name, size in parts)
+    fixes = _fixes(model_ref, config, seq_len, batch, est)
+    raise TunesmithError(
+        f"this run needs about {need:.1f} GiB but {est.hardware.name} has {have:.1f} GiB (largest parts: {biggest})",
+        where="train.batch_size" if fixes and "batch_size" in fixes[0] else "method.name",
+        fix=("cheapest first: " + "; or ".join(fixes) if fixes else "use a smaller model")
+        + "; run `tunesmith estimate` for the breakdown, or pass --force to try anyway",
+    )
