@@ -28,7 +28,7 @@ def test_example_validates(path: Path):
     assert "train" in report and "first training record" in report
 
 
-@pytest.mark.parametrize("task", ["chat", "text-classification", "image-classification"])
+@pytest.mark.parametrize("task", ["chat", "continued-pretraining", "text-classification", "image-classification"])
 def test_cli_init_template_is_a_valid_config(tmp_path, capsys, task):
     from tunesmith.cli import main
 

@@ -16,6 +16,8 @@ from tunesmith.plan.cli import add_commands as add_plan_commands
 # What `tunesmith init --task T` starts from: a packaged model and the shipped example data.
 INIT_STARTS = {
     "chat": {"model.name": "smollm2-135m-instruct", "data.train": "examples/data/support_tickets.jsonl"},
+    "continued-pretraining": {"model.name": "smollm2-135m-instruct", "data.train": "examples/data/licence_paragraphs.jsonl",
+                              "data.max_length": 256},
     "text-classification": {"model.name": "all-minilm-l6-v2", "data.train": "examples/data/debian_sections.csv",
                             "method.name": "full", "data.max_length": 128},
     "image-classification": {"model.name": "efficientnet-lite0", "method.name": "full",

@@ -24,10 +24,11 @@ The training loop only calls these; it knows nothing task-specific.
 
 from __future__ import annotations
 
-from tunesmith.tasks import chat, image_classification, text_classification
+from tunesmith.tasks import chat, continued_pretraining, image_classification, text_classification
 
 TASKS = {
     "chat": chat,
+    "continued-pretraining": continued_pretraining,
     "text-classification": text_classification,
     "image-classification": image_classification,
 }
