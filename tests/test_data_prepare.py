@@ -53,3 +53,17 @@ def test_csv_with_column_mapping_and_system_prompt(tmp_path):
     assert len(splits.train) == 10 and not splits.validation and not splits.test
     roles = [m["role"] for m in splits.train[0].messages]
     assert roles == ["system", "user", "assistant"]
+
+
+def test_chat_runs_split_with_the_plain_seeded_shuffle(tmp_path):
+    """Chat data is not stratified: the run's split is exactly split_examples' seeded shuffle."""
+    from tunesmith.config import load_config
+    from tunesmith.data.readers import read_records
+    from tunesmith.data.split import split_examples
+    from tunesmith.pipeline import read_splits
+
+    path = write_jsonl(tmp_path / "all.jsonl", 50)
+    config = load_config(None, [f"data.train={path}", "seed=3"])
+    examples, _ = chat.normalise(read_records(path), config.data)
+    expected = split_examples(examples, (0.8, 0.1, 0.1), 3)
+    assert [e.messages for e in read_splits(config).test] == [e.messages for e in expected["test"]]

@@ -36,7 +36,7 @@ def load_examples(source: str, data_cfg, normalise_records, split: str | None = 
 
 def prepare_splits(data_cfg, seed: int, normalise_records, stratify_key=None, reader=None) -> DataSplits:
     """`normalise_records(records, data_cfg) -> (examples, format name)` is the task's reader;
-    `stratify_key(example)`, when given and not None, keeps each key's share in every carved split."""
+    `stratify_key(example)`, when given, keeps each key's share in every carved split (None: random)."""
     if not data_cfg.train:
         raise TunesmithError("no training data given", where="data.train",
                              fix="set data.train to a .jsonl/.json/.csv/.parquet file, e.g. examples/data/support_tickets.jsonl")
@@ -49,7 +49,7 @@ def prepare_splits(data_cfg, seed: int, normalise_records, stratify_key=None, re
     if carve:
         share = ratios["train"] + sum(ratios[n] for n in carve)
         carve_ratios = tuple(ratios[n] / share if (n == "train" or n in carve) else 0.0 for n in SPLITS)
-        cut = split_stratified(train, carve_ratios, seed, stratify_key) if stratify_key else split_examples(train, carve_ratios, seed)
+        cut = split_stratified(train, carve_ratios, seed, stratify_key) if stratify_key is not None else split_examples(train, carve_ratios, seed)
         train = cut["train"]
         loaded.update({n: cut[n] for n in carve})
     return DataSplits(train, loaded.get("validation", []), loaded.get("test", []), fmt)

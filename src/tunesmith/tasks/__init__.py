@@ -7,7 +7,7 @@ A task module provides:
   target_unit: str                      what count_targets counts ("tok", "ex"), for the progress display
   normalise(records, data_cfg) -> (examples, format name)   records of any reader -> the task's examples
   to_record(example) -> dict            the canonical record (how a run saves its test split)
-  stratify_key(example) -> hashable | None   splits keep the share of each key (None: random split)
+  stratify_key: (example -> hashable) or None   splits keep each key's share; None: plain random split
   setup(splits, config) -> meta         what is learned from the data before loading (label names)
   model_kwargs(meta) -> dict            from_pretrained extras (the new head's size and label names)
   encode(examples, tokenizer, config, meta) -> encoded examples

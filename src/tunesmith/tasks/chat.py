@@ -41,8 +41,7 @@ def model_kwargs(meta: dict) -> dict:
     return {}
 
 
-def stratify_key(example: Example):
-    return None  # chat splits are plain random
+stratify_key = None  # chat splits are plain random (see tasks/__init__.py)
 
 
 def baseline(splits, config, meta: dict) -> dict | None:
