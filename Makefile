@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not e2e"
+
+# Regenerate docs/config.md's reference table from the config field descriptions (a test checks it).
+docs: $(STAMP)
+	$(PY) -c "from pathlib import Path; from tunesmith.config import render_reference as r; \
+	p = Path('docs/config.md'); s = p.read_text(); p.write_text(s[:s.index('| key | default |')] + r())"
 
 clean:
 	rm -rf $(VENV)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLES
-from tunesmith.config import load_config
+from tunesmith.config import TASKS, load_config
 
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))
 
@@ -28,7 +28,7 @@ def test_example_validates(path: Path):
     assert "train" in report and "first training record" in report
 
 
-@pytest.mark.parametrize("task", ["chat", "continued-pretraining", "text-classification", "image-classification"])
+@pytest.mark.parametrize("task", TASKS)
 def test_cli_init_template_is_a_valid_config(tmp_path, capsys, task):
     from tunesmith.cli import main
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tunesmith.config import TASKS
 from tunesmith.errors import TunesmithError
 from tunesmith.plan.cli import add_commands as add_plan_commands
 
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("init", help="print a commented starter config")
-    p.add_argument("--task", default="chat", choices=list(INIT_STARTS), help="task of the config")
+    p.add_argument("--task", default="chat", choices=list(TASKS), help="task of the config")
     p.set_defaults(func=_cmd_init)
 
     def config_args(p, optional=False):

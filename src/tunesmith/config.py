@@ -141,12 +141,13 @@ class OutputConfig(Section):
     save_merged: bool = Field(False, description="also write the adapter merged into full weights (model_merged/)")
 
 
-TASKS = ("chat", "continued-pretraining", "text-classification", "image-classification")  # tunesmith.tasks.TASKS; kept here so config imports no torch
+TASKS = ("chat", "continued-pretraining", "text-classification", "token-classification", "summarization",
+         "image-classification", "text-to-image")  # tunesmith.tasks.TASKS; kept here so config imports no torch
 
 
 class RunConfig(Section):
     name: str = Field("run", description="run name used in the run directory")
-    task: str = Field("chat", description="what is trained: chat (causal-LM SFT), continued-pretraining (raw text), text- or image-classification (new head)")
+    task: str = Field("chat", description="what is trained: chat (causal-LM SFT), continued-pretraining (raw text), text-, token- or image-classification (new head), summarization (seq2seq), text-to-image (diffusion LoRA)")
     seed: int = Field(42, description="seed for data order, splits, initialisation and dropout")
     model: ModelConfig = Field(default_factory=ModelConfig, description="base model")
     data: DataConfig = Field(default_factory=DataConfig, description="data files and how records are read")

@@ -24,15 +24,20 @@ The training loop only calls these; it knows nothing task-specific.
 
 from __future__ import annotations
 
-from tunesmith.tasks import chat, continued_pretraining, image_classification, text_classification
+import importlib
 
+# Task name -> module. Imported on first use, so a run pays only for its own task's dependencies
+# (diffusers for text-to-image, seqeval for token classification).
 TASKS = {
-    "chat": chat,
-    "continued-pretraining": continued_pretraining,
-    "text-classification": text_classification,
-    "image-classification": image_classification,
+    "chat": "chat",
+    "continued-pretraining": "continued_pretraining",
+    "text-classification": "text_classification",
+    "token-classification": "token_classification",
+    "summarization": "summarization",
+    "image-classification": "image_classification",
+    "text-to-image": "text_to_image",
 }
 
 
 def get_task(name: str):
-    return TASKS[name]
+    return importlib.import_module(f"tunesmith.tasks.{TASKS[name]}")
