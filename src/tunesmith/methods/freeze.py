@@ -15,8 +15,8 @@ from tunesmith.errors import TunesmithError
 
 saves_adapter = False
 
-# Names HF models give the norm after the last block (Llama/Mistral, Falcon/Phi, GPT-2).
-FINAL_NORM_NAMES = ("norm", "final_layernorm", "ln_f")
+# Names HF models give the norm after the last block (Llama/Mistral, Falcon/Phi, GPT-2, DBRX).
+FINAL_NORM_NAMES = ("norm", "final_layernorm", "ln_f", "norm_f")
 # Task heads after the block stack: classifiers (BERT/RoBERTa/DeBERTa `classifier`, decoder LLMs
 # `score`, DistilBERT `pre_classifier`) and BERT's pooler, which feeds the classifier.
 HEAD_NAMES = ("classifier", "score", "pre_classifier", "pooler", "qa_outputs")
