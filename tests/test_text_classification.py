@@ -113,6 +113,35 @@ def test_lora_classifier_trains_the_new_head_and_reloads(tiny_encoders, debian_s
     assert result["tuned"]["accuracy"] >= 0
 
 
+@pytest.mark.parametrize("family", ["roberta", "llama"])
+def test_qlora_classifier_keeps_the_new_head_in_float(family, tmp_path_factory, minilm_tokenizer, debian_subset, tmp_path):
+    """QLoRA on an encoder (and a decoder) classifier: the blocks are 4-bit, the new head a float Linear
+    trained in full; loss falls and the adapter predicts after reload. Hidden 64: bitsandbytes' CPU 4-bit
+    kernels need in-features of at least its block size."""
+    from bitsandbytes.nn import Linear4bit
+    from transformers import LlamaConfig, RobertaConfig
+
+    vocab, pad = len(minilm_tokenizer), minilm_tokenizer.pad_token_id
+    config = (RobertaConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=128, max_position_embeddings=128, pad_token_id=pad) if family == "roberta"
+              else LlamaConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128, pad_token_id=pad))
+    model_dir = _tiny(tmp_path_factory, minilm_tokenizer, f"{family}64", config)
+    run = pipeline.train(classification_config(tmp_path, model_dir, debian_subset, "method.name=qlora", "method.r=4",
+                                               "method.compute_dtype=float32", "train.learning_rate=2e-2")).run_dir
+    curve = [r["loss"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
+    assert sum(curve[-4:]) < sum(curve[:4]), curve
+
+    tuned = pipeline.load_tuned(run)
+    modules = dict(tuned.model.named_modules())
+    assert any(isinstance(m, Linear4bit) for m in modules.values())
+    heads = [m for n, m in modules.items() if n.endswith(("classifier.modules_to_save.default.out_proj", "score.modules_to_save.default"))]
+    assert heads and all(type(m) is torch.nn.Linear and m.weight.dtype == torch.float32 for m in heads)
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text(json.dumps({"text": "mail transfer agent", "label": "mail"}) + "\n")
+    assert pipeline.predict(run, str(inputs), str(tmp_path / "out.jsonl")) == 1
+
+
 def test_freeze_trains_the_head_and_top_block_only(tiny_encoders, debian_subset, tmp_path):
     from safetensors.torch import load_file
 

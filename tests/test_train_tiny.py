@@ -86,6 +86,49 @@ def test_qlora_trains_on_a_4bit_base(make_config):
     assert curve[-1] < curve[0]
 
 
+def test_qlora_gradients_are_the_same_after_an_eval_pass(make_config, tokenizer, tmp_path):
+    """bitsandbytes switches a 4-bit weight to an inference kernel without backward after an eval-mode
+    forward on AVX512-BF16 CPUs (then a biased layer fails in training); the qlora method must keep
+    training exact, since base scoring and validation passes run in eval mode between training steps."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from tunesmith.methods import qlora
+    from tunesmith.models.load import load_model
+    from tunesmith.models.resolve import resolve_model
+
+    biased = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, attention_bias=True, mlp_bias=True)
+    model_dir = _save_tiny_model(tmp_path / "biased", biased)
+    config = make_config("method.name=qlora", "method.r=4", "method.compute_dtype=float32", "method.dropout=0", model=model_dir)
+    ids = torch.randint(0, 2000, (2, 12))
+
+    def adapter_grads(eval_first: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = load_model(resolve_model(str(model_dir)), config.model, AutoModelForCausalLM, method_name="qlora",
+                           extra=qlora.load_kwargs(config.method))
+        model = qlora.apply(model, config.method)
+        if eval_first:
+            model.eval()
+            with torch.no_grad():
+                model(input_ids=ids)
+        model.train()
+        model(input_ids=ids, labels=ids).loss.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, after_eval = adapter_grads(False), adapter_grads(True)
+    assert plain.keys() == after_eval.keys() and any("layers.0." in n for n in plain)
+    for name in plain:
+        assert torch.allclose(plain[name], after_eval[name], atol=1e-6), name
+
+
+def _save_tiny_model(path: Path, config) -> Path:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    return path
+
+
 def test_early_stopping_stops_and_keeps_the_best(make_config):
     # A min_delta no pass can beat: the first validation is the best, the next one triggers the stop.
     config = make_config("train.eval_every=1", "train.early_stopping_patience=1", "train.early_stopping_min_delta=100")
