@@ -237,6 +237,15 @@ def test_train_eval_predict(tmp_path, image_folder, tiny_dirs, kind, method):
     assert abs(sum(rows[0]["scores"].values()) - 1) < 1e-4
     if kind == "vit":  # the saved test split scores again from the run directory
         assert "accuracy" in evaluate_run(run)["tuned"]
+        # A plain folder of unlabeled images is a predict input too.
+        import shutil
+
+        photos = tmp_path / "photos"
+        photos.mkdir()
+        for colour in COLOURS:
+            shutil.copy(image_folder / colour / "7.png", photos / f"{colour}.png")
+        assert predict(run, str(photos), str(tmp_path / "folder.jsonl")) == 3
+        assert all(r["label"] in COLOURS for r in read_jsonl(tmp_path / "folder.jsonl"))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -311,7 +311,8 @@ def evaluate_run(run_dir: str | Path, *, test_file: str | None = None, max_sampl
     source = test_file or str(run.path / "data" / "test.jsonl")
     # The saved split is already normalised (canonical columns, system prompt applied): read it
     # without the run's column mapping, which named the original file's columns.
-    test, _ = load_examples(source, config.data if test_file else DataConfig(), task.normalise)
+    test, _ = (load_examples(source, config.data, task.normalise, "test", getattr(task, "read", None)) if test_file
+               else load_examples(source, DataConfig(), task.normalise))
     accelerator = _accelerator(config.train.precision)
     tuned, _ = _score_test(model, tokenizer, test, config, accelerator, meta)
     if hasattr(model, "disable_adapter"):
@@ -335,7 +336,7 @@ def predict(run_dir: str | Path, input_path: str, output_path: str, *, max_new_t
         raise TunesmithError(f"{output} already exists", fix="choose a new --output path; tunesmith never overwrites results")
     model, tokenizer, config, meta = load_tuned(run_dir)
     task = get_task(config.task)
-    examples, _ = load_examples(input_path, config.data, task.normalise)
+    examples, _ = load_examples(input_path, config.data, task.normalise, None, getattr(task, "read", None))
     accelerator = _accelerator(config.train.precision)
     kwargs = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     with accelerator.autocast():

@@ -45,12 +45,13 @@ def is_idx_file(path: Path) -> bool:
     return "idx3-ubyte" in path.name
 
 
-def read_image_source(source: str | os.PathLike, data_cfg, records_reader) -> list[LabeledImage]:
+def read_image_source(source: str | os.PathLike, data_cfg, records_reader, unlabeled: bool = False) -> list[LabeledImage]:
     """`source` is a folder with one sub-folder per class, an IDX images file (`*-idx3-ubyte[.gz]`), or a
-    table (CSV/JSONL/...) with image and label columns read by `records_reader` (tunesmith's read_records)."""
+    table (CSV/JSONL/...) with image and label columns read by `records_reader` (tunesmith's read_records).
+    With `unlabeled` (inputs to `predict`) a plain folder of images is read too, without labels."""
     path = Path(os.fspath(source))
     if path.is_dir() and not ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        examples = read_class_folders(path)
+        examples = read_class_folders(path, unlabeled)
     elif path.is_file() and is_idx_file(path):
         examples = read_idx_pair(path)
     else:
@@ -62,8 +63,11 @@ def read_image_source(source: str | os.PathLike, data_cfg, records_reader) -> li
 # (a) a folder with one sub-folder per class
 
 
-def read_class_folders(root: Path) -> list[LabeledImage]:
+def read_class_folders(root: Path, unlabeled: bool = False) -> list[LabeledImage]:
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    loose_images = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if unlabeled and loose_images:  # a folder of images to label: `tunesmith predict RUN --input photos/`
+        return [LabeledImage(str(p), str(p.resolve()), None, "image folder") for p in loose_images]
     if not classes:
         loose = [p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS][:3]
         raise TunesmithError(

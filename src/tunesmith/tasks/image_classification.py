@@ -66,10 +66,11 @@ def model_class():
 
 
 def read(source: str, data_cfg, split: str | None = None) -> list[LabeledImage]:
-    """The task's reader (data.prepare calls it instead of read_records): folders, IDX files and tables."""
+    """The task's reader (data.prepare calls it instead of read_records): folders, IDX files and tables.
+    `split` None means inputs to `predict`, which may be a plain folder of unlabeled images."""
     from tunesmith.data.readers import read_records
 
-    return read_image_source(source, data_cfg, lambda s: read_records(s, split=split))
+    return read_image_source(source, data_cfg, lambda s: read_records(s, split=split), unlabeled=split is None)
 
 
 def normalise(records: list, data_cfg) -> tuple[list[LabeledImage], str]:
