@@ -212,3 +212,47 @@ def test_stratified_split_keeps_label_shares(tmp_path):
     from collections import Counter
 
     assert set(Counter(e.labels[0] for e in splits.test).values()) == {15}
+
+
+def test_reranking_with_relevance_scores(tiny_encoders, debian_subset, tmp_path):
+    """Cross-encoder reranking: (query, passage, score) records; one sigmoid output trained with BCE,
+    scored by correlation and per-query MRR/NDCG against the TF-IDF cosine baseline."""
+    from transformers import AutoModelForSequenceClassification
+
+    rows = list(csv.DictReader(debian_subset.open()))
+    pairs = [{"query": f"{section} software", "passage": row["text"], "relevance": float(row["label"] == section)}
+             for i, row in enumerate(rows[:120]) for section in ("database", "games", "mail", "sound")[i % 2 :: 2]]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    config = classification_config(tmp_path, tiny_encoders["bert"], data,
+                                   "data.columns={text: query, text_pair: passage, score: relevance}")
+    result = pipeline.train(config)
+    curve = [r["loss"] for r in read_jsonl(result.run_dir / "metrics.jsonl") if "loss" in r]
+    assert sum(curve[-4:]) < sum(curve[:4]), curve
+    tuned = result.summary["tuned"]
+    assert {"pearson", "spearman", "ndcg@10", "mrr@10"} <= set(tuned) and 0 <= tuned["ndcg@10"] <= 1
+    assert "ndcg@10" in result.summary["baseline"]
+    assert json.loads((result.run_dir / "task.json").read_text())["scores"] is True
+    assert AutoModelForSequenceClassification.from_pretrained(result.run_dir / "model").config.num_labels == 1
+
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text(json.dumps({"query": "mail software", "passage": "IMAP server", "relevance": 0}) + "\n")
+    assert pipeline.predict(result.run_dir, str(inputs), str(tmp_path / "out.jsonl")) == 1
+    assert 0 <= read_jsonl(tmp_path / "out.jsonl")[0]["score"] <= 1
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"text": "q", "text_pair": "p", "score": 3}, "outside 0..1"),
+    ({"text": "q", "text_pair": "p", "score": "high"}, "not a number"),
+    ({"text": "q", "score": 0.5}, "no text_pair"),
+])
+def test_bad_relevance_scores_name_the_record(tmp_path, record, message):
+    from tunesmith.config import DataConfig
+    from tunesmith.data.prepare import load_examples
+    from tunesmith.tasks import text_classification as task
+
+    path = tmp_path / "scores.jsonl"
+    path.write_text(json.dumps({"text": "q", "text_pair": "p", "score": 1.0}) + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(TunesmithError) as caught:
+        load_examples(str(path), DataConfig(), task.normalise)
+    assert message in str(caught.value) and "scores.jsonl:2" in str(caught.value)

@@ -1,10 +1,13 @@
-"""Text classification: single-label, multi-label and sentence-pair (cross-encoder) classification.
+"""Text classification: single-label, multi-label, sentence-pair (cross-encoder) classification and reranking.
 
 Any encoder (BERT, RoBERTa, DeBERTa, MiniLM) or decoder LLM gets a new classification head sized from
 the labels found in the training split; the label names are saved in the model config (id2label), so
 a reloaded model predicts names, not indices. Records need a text and a label column (and optionally
 a second text for pairs); `data.columns` maps other names. A list-valued label, or
 `data.multi_label: true` with `data.label_separator`, makes the task multi-label (sigmoid per label).
+A `score` column instead of a label (relevance of `text_pair` to the query `text`, 0..1) trains a
+reranker: one output with a sigmoid and binary cross-entropy on the score, as sentence-transformers'
+CrossEncoder does, so the saved model loads there too; scored by correlation and per-query MRR/NDCG.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from tunesmith.tasks.labels import check_labels_seen, head_kwargs, training_labe
 peft_task_type = "SEQ_CLS"
 target_unit = "ex"  # count_targets counts examples
 
-CANONICAL = ("text", "text_pair", "label")
+CANONICAL = ("text", "text_pair", "label", "score")
 
 
 @dataclass
@@ -30,6 +33,7 @@ class LabeledText:
     text: str
     labels: tuple[str, ...]
     text_pair: str | None = None
+    score: float | None = None  # reranking: relevance of text_pair to text, 0..1
 
     def content_key(self) -> tuple:
         return ("labeled_text", self.text, self.text_pair)
@@ -39,7 +43,7 @@ class LabeledText:
 class EncodedText:
     input_ids: list[int]
     where: str
-    target: list[float] | int  # class index, or a multi-hot row
+    target: list[float] | int | float  # class index, a multi-hot row, or a relevance score
     weight: float = 1.0  # class weight of the example's label (1 without `train.class_weights`)
     token_type_ids: list[int] | None = None
     truncated: bool = False
@@ -94,12 +98,27 @@ def _labels_of(value, data_cfg, where: str) -> tuple[str, ...]:
     return labels
 
 
+def _score_of(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TunesmithError(f"score {value!r} is not a number", where=where, fix="give a relevance score from 0 to 1")
+    try:
+        score = float(value)
+    except ValueError:
+        raise TunesmithError(f"score {value!r} is not a number", where=where, fix="give a relevance score from 0 to 1") from None
+    if not 0.0 <= score <= 1.0:
+        raise TunesmithError(f"score {score} is outside 0..1", where=where,
+                             fix="scale relevance to 0..1 (graded 0-3 relevance: divide by 3); the model predicts a sigmoid")
+    return score
+
+
 def normalise(records: list, data_cfg) -> tuple[list[LabeledText], str]:
     columns = dict(data_cfg.columns)
     unknown = set(columns) - set(CANONICAL)
     if unknown:
         raise TunesmithError(f"data.columns maps {sorted(unknown)}, which text classification does not read",
                              where="data.columns", fix=f"map only {', '.join(CANONICAL)}")
+    score_column = columns.get("score", "score")
+    scored = bool(records) and score_column in records[0].fields  # the first record decides, like data.format: auto
     examples = []
     for record in records:
         text = _column(record.fields, "text", columns, record.where, required=True)
@@ -110,14 +129,25 @@ def normalise(records: list, data_cfg) -> tuple[list[LabeledText], str]:
                                      fix="every text must be a string")
         if not text.strip():
             raise TunesmithError("the text is empty", where=record.where, fix="remove the record or fill in its text")
+        if scored:
+            if pair is None:
+                raise TunesmithError("a scored record has no text_pair (the passage to score against the query)",
+                                     where=record.where, fix="give every record text (query), text_pair (passage) and score")
+            score = _score_of(_column(record.fields, "score", columns, record.where, required=True), record.where)
+            examples.append(LabeledText(record.where, text, (), pair, score))
+            continue
         labels = _labels_of(_column(record.fields, "label", columns, record.where, required=True), data_cfg, record.where)
         examples.append(LabeledText(record.where, text, labels, pair))
+    if scored:
+        return examples, "relevance scores (reranking)"
     pairs = any(e.text_pair is not None for e in examples)
     multi = data_cfg.multi_label or any(len(e.labels) != 1 for e in examples)
     return examples, ("multi-label" if multi else "single-label") + (" pairs" if pairs else "")
 
 
 def to_record(example: LabeledText) -> dict:
+    if example.score is not None:
+        return {"text": example.text, "text_pair": example.text_pair, "score": example.score}
     row = {"text": example.text, "label": list(example.labels) if len(example.labels) != 1 else example.labels[0]}
     if example.text_pair is not None:
         row["text_pair"] = example.text_pair
@@ -125,7 +155,10 @@ def to_record(example: LabeledText) -> dict:
 
 
 def stratify_key(example: LabeledText):
-    """Splits keep each label's share (single-label); multi-label examples stratify by their first label."""
+    """Splits keep each label's share (single-label); multi-label examples stratify by their first label;
+    relevance scores by whether the passage is relevant, so every split has both kinds."""
+    if example.score is not None:
+        return example.score >= 0.5
     return example.labels[0] if example.labels else ""
 
 
@@ -135,6 +168,8 @@ def stratify_key(example: LabeledText):
 
 def setup(splits, config) -> dict:
     """Label names from the training split; class weights when asked; checks on the other splits."""
+    if splits.train and splits.train[0].score is not None:
+        return {"labels": ["score"], "multi_label": False, "scores": True, "class_weights": None}
     train_labels = Counter(label for e in splits.train for label in e.labels)
     names = training_label_names(train_labels)
     check_labels_seen(splits, train_labels, lambda e: e.labels)
@@ -148,6 +183,8 @@ def setup(splits, config) -> dict:
 
 
 def model_kwargs(meta: dict) -> dict:
+    if meta.get("scores"):  # one relevance logit, CrossEncoder's layout (it applies the sigmoid itself)
+        return dict(head_kwargs(meta["labels"]), problem_type="regression")
     problem = "multi_label_classification" if meta["multi_label"] else "single_label_classification"
     return dict(head_kwargs(meta["labels"]), problem_type=problem)
 
@@ -160,8 +197,10 @@ def encode(examples: list[LabeledText], tokenizer, config, meta: dict) -> list[E
     for example in examples:
         full = tokenizer(example.text, example.text_pair)
         encoded = tokenizer(example.text, example.text_pair, truncation=True, max_length=max_length)
-        if meta["multi_label"]:
-            target: list[float] | int = [0.0] * len(index)
+        if meta.get("scores"):
+            target: list[float] | int | float = example.score if example.score is not None else 0.0
+        elif meta["multi_label"]:
+            target = [0.0] * len(index)
             for label in example.labels:
                 if label in index:
                     target[index[label]] = 1.0
@@ -190,8 +229,8 @@ def collate(batch: list[EncodedText], pad_id: int) -> dict[str, torch.Tensor]:
         for row, example in enumerate(batch):
             token_types[row, : len(example.token_type_ids)] = torch.tensor(example.token_type_ids)
         out["token_type_ids"] = token_types
-    multi = isinstance(batch[0].target, list)
-    out["targets"] = torch.tensor([e.target for e in batch], dtype=torch.float32 if multi else torch.long)
+    as_float = isinstance(batch[0].target, (list, float))  # multi-hot rows and relevance scores
+    out["targets"] = torch.tensor([e.target for e in batch], dtype=torch.float32 if as_float else torch.long)
     return out
 
 
@@ -210,7 +249,10 @@ def count_targets(batch: dict[str, torch.Tensor]) -> int:
 def loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     logits = logits_of(model, batch)
     targets = batch["targets"]
-    if targets.dtype == torch.float32:
+    if targets.dtype == torch.float32 and targets.dim() == 1:
+        # Relevance scores: binary cross-entropy against the soft 0..1 target (CrossEncoder's default loss).
+        per_example = F.binary_cross_entropy_with_logits(logits[:, 0], targets, reduction="none")
+    elif targets.dtype == torch.float32:
         # Multi-label: a sigmoid per label, averaged over labels so each example weighs the same.
         per_example = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dim=-1)
     else:
@@ -231,7 +273,7 @@ def _scores(model, tokenizer, examples: list[LabeledText], config, meta: dict) -
         batch = collate(encoded[start : start + config.eval.batch_size], tokenizer.pad_token_id)
         batch = {k: v.to(model.device) for k, v in batch.items()}
         logits = logits_of(model, batch)
-        out.append(torch.sigmoid(logits) if meta["multi_label"] else torch.softmax(logits, dim=-1))
+        out.append(torch.sigmoid(logits) if meta["multi_label"] or meta.get("scores") else torch.softmax(logits, dim=-1))
     return torch.cat(out).cpu() if out else torch.empty(0, len(meta["labels"]))
 
 
@@ -244,6 +286,8 @@ def _chosen(scores: torch.Tensor, meta: dict) -> list[tuple[str, ...]]:
 
 def predict(model, tokenizer, examples: list[LabeledText], config, meta: dict, **_) -> list[dict]:
     scores = _scores(model, tokenizer, examples, config, meta)
+    if meta.get("scores"):
+        return [{"text": e.text, "text_pair": e.text_pair, "score": round(float(row[0]), 6)} for e, row in zip(examples, scores)]
     rows = []
     for example, row, chosen in zip(examples, scores, _chosen(scores, meta)):
         result = {"text": example.text}
@@ -261,6 +305,13 @@ def evaluate_test(model, tokenizer, examples: list[LabeledText], config, meta: d
     if not examples:
         return {}, []
     scores = _scores(model, tokenizer, examples, config, meta)
+    if meta.get("scores"):
+        from tunesmith.evaluate.ranking import ranking_metrics
+
+        predicted_scores = [float(row[0]) for row in scores]
+        rows = [{"where": e.where, "prompt": f"{e.text} [SEP] {e.text_pair}", "reference": f"{e.score:.3f}",
+                 "prediction": f"{p:.3f}"} for e, p in zip(examples, predicted_scores)]
+        return ranking_metrics([e.text for e in examples], [e.score for e in examples], predicted_scores), rows
     predicted = _chosen(scores, meta)
     metrics = classification_metrics([e.labels for e in examples], predicted, meta["labels"], meta["multi_label"])
     rows = [{"where": e.where, "prompt": e.text, "reference": ", ".join(e.labels), "prediction": ", ".join(p)}
@@ -269,7 +320,14 @@ def evaluate_test(model, tokenizer, examples: list[LabeledText], config, meta: d
 
 
 def baseline(splits, config, meta: dict) -> dict | None:
-    """TF-IDF + logistic regression on the same split: the bar a fine-tuned encoder must clear."""
+    """TF-IDF + logistic regression on the same split: the bar a fine-tuned encoder must clear (for
+    reranking: the TF-IDF cosine between query and passage)."""
+    if meta.get("scores") and splits.test:
+        from tunesmith.evaluate.ranking import ranking_metrics, tfidf_cosine
+
+        train_texts = [t for e in splits.train for t in (e.text, e.text_pair)]
+        predicted = tfidf_cosine(train_texts, [e.text for e in splits.test], [e.text_pair for e in splits.test])
+        return ranking_metrics([e.text for e in splits.test], [e.score for e in splits.test], predicted)
     if meta["multi_label"] or not splits.test:
         return None
     from tunesmith.evaluate.classification import classification_metrics, tfidf_baseline
@@ -286,12 +344,13 @@ def _joined(example: LabeledText) -> str:
 def plots(rows: list[dict], meta: dict, folder) -> list[str]:
     from tunesmith.evaluate.classification import plot_confusion
 
-    if meta["multi_label"] or not rows:
+    if meta["multi_label"] or meta.get("scores") or not rows:
         return []
     return [plot_confusion([r["reference"] for r in rows], [r["prediction"] for r in rows], meta["labels"],
                            folder / "confusion.png")]
 
 
 def describe(encoded: EncodedText, tokenizer) -> str:
-    return (f"first training record as the model sees it (labels: {', '.join(encoded.labels)}):\n\n"
+    target = f"score: {encoded.target}" if isinstance(encoded.target, float) else f"labels: {', '.join(encoded.labels)}"
+    return (f"first training record as the model sees it ({target}):\n\n"
             + tokenizer.decode(encoded.input_ids))
