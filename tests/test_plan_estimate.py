@@ -87,7 +87,7 @@ def test_korthikanti_formula_for_a_gpt_like_block():
            "num_attention_heads": 16, "vocab_size": 1000}
     shape = model_shape(cfg)
     s, h, a = 512, 1024, 16
-    per_layer = activation_bytes(shape, s, 1, act=2, eager=True, checkpointing=False) / 2
+    per_layer = activation_bytes(shape, s, 1, act=2, attention="eager", checkpointing=False) / 2
     assert per_layer == s * h * (34 + 5 * a * s / h)
 
 

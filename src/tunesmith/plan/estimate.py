@@ -432,21 +432,40 @@ def targeted(shape: Shape, targets: str | list[str]) -> list[Linear]:
     return chosen
 
 
-def _score_bytes(stack: Stack, act: int) -> int:
-    """Bytes per attention score kept by eager attention (the score matrix is B x heads x S x S_kv)."""
+# SDPA on a CPU with attention dropout: torch's CPU flash kernel has no dropout, so SDPA falls back to its
+# math path, which keeps the fp32 softmax output and the fp32 dropped probabilities for backward (8 bytes
+# per score, under bf16 autocast too; measured with saved-tensor hooks on MiniLM-L6, one forward). On GPUs
+# the flash/memory-efficient kernels regenerate the dropout mask and keep no score matrix.
+SDPA_MATH_SCORE_BYTES = 8
+
+
+def attention_mode(stack: Stack, attention: str, on_gpu: bool) -> str:
+    """How a stack's attention keeps its B x heads x S x S_kv scores: eager (all of them), math (SDPA's
+    fallback on CPU with dropout), or fused (flash / memory-efficient kernels: none)."""
+    if attention == "eager":
+        return "eager"
+    if attention == "sdpa" and not on_gpu and stack.dropout:
+        return "math"
+    return "fused"
+
+
+def _score_bytes(stack: Stack, act: int, mode: str = "eager") -> int:
+    """Bytes per attention score kept for backward (the score matrix is B x heads x S x S_kv)."""
+    if mode != "eager":
+        return SDPA_MATH_SCORE_BYTES if mode == "math" else 0
     softmax = 4 if stack.upcast_softmax else act
     cast = act if stack.upcast_softmax else 0  # the fp32 softmax is cast back for the matmul with V
     dropout = (1 + act) if stack.dropout else 0  # mask and dropped copy (Korthikanti: 5 = 2 + 1 + 2)
     return softmax + cast + dropout
 
 
-def _block_bytes(stack: Stack, tokens: int, source: int, act: int, eager: bool) -> float:
+def _block_bytes(stack: Stack, tokens: int, source: int, act: int, mode: str) -> float:
     """Activation bytes one block keeps for backward, per example.
 
     Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models", sec. 4.1):
     a GPT block keeps 34*s*b*h + 5*a*s^2*b bytes in 16-bit. Counted the same way, tensor by tensor, for
     GQA, GLU MLPs, dropout-free decoders and cross-attention; with a=heads, h=q=kv, ffn=4h, dropout
-    and 2-byte activations this gives their 34h per token.
+    and 2-byte activations this gives their 34h per token. `mode`: see attention_mode.
     """
     h, q, kv = stack.hidden, stack.heads * stack.head_dim, stack.kv_heads * stack.head_dim
     mask = 1 if stack.dropout else 0
@@ -454,12 +473,11 @@ def _block_bytes(stack: Stack, tokens: int, source: int, act: int, eager: bool) 
     per_token += act * h + act * stack.ffn * (4 if stack.gated else 2) + mask * h  # MLP input, up/gate, activation
     per_token += act * h * stack.norms  # norm inputs
     total = tokens * per_token
-    if eager:  # SDPA and flash attention recompute the scores in backward instead of keeping them
-        total += tokens * stack.heads * tokens * _score_bytes(stack, act)
+    # Fused SDPA and flash attention recompute the scores in backward instead of keeping them.
+    total += tokens * stack.heads * tokens * _score_bytes(stack, act, mode)
     if stack.cross:  # query input, Q and output-projection input per target token; K and V per source token
         total += tokens * (act * (h + 2 * q) + mask * h) + source * act * 2 * kv
-        if eager:
-            total += tokens * stack.heads * source * _score_bytes(stack, act)
+        total += tokens * stack.heads * source * _score_bytes(stack, act, mode)
     return total
 
 
@@ -467,8 +485,8 @@ def _lengths(shape: Shape, seq_len: int, target_len: int) -> dict[str, int]:
     return {"source": seq_len, "target": target_len, "image": shape.image_tokens}
 
 
-def activation_bytes(shape: Shape, seq_len: int, target_len: int, act: int, eager: bool, checkpointing: bool,
-                     trained_blocks: int | None = None) -> float:
+def activation_bytes(shape: Shape, seq_len: int, target_len: int, act: int, attention: str, checkpointing: bool,
+                     trained_blocks: int | None = None, on_gpu: bool = True) -> float:
     """Per-example activation bytes. `trained_blocks` (freeze): only the top blocks keep activations."""
     if shape.family == "cnn":
         return shape.conv_elements * act * (1 if trained_blocks is None else min(1.0, trained_blocks / shape.layers))
@@ -478,7 +496,7 @@ def activation_bytes(shape: Shape, seq_len: int, target_len: int, act: int, eage
     for stack in reversed(shape.stacks):  # the top blocks are the last stack's last ones
         n = min(stack.layers, remaining)
         remaining -= n
-        block = _block_bytes(stack, lengths[stack.tokens], seq_len, act, eager)
+        block = _block_bytes(stack, lengths[stack.tokens], seq_len, act, attention_mode(stack, attention, on_gpu))
         full += n * block
         inputs += n * lengths[stack.tokens] * stack.hidden * act
         largest = max(largest, block if n else 0.0)
@@ -689,13 +707,14 @@ def estimate(
 
     # 4. Memory per example
     per_example = {
-        "activations": activation_bytes(shape, seq_len, target_len, act, attention == "eager", grad_checkpointing, trained_blocks),
+        "activations": activation_bytes(shape, seq_len, target_len, act, attention, grad_checkpointing, trained_blocks,
+                                        on_gpu=hw.is_gpu),
         "logits": ({"one": 1}.get(shape.output_positions) or _lengths(shape, seq_len, target_len)[shape.output_positions])
         * shape.outputs * LOGIT_BYTES,
     }
 
     if not hw.is_gpu and precision in ("bf16", "fp16") and dtype == "fp32" and shape.family in ("decoder", "encoder"):
-        _cpu_autocast(shape, method, trainable, trained_blocks, lora_r, lora_targets, seq_len, act, attention == "eager",
+        _cpu_autocast(shape, method, trainable, trained_blocks, lora_r, lora_targets, seq_len, act, attention,
                       grad_checkpointing, fixed, per_example)
 
     def total_for(b: int) -> float:
@@ -740,7 +759,7 @@ def estimate(
 
 
 def _cpu_autocast(shape: Shape, method: str, trainable: int, trained_blocks: int | None, lora_r: int, lora_targets,
-                  seq_len: int, act: int, eager: bool, checkpointing: bool, fixed: dict, per_example: dict) -> None:
+                  seq_len: int, act: int, attention: str, checkpointing: bool, fixed: dict, per_example: dict) -> None:
     """What bf16 autocast over fp32 weights keeps on a CPU beyond the 16-bit count (measured; see the constants).
 
     Autocast copies: autograd keeps the bf16 cast of every weight a gradient flows back through (to compute
@@ -763,7 +782,7 @@ def _cpu_autocast(shape: Shape, method: str, trainable: int, trained_blocks: int
     trained = layers if method != "freeze" else (trained_blocks or 0)
     extra = seq_len * per_token * trained
     if method == "freeze" and shape.tied_head:
-        block = _block_bytes(stack, seq_len, seq_len, act, eager) + seq_len * per_token
+        block = _block_bytes(stack, seq_len, seq_len, act, attention_mode(stack, attention, False)) + seq_len * per_token
         extra += CPU_FROZEN_BLOCK_SHARE * block * (layers - trained)
     per_example["activations"] += extra
 
