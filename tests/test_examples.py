@@ -23,6 +23,13 @@ def test_example_validates(path: Path):
     config = load_config(path)
     if config.data.train.startswith("/usr/share/datasets/") and not Path(config.data.train).exists():
         pytest.skip(f"{config.data.train} comes from a Debian package (make setup installs it as root)")
+    if config.task == "text-to-image" and not Path(config.model.name).exists():
+        from tunesmith.models.resolve import hub_reachable
+
+        # No Stable Diffusion weights ship in a package: the example names the hub's SD 1.5 (~4 GB), and
+        # test_text_to_image.py validates the example's data with a tiny pipeline instead.
+        if not hub_reachable():
+            pytest.skip(f"{config.model.name} comes from the model hub, which is unreachable here")
     assert Path(config.data.train).exists(), config.data.train
     report = validate(config)
     assert "train" in report and "first training record" in report

@@ -21,8 +21,16 @@ INIT_STARTS = {
                               "data.max_length": 256},
     "text-classification": {"model.name": "all-minilm-l6-v2", "data.train": "examples/data/debian_sections.csv",
                             "method.name": "full", "data.max_length": 128},
+    "token-classification": {"model.name": "all-minilm-l6-v2", "data.train": "examples/data/copyright_entities.jsonl",
+                             "method.name": "full", "data.max_length": 128, "train.learning_rate": 1.0e-4},
+    "text-to-image": {"model.name": "stable-diffusion-v1-5/stable-diffusion-v1-5", "data.train": "examples/data/shapes",
+                      "method.target_modules": "[to_q, to_k, to_v, to_out.0]", "method.dropout": 0.0,
+                      "train.batch_size": 4, "train.learning_rate": 1.0e-4},
     "image-classification": {"model.name": "efficientnet-lite0", "method.name": "full",
                              "data.train": "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"},
+    "summarization": {"model.name": "bert2bert-minilm-l6", "data.train": "examples/data/debian_summaries.jsonl",
+                      "method.name": "full", "data.max_length": 256, "data.max_target_length": 32,
+                      "train.learning_rate": 5.0e-5, "eval.max_new_tokens": 32},
 }
 
 
@@ -66,7 +74,7 @@ def _cmd_predict(args) -> None:
     from tunesmith.pipeline import predict
 
     count = predict(args.run_dir, args.input, args.output, max_new_tokens=args.max_new_tokens)
-    print(f"wrote {count} answers to {args.output}")
+    print(f"wrote {count} predictions to {args.output}")
 
 
 def _cmd_merge(args) -> None:
@@ -113,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="answer every record of a file with the tuned model")
     p.add_argument("run_dir")
     p.add_argument("--input", required=True, help="records to answer (any supported data format)")
-    p.add_argument("--output", required=True, help="JSONL file to write (must not exist)")
+    p.add_argument("--output", required=True, help="JSONL file to write, or for text-to-image a folder of images (must not exist)")
     p.add_argument("--max-new-tokens", type=int)
     p.set_defaults(func=_cmd_predict)
 

@@ -70,8 +70,27 @@ class DataConfig(Section):
     )
     multi_label: bool = Field(False, description="classification: several labels per record (sigmoid per label); list labels imply it")
     label_separator: str | None = Field(None, description="classification: split string labels on this, e.g. ',' for 'a,b'")
-    augment: bool = Field(True, description="image classification: random resized crop + flip on training images; helps small data sets, slows convergence a little")
-    skip_bad_images: bool = Field(False, description="image classification: skip (and count) images that cannot be decoded instead of stopping")
+    label_all_subwords: bool = Field(False, description="token classification: train on every sub-token of a word, not only its first; more loss positions, same scoring (a word is read from its first sub-token)")
+    augment: bool = Field(True, description="image tasks: random flips of training images (classification also random resized crops); helps small data sets, slows convergence a little")
+    skip_bad_images: bool = Field(False, description="image tasks: skip (and count) images that cannot be decoded instead of stopping")
+    image_size: int | None = Field(
+        None, ge=8, description="text-to-image: resolution images are resized and center-cropped to; None takes the model's own (512 SD1.5, 1024 SDXL), lower trains faster but samples worse at full size"
+    )
+    instance_prompt: str | None = Field(
+        None, description="text-to-image: DreamBooth prompt given to every training image, e.g. 'a photo of sks dog'; None reads each image's caption"
+    )
+    class_prompt: str | None = Field(
+        None, description="text-to-image: prior preservation prompt, e.g. 'a photo of a dog'; keeps the class from collapsing onto the instance, costs a second image per step"
+    )
+    class_data_dir: str | None = Field(
+        None, description="text-to-image: folder of class images for prior preservation; missing ones are generated once with the base model"
+    )
+    num_class_images: int = Field(100, ge=1, description="text-to-image: class images for prior preservation; more keeps the prior better, generating them costs time once")
+    prior_loss_weight: float = Field(1.0, ge=0, description="text-to-image: weight of the class images' loss; higher protects the class more, learns the instance slower")
+    source_prefix: str = Field(
+        "auto", description="summarization: text put before every source; auto gives T5-family models their 'summarize: ' prompt and others none, '' never adds one"
+    )
+    max_target_length: int = Field(128, ge=4, description="summarization: summary tokens with the end token; a longer summary is an error naming its record, never silently cut")
 
 
 class MethodConfig(Section):
@@ -132,6 +151,16 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(128, ge=1, description="tokens generated per test example")
     max_samples: int | None = Field(200, ge=1, description="test examples generated for ROUGE/exact match; None uses all")
     batch_size: int = Field(8, ge=1, description="examples per generation batch")
+    num_beams: int = Field(4, ge=1, description="summarization: beam search width; 4 is the BART/PEGASUS setting, 1 (greedy) is ~num_beams x cheaper")
+    length_penalty: float = Field(1.0, description="summarization: beam score divided by length**this; above 1 favours longer summaries, below 1 shorter")
+    no_repeat_ngram_size: int = Field(3, ge=0, description="summarization: never repeat an n-gram of this size (stops loops); 0 allows repeats such as 'Python 3 ... Python 3'")
+    min_new_tokens: int = Field(0, ge=0, description="summarization: tokens generated before the end token is allowed; raise it when summaries come out too short")
+    sample_prompts: list[str] = Field(
+        default_factory=list, description="text-to-image: prompts of the before/after sample grids; empty takes up to 4 test captions (or the instance prompt)"
+    )
+    sample_seeds: list[int] = Field([0, 1], description="text-to-image: seeds per sample prompt; the same seeds before and after make the grids comparable, each costs one generation")
+    num_inference_steps: int = Field(30, ge=1, description="text-to-image: denoising steps per generated image; more is slower and cleaner (25-50 usual)")
+    guidance_scale: float = Field(7.5, ge=0, description="text-to-image: classifier-free guidance; higher follows the prompt more closely and varies less, above 1 doubles the UNet work")
     compare_base: bool = Field(True, description="also score the base model on the test split, for the side-by-side table")
     report_samples: int = Field(5, ge=0, description="side-by-side examples shown in report.md")
 

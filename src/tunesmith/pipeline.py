@@ -7,6 +7,7 @@ The other entry points (evaluate_run, predict, merge, validate) are shorter path
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -157,33 +158,37 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None, 
 
     # 3. Model and method.
     started = time.time()
-    model = load_base_model(config, resolved, meta)
-    # Decoder classifiers find each row's last token through pad_token_id (vision configs have none).
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = _pad_id(tokenizer)
-    model.config.use_cache = False  # the KV cache is for generation; in training it only costs memory
-    model = method.apply(model, config.method, config.train.gradient_checkpointing, **(
-        {"task_type": task.peft_task_type} if method.saves_adapter else {}))
+    task_loader = getattr(task, "load_model", None)
+    if task_loader is not None:  # not one transformers model (a diffusers pipeline): the task applies the method
+        model = task_loader(config, resolved, meta)
+    else:
+        model = load_base_model(config, resolved, meta)
+        # Decoder classifiers find each row's last token through pad_token_id (vision configs have none).
+        if getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = _pad_id(tokenizer)
+        model.config.use_cache = False  # the KV cache is for generation; in training it only costs memory
+        model = method.apply(model, config.method, config.train.gradient_checkpointing, **(
+            {"task_type": task.peft_task_type} if method.saves_adapter else {}))
     params = _print_parameters(model, config.method.name)
     if not hasattr(model, "hf_device_map"):  # a 4-bit model was placed while loading
         model.to(accelerator.device)
+    if check.auto and resume is None:
+        _confirm_batch_size(model, task, encoded["train"], config, check, accelerator, tokenizer, run)
+    before_fit = getattr(task, "before_fit", None)
+    if before_fit is not None and main:  # e.g. class images generated once with the base model
+        with accelerator.autocast():
+            before_fit(model, tokenizer, config, meta)
+    accelerator.wait_for_everyone()
 
     # 4. Base scores, once per run (a resumed run keeps the ones it has).
-    base_metrics = run.read_json("base_metrics.json")
-    if main and config.eval.compare_base and splits.test and not base_metrics:
-        print(f"scoring the base model on {min(len(splits.test), config.eval.max_samples or 10**9)} test examples")
-        score = _score_base_through_adapter if method.saves_adapter else _score_test
-        metrics, rows = score(model, tokenizer, splits.test, config, accelerator, meta)
-        base_metrics = {"metrics": metrics, "rows": rows}
-        reference = task.baseline(splits, config, meta)
-        if reference is not None:
-            base_metrics["baseline"] = reference
-        run.write_json("base_metrics.json", base_metrics)
+    with _out_of_memory_advice(config, check, "while scoring the base model"):
+        base_metrics = _base_scores(run, model, tokenizer, splits, config, accelerator, meta, task, method, main)
     accelerator.wait_for_everyone()
 
     # 5. Train.
-    result = fit(model=model, task=task, train_set=encoded["train"], val_set=encoded["validation"], config=config,
-                 accelerator=accelerator, run=run, pad_id=_pad_id(tokenizer), resume=resume is not None)
+    with _out_of_memory_advice(config, check, "while training"):
+        result = fit(model=model, task=task, train_set=encoded["train"], val_set=encoded["validation"], config=config,
+                     accelerator=accelerator, run=run, pad_id=_pad_id(tokenizer), resume=resume is not None)
     model = accelerator.unwrap_model(model)
 
     # 6. Save, score, report (main process only).
@@ -197,6 +202,9 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None, 
             print("scoring the tuned model on the test split")
             tuned_metrics, tuned_rows = _score_test(model, tokenizer, splits.test, config, accelerator, meta)
             task.plots(tuned_rows, meta, run.plots)
+        samples = base_metrics.get("samples", [])
+        if hasattr(task, "samples"):
+            samples = samples + _task_samples(task, model, tokenizer, config, accelerator, meta, run, "tuned")
         summary = {
             "status": "stopped_early" if result.state.stopped_early else "completed",
             "run_dir": str(run.path),
@@ -223,6 +231,8 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None, 
             "tuned": tuned_metrics,
             "baseline": base_metrics.get("baseline"),
         }
+        if samples:
+            summary["samples"] = samples
         run.write_json("summary.json", summary)
         run.write_json("test_predictions.json", {"base": base_metrics.get("rows", []), "tuned": tuned_rows})
         from tunesmith.evaluate.report import write_report
@@ -234,6 +244,81 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None, 
         print(f"done: {run.path}")
     accelerator.wait_for_everyone()
     return RunResult(run.path, summary)
+
+
+def _base_scores(run, model, tokenizer, splits, config, accelerator, meta, task, method, main) -> dict:
+    """The base model's test scores (and the task's baseline and samples), computed once per run."""
+    base_metrics = run.read_json("base_metrics.json")
+    if main and config.eval.compare_base and splits.test and not base_metrics:
+        print(f"scoring the base model on {min(len(splits.test), config.eval.max_samples or 10**9)} test examples")
+        score = _score_base_through_adapter if method.saves_adapter else _score_test
+        metrics, rows = score(model, tokenizer, splits.test, config, accelerator, meta)
+        base_metrics = {"metrics": metrics, "rows": rows}
+        reference = task.baseline(splits, config, meta)
+        if reference is not None:
+            base_metrics["baseline"] = reference
+        if hasattr(task, "samples"):
+            base_metrics["samples"] = _task_samples(task, model, tokenizer, config, accelerator, meta, run, "base",
+                                                    adapter_off=method.saves_adapter)
+        run.write_json("base_metrics.json", base_metrics)
+    return base_metrics
+
+
+def _confirm_batch_size(model, task, train_set, config, check, accelerator, tokenizer, run) -> None:
+    """`train.batch_size: auto`: one forward and backward pass on the longest examples at the estimated
+    batch, halved on an out-of-memory error or a measured peak over the device budget. Weights and RNG
+    are left as they were, so the run is the same as one started with the confirmed number."""
+    import torch
+
+    from tunesmith.train.checkpoint import rng_state, set_rng_state
+    from tunesmith.train.memory import probe_batch_size
+
+    longest = sorted(train_set, key=lambda e: getattr(e, "full_length", 0), reverse=True)
+    pad_id = _pad_id(tokenizer)
+
+    def step(batch: int) -> None:
+        saved = rng_state()
+        model.train()
+        try:
+            inputs = {k: v.to(accelerator.device) for k, v in task.collate(longest[:batch], pad_id).items()}
+            with accelerator.autocast():
+                loss_sum, count = task.loss_sum(model, inputs)
+            (loss_sum / max(int(count), 1)).backward()
+        finally:
+            model.zero_grad(set_to_none=True)
+            set_rng_state(saved)
+
+    budget = check.estimate.device_bytes if check.estimate is not None else None
+    batch = probe_batch_size(step, min(config.train.batch_size, len(longest)), budget, accelerator.device,
+                             log=print if accelerator.is_main_process else (lambda _: None))
+    # Every process must train with the same batch: take the smallest any of them confirmed.
+    batch = int(accelerator.gather(torch.tensor([batch], device=accelerator.device)).min())
+    if batch != config.train.batch_size:
+        config.train.batch_size = batch
+        if accelerator.is_main_process:
+            run.config_path.write_text(dump_config(config))
+
+
+@contextlib.contextmanager
+def _out_of_memory_advice(config, check, phase: str):
+    """An out-of-memory error becomes a TunesmithError naming the estimate's largest parts and the fixes."""
+    from tunesmith.plan.preflight import out_of_memory_advice
+    from tunesmith.train.memory import is_out_of_memory
+
+    try:
+        yield
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise out_of_memory_advice(config, check, phase) from None
+
+
+def _task_samples(task, model, tokenizer, config, accelerator, meta, run, label, adapter_off=False) -> list[str]:
+    """Outputs of fixed inputs (text-to-image: prompts x seeds) saved under plots/ for the report, paths
+    relative to the run; the base model's are made through the switched-off adapter."""
+    with (model.disable_adapter() if adapter_off else contextlib.nullcontext()), accelerator.autocast():
+        paths = task.samples(model, tokenizer, config, meta, run.plots, label)
+    return [str(Path(p).relative_to(run.path)) for p in paths]
 
 
 def _score_base_through_adapter(model, tokenizer, test, config, accelerator, meta):
@@ -283,7 +368,10 @@ def load_tuned(run_dir: str | Path, *, for_merge: bool = False) -> TunedModel:
                              fix=f"continue it with `tunesmith train --resume {run.path}`")
     tokenizer = task.load_processor(ResolvedModel(str(weights), None, "local", str(weights)), config.model)
     meta = run.read_json("task.json")
-    if method.saves_adapter:
+    task_loader = getattr(task, "load_model", None)
+    if task_loader is not None:
+        model = task_loader(config, resolve_model(config.model.name, config.model.gguf_file), meta, weights=weights)
+    elif method.saves_adapter:
         from peft import PeftModel
 
         resolved = resolve_model(config.model.name, config.model.gguf_file)
@@ -315,12 +403,13 @@ def evaluate_run(run_dir: str | Path, *, test_file: str | None = None, max_sampl
                else load_examples(source, DataConfig(), task.normalise))
     accelerator = _accelerator(config.train.precision)
     tuned, _ = _score_test(model, tokenizer, test, config, accelerator, meta)
-    if hasattr(model, "disable_adapter"):
+    if get_method(config.method.name).saves_adapter:
         with model.disable_adapter():
             base, _ = _score_test(model, tokenizer, test, config, accelerator, meta)
     else:
         resolved = resolve_model(config.model.name, config.model.gguf_file)
-        base_model = load_base_model(config, resolved, meta).eval()
+        task_loader = getattr(task, "load_model", None)
+        base_model = (task_loader(config, resolved, meta) if task_loader else load_base_model(config, resolved, meta)).eval()
         base, _ = _score_test(base_model, tokenizer, test, config, accelerator, meta)
     result = {"test_file": source, "base": base, "tuned": tuned}
     run.write_json("eval.json", result)
@@ -330,7 +419,8 @@ def evaluate_run(run_dir: str | Path, *, test_file: str | None = None, max_sampl
 
 def predict(run_dir: str | Path, input_path: str, output_path: str, *, max_new_tokens: int | None = None) -> int:
     """Run the tuned model on every record of `input_path` (any format the task reads) and write one
-    JSON line per record: chat answers as messages, classifications as labels with scores."""
+    JSON line per record: chat answers as messages, classifications as labels with scores. Tasks whose
+    outputs are files (text-to-image) write them into the folder `output_path` with an index.jsonl."""
     output = Path(output_path)
     if output.exists():
         raise TunesmithError(f"{output} already exists", fix="choose a new --output path; tunesmith never overwrites results")
@@ -339,6 +429,9 @@ def predict(run_dir: str | Path, input_path: str, output_path: str, *, max_new_t
     examples, _ = load_examples(input_path, config.data, task.normalise, None, getattr(task, "read", None))
     accelerator = _accelerator(config.train.precision)
     kwargs = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    if hasattr(task, "predict_to"):
+        with accelerator.autocast():
+            return task.predict_to(model, tokenizer, examples, config, meta, output, **kwargs)
     with accelerator.autocast():
         rows = task.predict(model, tokenizer, examples, config, meta, **kwargs)
     output.parent.mkdir(parents=True, exist_ok=True)

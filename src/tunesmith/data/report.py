@@ -20,8 +20,8 @@ def _empty_turns(examples) -> int:
         messages = getattr(example, "messages", None)
         if messages is not None:
             count += sum(1 for m in messages if not m["content"].strip())
-        else:
-            count += not (getattr(example, "text", "") or "").strip()
+        elif hasattr(example, "text"):  # examples of other shapes (source/target, images) are checked by their task
+            count += not (example.text or "").strip()
     return count
 
 

@@ -57,7 +57,9 @@ def write_report(run: RunDir, summary: dict, base_rows: list[dict], tuned_rows: 
         "",
     ]
     if reference:
-        lines += ["The baseline is TF-IDF (word 1-2 grams) + logistic regression trained on the same training split.", ""]
+        # A task's baseline may say what it is; classification's TF-IDF baseline predates that.
+        lines += [reference.get("description") or "The baseline is TF-IDF (word 1-2 grams) + logistic regression "
+                  "trained on the same training split.", ""]
     lines += ["| metric | base |" + (" baseline |" if reference else "") + " tuned |",
               "|---|---|" + ("---|" if reference else "") + "---|"]
     lines += [f"| {k} | {_fmt(base.get(k))} |" + (f" {_fmt(reference.get(k))} |" if reference else "") + f" {_fmt(v)} |"
@@ -73,6 +75,9 @@ def write_report(run: RunDir, summary: dict, base_rows: list[dict], tuned_rows: 
                   for name, m in per_class.items()]
     if (run.plots / "confusion.png").exists():
         lines += ["", "![confusion matrix](plots/confusion.png)"]
+    if summary.get("samples"):  # a task's outputs for fixed inputs, before and after (text-to-image grids)
+        lines += ["", "## Generated samples: the same prompts and seeds, base then tuned", ""]
+        lines += [f"![{path.rsplit('/', 1)[-1]}]({path})" for path in summary["samples"]]
     if plot:
         lines += ["", "## Loss", "", "![loss](plots/loss.png)"]
     shown = config.eval.report_samples

@@ -11,10 +11,18 @@ def load_kwargs(method_cfg) -> dict:
     return {}
 
 
+# The head a token classifier trains fully (PEFT's TOKEN_CLS modules_to_save). PEFT's all-linear leaves
+# such a head out only for SEQ_CLS (peft#2033), so for TOKEN_CLS it would also get LoRA and PEFT refuses
+# the double wrap ("modules_to_save cannot be applied to modules of type lora.Linear").
+TOKEN_CLS_HEADS = ["classifier", "score"]
+
+
 def lora_config(method_cfg, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig
 
+    exclude = TOKEN_CLS_HEADS if task_type == "TOKEN_CLS" and method_cfg.target_modules == "all-linear" else None
     return LoraConfig(
+        exclude_modules=exclude,
         r=method_cfg.r,
         lora_alpha=method_cfg.alpha,
         lora_dropout=method_cfg.dropout,

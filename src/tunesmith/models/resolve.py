@@ -42,7 +42,8 @@ def resolve_model(reference: str, gguf_file: str | None = None) -> ResolvedModel
     if path.is_file() and path.suffix == ".gguf":
         return ResolvedModel(str(path.parent), path.name, "gguf", reference)
     if path.is_dir():
-        if gguf_file is None and not (path / "config.json").exists():
+        # A diffusers pipeline folder (text-to-image) has model_index.json and one config per component.
+        if gguf_file is None and not (path / "config.json").exists() and not (path / "model_index.json").exists():
             ggufs = sorted(p.name for p in path.glob("*.gguf"))
             if len(ggufs) == 1:
                 gguf_file = ggufs[0]

