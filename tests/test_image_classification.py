@@ -248,6 +248,21 @@ def test_train_eval_predict(tmp_path, image_folder, tiny_dirs, kind, method):
         assert all(r["label"] in COLOURS for r in read_jsonl(tmp_path / "folder.jsonl"))
 
 
+@pytest.mark.parametrize("kind, method", [("vit", "lora"), ("resnet", "full")])
+def test_image_size_overrides_the_processor(tmp_path, image_folder, tiny_dirs, kind, method):
+    """data.image_size resizes every image to one square side; a ViT interpolates its learned position
+    embeddings to the new grid (the tiny ViT was built for 32 px)."""
+    from tunesmith.pipeline import encode_splits, load_tokenizer_for, read_splits, train
+    from tunesmith.tasks import image_classification as task
+
+    config = _config(tmp_path, tiny_dirs[kind], image_folder, "data.image_size=48", "train.max_steps=2", f"method.name={method}")
+    _, processor = load_tokenizer_for(config)
+    splits = read_splits(config)
+    encoded = encode_splits(config, splits, processor, task.setup(splits, config))
+    assert task.collate(encoded["test"][:2])["pixel_values"].shape == (2, 3, 48, 48)
+    assert "accuracy" in train(config).summary["tuned"]
+
+
 # ---------------------------------------------------------------------------------------------------
 # The packaged EfficientNet-Lite0
 

@@ -74,7 +74,7 @@ class DataConfig(Section):
     augment: bool = Field(True, description="image tasks: random flips of training images (classification also random resized crops); helps small data sets, slows convergence a little")
     skip_bad_images: bool = Field(False, description="image tasks: skip (and count) images that cannot be decoded instead of stopping")
     image_size: int | None = Field(
-        None, ge=8, description="text-to-image: resolution images are resized and center-cropped to; None takes the model's own (512 SD1.5, 1024 SDXL), lower trains faster but samples worse at full size"
+        None, ge=8, description="image tasks: side in pixels images are resized to (text-to-image: and center-cropped); None takes the model's own (classification: its processor's; SD1.5 512, SDXL 1024); lower trains faster"
     )
     instance_prompt: str | None = Field(
         None, description="text-to-image: DreamBooth prompt given to every training image, e.g. 'a photo of sks dog'; None reads each image's caption"

@@ -43,6 +43,7 @@ class EncodedImage:
     labels: tuple[str, ...] = ()
     truncated: bool = False  # the data report's columns; an image is never cut
     full_length: int = 0
+    size: int | None = None  # data.image_size: square side replacing the processor's resize
 
 
 def load_processor(resolved, model_cfg):
@@ -116,7 +117,7 @@ def model_kwargs(meta: dict) -> dict:
 def encode(examples: list[LabeledImage], processor, config, meta: dict) -> list[EncodedImage]:
     index = {name: i for i, name in enumerate(meta["labels"])}
     return [EncodedImage(e.where, e.image, index.get(e.label, -100), processor, e.augment,
-                         (e.label,) if e.label is not None else ()) for e in examples]
+                         (e.label,) if e.label is not None else (), size=config.data.image_size) for e in examples]
 
 
 def augment_batch(pixels: torch.Tensor, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
@@ -140,7 +141,15 @@ def augment_batch(pixels: torch.Tensor, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3)) 
 
 def collate(batch: list[EncodedImage], pad_id: int = 0) -> dict[str, torch.Tensor]:
     images = [load_image(e.image) for e in batch]
-    pixels = batch[0].processor(images=images, return_tensors="pt")["pixel_values"].float()
+    size = batch[0].size
+    if size:  # resize here and let the processor only rescale and normalise (its resize differs per family)
+        from PIL import Image
+
+        images = [image.resize((size, size), Image.Resampling.BICUBIC) for image in images]
+        pixels = batch[0].processor(images=images, do_resize=False, do_center_crop=False, return_tensors="pt")["pixel_values"]
+    else:
+        pixels = batch[0].processor(images=images, return_tensors="pt")["pixel_values"]
+    pixels = pixels.float()
     flagged = [i for i, e in enumerate(batch) if e.augment]
     if flagged:
         pixels[flagged] = augment_batch(pixels[flagged])
@@ -149,7 +158,20 @@ def collate(batch: list[EncodedImage], pad_id: int = 0) -> dict[str, torch.Tenso
 
 def logits_of(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
-    return model(pixel_values=batch["pixel_values"].to(dtype)).logits.float()
+    extra = {}
+    if _learned_positions_for(model) not in (None, batch["pixel_values"].shape[-1]):
+        # ViT-style models learned one position embedding per patch of their own image size; another size
+        # (data.image_size) interpolates them, as the ViT paper does for higher-resolution fine-tuning.
+        extra["interpolate_pos_encoding"] = True
+    return model(pixel_values=batch["pixel_values"].to(dtype), **extra).logits.float()
+
+
+def _learned_positions_for(model) -> int | None:
+    """The image size a model's learned position embeddings were made for (ViT, DeiT, BEiT), else None."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "patch_size") or not isinstance(getattr(config, "image_size", None), int):
+        return None
+    return config.image_size
 
 
 def count_targets(batch: dict[str, torch.Tensor]) -> int:
