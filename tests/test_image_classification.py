@@ -248,6 +248,30 @@ def test_train_eval_predict(tmp_path, image_folder, tiny_dirs, kind, method):
         assert all(r["label"] in COLOURS for r in read_jsonl(tmp_path / "folder.jsonl"))
 
 
+@pytest.mark.parametrize("image_size", [None, 40])
+def test_mixed_sizes_and_colour_modes_make_one_batch(tmp_path, tiny_dirs, image_size):
+    """Images of different sizes, aspect ratios and modes (grayscale, RGBA, palette) in one folder: every
+    one comes out at the model's size (or data.image_size) with three channels."""
+    from PIL import Image
+
+    from tunesmith.pipeline import encode_splits, load_tokenizer_for, read_splits
+    from tunesmith.tasks import image_classification as task
+
+    shapes = [((16, 40), "L"), ((64, 64), "RGBA"), ((33, 21), "P"), ((50, 50), "RGB")]
+    for label in ("a", "b"):
+        (tmp_path / "mixed" / label).mkdir(parents=True)
+        for i, (size, mode) in enumerate(shapes):
+            Image.new(mode, size, color=i * 40 if mode in ("L", "P") else (i * 40, 10, 200, 255)[: len(mode)]).save(
+                tmp_path / "mixed" / label / f"{i}.png")
+    overrides = [f"data.image_size={image_size}"] if image_size else []
+    config = _config(tmp_path, tiny_dirs["vit"], tmp_path / "mixed", "data.split=[1.0,0.0,0.0]", *overrides)
+    _, processor = load_tokenizer_for(config)
+    splits = read_splits(config)
+    encoded = encode_splits(config, splits, processor, task.setup(splits, config))
+    side = image_size or 32
+    assert task.collate(encoded["train"])["pixel_values"].shape == (8, 3, side, side)
+
+
 @pytest.mark.parametrize("kind, method", [("vit", "lora"), ("resnet", "full")])
 def test_image_size_overrides_the_processor(tmp_path, image_folder, tiny_dirs, kind, method):
     """data.image_size resizes every image to one square side; a ViT interpolates its learned position
