@@ -210,3 +210,23 @@ def test_bad_arguments_and_unsupported_models():
         estimate({"model_type": "llama", "hidden_size": 64})
     with pytest.raises(TunesmithError, match="closest"):
         estimate("llama-2-7b", hardware="A100-90GB")
+
+
+def test_encoder_decoder_of_two_berts_counts_like_the_real_model():
+    """BERT2BERT (the summarization starter's shape): parameters and all-linear LoRA parameters equal
+    what transformers and peft build from the same config; SDPA with dropout on a CPU keeps its scores."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import BertConfig, EncoderDecoderConfig, EncoderDecoderModel
+
+    half = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+    config = EncoderDecoderConfig.from_encoder_decoder_configs(BertConfig(**half), BertConfig(**half))
+    model = EncoderDecoderModel(config=config)
+    shape = model_shape(config.to_dict())
+    assert shape.family == "seq2seq" and shape.parameters == sum(p.numel() for p in model.parameters())
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="SEQ_2_SEQ_LM"))
+    assert lora_parameters(shape, 4) == sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    # CPU SDPA with dropout falls back to the math path and keeps 8 bytes per attention score; flash keeps none.
+    sdpa, flash = (estimate(config.to_dict(), method="full", seq_len=256, target_len=64, batch=8, hardware="cpu",
+                            precision="fp32", attention=a) for a in ("sdpa", "flash"))
+    scores = 2 * (256 * 4 * 256) + 2 * (64 * 4 * 64 + 64 * 4 * 256)  # encoder self; decoder self + cross
+    assert sdpa.breakdown["activations"] - flash.breakdown["activations"] == 8 * scores * 8

@@ -67,7 +67,7 @@ CPU_FROZEN_BLOCK_SHARE = 0.53
 
 DECODERS = ("llama", "mistral", "qwen2", "gemma", "gemma2", "phi3", "bitnet", "dbrx")
 ENCODERS = ("bert", "roberta", "xlm-roberta", "deberta-v2")
-SEQ2SEQ = ("t5", "mt5", "bart")
+SEQ2SEQ = ("t5", "mt5", "bart", "encoder-decoder")
 VISION = ("vit", "resnet", "efficientnet")
 SUPPORTED = DECODERS + ENCODERS + SEQ2SEQ + VISION
 
@@ -272,6 +272,37 @@ def _seq2seq(c: dict) -> Shape:
                  tuple(linears), (encoder, decoder), vocab * d, vocab, "target", context)
 
 
+def _encoder_decoder(c: dict) -> Shape:
+    """transformers' EncoderDecoderModel of two BERT-style halves (BERT2BERT, Rothe et al. 2020): the encoder
+    as an encoder (with its pooler), the decoder as the same blocks plus cross-attention and a masked-LM head
+    (dense + LayerNorm + the output layer, tied to the decoder's input embeddings, with its own bias)."""
+    enc_cfg, dec_cfg = dict(c["encoder"]), dict(c["decoder"])
+    for half in (enc_cfg, dec_cfg):
+        half.pop("num_labels", None), half.pop("id2label", None), half.pop("architectures", None)
+    if enc_cfg.get("model_type") not in ENCODERS or dec_cfg.get("model_type") not in ENCODERS:
+        raise UnsupportedModel(f"the estimator models encoder-decoders of BERT-style halves, not "
+                               f"{enc_cfg.get('model_type')} + {dec_cfg.get('model_type')}", where="model_type",
+                               fix="size memory from the parameter count (16 bytes/param for full fine-tuning)")
+    encoder, decoder = _encoder(enc_cfg), _encoder(dec_cfg)
+    h, vocab, layers = dec_cfg["hidden_size"], dec_cfg["vocab_size"], dec_cfg["num_hidden_layers"]
+    cross = 4 * h * h
+    cross_block = cross + 4 * h + 2 * h  # Q, K, V, output projections with biases, and their LayerNorm
+    lm_head = h * h + h + 2 * h + vocab  # transform dense, LayerNorm, output bias (the weight is tied)
+    dec_params = decoder.parameters - decoder.head_parameters + layers * cross_block + lm_head
+    cross_linears = tuple(Linear(f"crossattention.{n}", h, h, layers) for n in
+                          ("self.query", "self.key", "self.value", "output.dense"))
+    # all-linear LoRA also finds the encoder's pooler and the LM head's transform (not the tied output layer).
+    cross_linears += (Linear("pooler.dense", enc_cfg["hidden_size"], enc_cfg["hidden_size"], 1),
+                      Linear("cls.predictions.transform.dense", h, h, 1))
+    (enc_stack,), (dec_stack,) = encoder.stacks, decoder.stacks
+    dec_stack = Stack(dec_stack.layers, h, dec_stack.heads, dec_stack.kv_heads, dec_stack.head_dim, dec_stack.ffn, False,
+                      3, True, False, dec_stack.matmul_parameters + cross, "target", True)
+    return Shape("encoder-decoder", "seq2seq", encoder.parameters + dec_params,
+                 encoder.quantizable + decoder.quantizable + layers * cross, decoder.block_parameters + cross_block,
+                 lm_head, encoder.layers + layers, encoder.linears + decoder.linears + cross_linears, (enc_stack, dec_stack),
+                 vocab * h, vocab, "target", min(encoder.context, decoder.context), tied_head=True)
+
+
 def _vit(c: dict) -> Shape:
     h, layers, heads, inter = c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"], c["intermediate_size"]
     image, patch, channels = c.get("image_size", 224), c.get("patch_size", 16), c.get("num_channels", 3)
@@ -391,6 +422,8 @@ def model_shape(config: dict) -> Shape:
             return _decoder(config)
         if mt in ENCODERS:
             return _encoder(config)
+        if mt == "encoder-decoder":
+            return _encoder_decoder(config)
         if mt in SEQ2SEQ:
             return _seq2seq(config)
         if mt == "vit":
