@@ -466,10 +466,11 @@ def targeted(shape: Shape, targets: str | list[str]) -> list[Linear]:
 
 
 # SDPA on a CPU with attention dropout: torch's CPU flash kernel has no dropout, so SDPA falls back to its
-# math path, which keeps the fp32 softmax output and the fp32 dropped probabilities for backward (8 bytes
-# per score, under bf16 autocast too; measured with saved-tensor hooks on MiniLM-L6, one forward). On GPUs
+# math path, which keeps three fp32 score-sized tensors for backward: the softmax output, the dropout mask
+# (as a float scale) and the dropped probabilities reshaped for the batched matmul with V -- 12 bytes per
+# score, under bf16 autocast too (measured with saved-tensor hooks on MiniLM-L6, 8x128 to 16x512). On GPUs
 # the flash/memory-efficient kernels regenerate the dropout mask and keep no score matrix.
-SDPA_MATH_SCORE_BYTES = 8
+SDPA_MATH_SCORE_BYTES = 12
 
 
 def attention_mode(stack: Stack, attention: str, on_gpu: bool) -> str:
