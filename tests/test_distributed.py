@@ -25,7 +25,7 @@ def free_port() -> int:
 
 
 def losses(runs_root) -> tuple[list[float], list[float], dict]:
-    (run,) = list(runs_root.iterdir())
+    (run,) = [p for p in runs_root.iterdir() if p.is_dir()]  # the runs index (index.sqlite) lies beside it
     records = read_jsonl(run / "metrics.jsonl")
     summary = json.loads((run / "summary.json").read_text())
     return [r["loss"] for r in records if "loss" in r], [r["eval_loss"] for r in records if "eval_loss" in r], summary

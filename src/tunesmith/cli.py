@@ -12,6 +12,8 @@ import sys
 from tunesmith.config import TASKS
 from tunesmith.errors import TunesmithError
 from tunesmith.plan.cli import add_commands as add_plan_commands
+from tunesmith.runs.cli import add_commands as add_runs_commands
+from tunesmith.search.cli import add_commands as add_search_commands
 
 
 # What `tunesmith init --task T` starts from: a packaged model and the shipped example data.
@@ -137,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_merge)
 
     add_plan_commands(sub)  # estimate, recommend: read model configs only, never weights
+    add_runs_commands(sub)  # runs, runs compare: read the runs index and run folders only
+    add_search_commands(sub)  # search, autotrain: many pipeline.train runs on an Optuna study
     return parser
 
 

@@ -170,6 +170,81 @@ class OutputConfig(Section):
     save_merged: bool = Field(False, description="also write the adapter merged into full weights (model_merged/)")
 
 
+class TrackConfig(Section):
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="trackers that also get the metrics and the config (metrics.jsonl and the runs index always do); each costs a little time per log step and needs `pip install 'tunesmith[track]'`"
+    )
+    experiment: str = Field("tunesmith", description="MLflow experiment / W&B project the run is filed under; one per study or use case keeps its runs side by side")
+    run_name: str | None = Field(None, description="the run's name in the trackers; None takes the run directory's name, which is unique")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow store: sqlite:///path.db (no server), or http(s)://host for a shared server; None takes MLFLOW_TRACKING_URI, else sqlite:///<output.dir>/mlflow.db"
+    )
+    wandb_entity: str | None = Field(None, description="W&B team or user the run goes to; None takes your default. WANDB_MODE=offline logs to disk with no account")
+    tags: dict[str, str] = Field(default_factory=dict, description="labels put on the run in MLflow and W&B, e.g. {dataset: tickets-v2}; secrets in them are masked")
+    index: bool = Field(True, description="register the run in <output.dir>/index.sqlite for `tunesmith runs`; turn off only where SQLite cannot lock (NFS)")
+
+    @field_validator("experiment")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        # accelerate finds an MLflow experiment with a filter string quoted in single quotes.
+        if not value.strip() or "'" in value:
+            raise ValueError("give a non-empty name without single quotes")
+        return value
+
+
+class SearchParam(Section):
+    """One searched parameter; its key in `search.space` is the dotted config path it sets."""
+
+    type: Literal["float", "log-float", "int", "categorical"] = Field(
+        ..., description="distribution: float (uniform), log-float (uniform in log space: rates, decays), int, categorical (choices)"
+    )
+    low: float | None = Field(None, description="float, log-float, int: smallest value (inclusive)")
+    high: float | None = Field(None, description="float, log-float, int: largest value (inclusive)")
+    step: float | None = Field(None, gt=0, description="int, float: spacing of the values; needed by the grid sampler for float ranges")
+    choices: list[Any] | None = Field(None, description="categorical: the values to choose from (at least two)")
+
+    @field_validator("choices")
+    @classmethod
+    def _numbers(cls, value):
+        # YAML 1.1 reads 1e-4 in a list as a string, as it does elsewhere (see _coerce_floats).
+        return None if value is None else [_coerce_floats(v) for v in value]
+
+
+class SearchConfig(Section):
+    space: dict[str, SearchParam] = Field(
+        default_factory=dict,
+        description="parameters to search by dotted config path, e.g. train.learning_rate: {type: log-float, low: 1e-5, high: 1e-3}; empty searches the LoRA-aware default space (docs/search.md)",
+    )
+    objectives: dict[str, Literal["minimize", "maximize"]] = Field(
+        default_factory=lambda: {"eval_loss": "minimize"},
+        description="metric -> direction: eval_loss/eval_ppl (every validation pass, feeds the pruner), the task's metrics on the validation split (accuracy, f1_macro, rougeL, ...; one reload and scoring pass per trial), train_seconds, trainable_parameters; two or more give a Pareto front",
+    )
+    sampler: Literal["tpe", "random", "grid", "gp", "cmaes", "nsga2"] = Field(
+        "tpe", description="tpe (Bayesian, the default), gp (Gaussian process, best for few continuous parameters), cmaes (continuous), nsga2 (evolutionary, Pareto fronts), random, grid (every combination)"
+    )
+    n_trials: int | None = Field(20, ge=1, description="trials that run to an end (complete, pruned or failed); more finds better settings and costs a run each")
+    timeout: float | None = Field(None, gt=0, description="seconds after which no new trial starts (running ones finish); None: only n_trials limits")
+    pruner: Literal["median", "hyperband", "none"] = Field(
+        "median", description="stop unpromising trials at a validation pass: median (below the median of earlier trials at that step), hyperband (successive halving), none; single objective only"
+    )
+    pruner_startup_trials: int = Field(2, ge=0, description="median pruner: trials that finish before any is pruned; more is safer and prunes later")
+    storage: str | None = Field(
+        None, description="Optuna storage: None keeps a SQLite file in the study directory; a SQLAlchemy URL (postgresql+psycopg://user:${PGPASSWORD}@host/db, $VARs expanded) lets workers on many machines share the study"
+    )
+    study_name: str | None = Field(None, description="study name in the storage; None takes the run name. A worker whose storage already holds the name joins that study")
+    study_dir: str | None = Field(None, description="folder of the study (trial run directories, report, best.yaml); None creates <output.dir>/<timestamp>-search-<name>")
+    workers: int = Field(1, ge=1, description="trial processes run in parallel on this machine; each loads its own model, so memory grows with it")
+    include_default: bool = Field(True, description="trial 0 runs the config's own values of the searched parameters, so the report compares the best trial with them")
+    final_train: bool = Field(False, description="after the study, retrain the best config on train+validation and score it on the test split")
+
+    @field_validator("objectives")
+    @classmethod
+    def _some_objective(cls, value):
+        if not value:
+            raise ValueError("give at least one objective, e.g. {eval_loss: minimize}")
+        return value
+
+
 TASKS = ("chat", "continued-pretraining", "text-classification", "token-classification", "summarization",
          "image-classification", "text-to-image")  # tunesmith.tasks.TASKS; kept here so config imports no torch
 
@@ -184,6 +259,8 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation loop")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="final evaluation on the test split")
     output: OutputConfig = Field(default_factory=OutputConfig, description="where results go")
+    track: TrackConfig = Field(default_factory=TrackConfig, description="experiment tracking: the local runs index and TensorBoard / MLflow / W&B")
+    search: SearchConfig = Field(default_factory=SearchConfig, description="hyperparameter search (`tunesmith search`); ignored by `tunesmith train`")
 
     @field_validator("task")
     @classmethod

@@ -22,6 +22,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.methods import count_parameters, get_method
 from tunesmith.models.resolve import ResolvedModel, resolve_model
 from tunesmith.runs.rundir import RunDir
+from tunesmith.runs.tracking import RunTracking
 from tunesmith.tasks import get_task
 
 
@@ -105,11 +106,23 @@ def _score_test(model, tokenizer, test, config: RunConfig, accelerator, meta: di
 # train
 
 
-def train(config: RunConfig | None = None, *, resume: str | Path | None = None, force: bool = False) -> RunResult:
+def train(config: RunConfig | None = None, *, resume: str | Path | None = None, force: bool = False,
+          on_evaluation=None) -> RunResult:
     """Fine-tune as `config` says, or continue the run in `resume` exactly where it stopped. A run the
-    memory estimate says will not fit is refused with the cheapest fix, unless `force`."""
+    memory estimate says will not fit is refused with the cheapest fix, unless `force`. `on_evaluation`
+    is passed to the loop (`train.loop.fit`): called with (step, metrics) after each validation pass."""
+    tracking = RunTracking()  # the runs index and track.report_to: registered at start, closed at the end
+    try:
+        return _train(config, resume, force, on_evaluation, tracking)
+    except BaseException as exc:
+        tracking.fail(exc)  # the index and the trackers say failed (or interrupted) and why
+        raise
+
+
+def _train(config, resume, force, on_evaluation, tracking: RunTracking) -> RunResult:
     from accelerate.utils import broadcast_object_list, set_seed
 
+    from tunesmith.evaluate.metrics import perplexity  # clamped: a diverged run must not overflow here
     from tunesmith.train.loop import fit
 
     # 1. The run directory and the config that rules it.
@@ -153,6 +166,7 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None, 
             run.write_json("task.json", meta)
             save_examples([task.to_record(e) for e in splits.test], run.path / "data" / "test.jsonl")
             print(f"run directory: {run.path}")
+    tracking.start(run, config, main=main, resumed=resume is not None)
     if main:
         print(f"data ({splits.format}): " + ", ".join(f"{n} {len(x)}" for n, x in splits.items()))
 
@@ -188,7 +202,8 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None, 
     # 5. Train.
     with _out_of_memory_advice(config, check, "while training"):
         result = fit(model=model, task=task, train_set=encoded["train"], val_set=encoded["validation"], config=config,
-                     accelerator=accelerator, run=run, pad_id=_pad_id(tokenizer), resume=resume is not None)
+                     accelerator=accelerator, run=run, pad_id=_pad_id(tokenizer), resume=resume is not None,
+                     on_evaluation=on_evaluation)
     model = accelerator.unwrap_model(model)
 
     # 6. Save, score, report (main process only).
@@ -224,7 +239,7 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None, 
             "final_train_loss": result.last_train_loss,
             "best_step": result.state.best_step,
             "best_eval_loss": result.state.best_eval_loss,
-            "best_eval_ppl": math.exp(result.state.best_eval_loss) if result.state.best_eval_loss is not None else None,
+            "best_eval_ppl": perplexity(result.state.best_eval_loss) if result.state.best_eval_loss is not None else None,
             "data": {name: len(x) for name, x in splits.items()},
             "weights": str(weights),
             "base": base_metrics.get("metrics", {}),
@@ -241,6 +256,7 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None, 
         if config.output.save_merged and method.saves_adapter:
             merge(run.path, run.path / "model_merged")
         print_comparison(summary)
+        tracking.finish(summary)
         print(f"done: {run.path}")
     accelerator.wait_for_everyone()
     return RunResult(run.path, summary)
@@ -415,6 +431,17 @@ def evaluate_run(run_dir: str | Path, *, test_file: str | None = None, max_sampl
     run.write_json("eval.json", result)
     print_comparison(result)
     return result
+
+
+def score_split(run_dir: str | Path, split: str = "validation") -> dict:
+    """The tuned model's task metrics on one split of the run's own data, re-read with its config and
+    seed (a search trial's objective is scored on validation, never on test)."""
+    model, tokenizer, config, meta = load_tuned(run_dir)
+    examples = dict(read_splits(config).items())[split]
+    if not examples:
+        raise TunesmithError(f"the run's {split} split is empty", where="data.split", fix=f"give the run a {split} split")
+    metrics, _ = _score_test(model, tokenizer, examples, config, _accelerator(config.train.precision), meta)
+    return metrics
 
 
 def predict(run_dir: str | Path, input_path: str, output_path: str, *, max_new_tokens: int | None = None) -> int:

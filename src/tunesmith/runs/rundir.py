@@ -8,6 +8,9 @@ Layout:
   plots/loss.png   train and validation loss
   adapter/         PEFT adapter (lora, qlora) or model/ (full, freeze)
   checkpoints/     step-N/ folders for --resume, plus best/
+  trackers.json    MLflow / W&B run ids (a resumed run continues the same tracker runs)
+  tensorboard/     event files, wandb/ the W&B run, when track.report_to names them
+The runs root also holds index.sqlite, the runs index that `tunesmith runs` reads (runs/index.py).
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ def atomic_directory(target: Path):
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        # Called with every record `log` writes: the experiment trackers (runs/tracking.py) hook in here,
+        # so the training loop stays free of tracking code.
+        self.listeners: list = []
 
     # -- creation -----------------------------------------------------------------------------------
 
@@ -105,6 +111,8 @@ class RunDir:
     def log(self, record: dict) -> None:
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        for listener in self.listeners:
+            listener(record)
 
     def read_metrics(self) -> list[dict]:
         path = self.path / "metrics.jsonl"

@@ -117,7 +117,10 @@ def _maybe_die_for_test(step: int) -> None:
 
 
 def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pad_id: int,
-        resume: bool = False) -> FitResult:
+        resume: bool = False, on_evaluation=None) -> FitResult:
+    """`on_evaluation(step, metrics)`, when given, is called after every validation pass (a search trial
+    reports to its pruner there); it may raise to abandon the run, or return True to stop after this pass
+    as early stopping does (a time budget), keeping the best weights."""
     tcfg = config.train
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
@@ -175,7 +178,8 @@ def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pa
         if improved and tcfg.load_best_at_end:
             checkpoint(best=True)
         patience = tcfg.early_stopping_patience
-        return patience is not None and state.evals_without_improvement >= patience
+        asked_to_stop = bool(on_evaluation(state.step, dict(record))) if on_evaluation is not None else False
+        return asked_to_stop or (patience is not None and state.evals_without_improvement >= patience)
 
     # 3-4. The loop.
     progress = ProgressReporter(total_steps, enabled=main, start_step=state.step, unit=task.target_unit)
@@ -245,7 +249,8 @@ def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pa
                 state.epoch += 1
                 state.group = 0
 
-    if state.stopped_early and main:
+    patience_stop = tcfg.early_stopping_patience is not None and state.evals_without_improvement >= tcfg.early_stopping_patience
+    if state.stopped_early and main and patience_stop:  # else on_evaluation asked to stop and said why
         progress.note(f"early stopping at step {state.step}: no improvement in {tcfg.early_stopping_patience} validation passes")
     best = run.checkpoints / "best" / "trainable.safetensors"
     if tcfg.load_best_at_end and state.best_step is not None and state.best_step != state.step and best.exists():

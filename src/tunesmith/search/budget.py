@@ -1,0 +1,119 @@
+"""Autotrain's time budget: a promise that the search and the final training end within it (the final
+evaluation on the test split comes after), and a list of what was cut to keep it.
+
+The budget is split: SEARCH_SHARE for the search, the rest for training the best config on
+train+validation. The search gives each planned trial an equal time slice. Speed is measured, not
+guessed: the first trial runs its planned steps and is stopped at its slice's end (at a validation
+pass, keeping its best weights); later trials get a step limit that fits their slice at the measured
+seconds per step, and a trial starts only if one fits in what is left. The final training gets the
+steps that fit in the rest of the budget.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tunesmith.config import RunConfig
+
+# The final training sees all of train+validation once with the best values; the search needs most
+# of the time to compare several of them.
+SEARCH_SHARE = 0.65
+# Validation passes per trial: the points where a trial can be pruned or stopped at its slice's end.
+PASSES_PER_TRIAL = 4
+# Measured speed varies (other processes, longer batches); plan with this much slack.
+SAFETY = 0.85
+
+
+class Budget:
+    def __init__(self, seconds: float, planned_trials: int, train_examples: int, start: float | None = None):
+        self.seconds = seconds
+        self.start = time.time() if start is None else start  # the command's start: planning counts too
+        self.end = self.start + seconds
+        self.search_end = self.start + SEARCH_SHARE * seconds
+        self.planned = planned_trials
+        self.slice = SEARCH_SHARE * seconds / planned_trials
+        self.train_examples = train_examples
+        self.seconds_per_step: float | None = None
+        self.overhead: float | None = None  # a run's time outside its training steps: loading, scoring
+        self.trial_start = self.start
+        self.slice_end = self.search_end
+        self.started = 0
+        self.cuts: list[str] = []
+        self.stopped: list[str] = []
+
+    # -- trials ---------------------------------------------------------------------------------------
+
+    def _planned_steps(self, config: RunConfig) -> int:
+        from tunesmith.train.loop import total_optimizer_steps
+
+        return total_optimizer_steps(self.train_examples, config.train, 1)
+
+    def _fitting_steps(self, seconds: float) -> int:
+        if self.seconds_per_step is None:
+            return 10**9
+        return int(SAFETY * (seconds - (self.overhead or 0.0)) / self.seconds_per_step)
+
+    def limit(self, config: RunConfig, number: int) -> RunConfig:
+        """The trial's config with a step limit that fits its slice, and validation passes to stop at."""
+        self.trial_start = time.time()
+        self.slice_end = min(self.trial_start + self.slice, self.search_end)
+        self.started += 1
+        planned = self._planned_steps(config)
+        steps = max(1, min(planned, self._fitting_steps(self.slice_end - self.trial_start)))
+        config = config.model_copy(deep=True)
+        if steps < planned:
+            config.train.max_steps = steps
+            self.cuts.append(f"trial {number}: {steps} of its {planned} planned steps (a {self.slice:.0f} s slice)")
+        config.train.eval_every = max(1, min(steps, planned) // PASSES_PER_TRIAL)
+        return config
+
+    def should_stop(self, step: int) -> bool:
+        """At a validation pass: stop the trial (keeping its best weights) when its slice is spent."""
+        if time.time() < self.slice_end:
+            return False
+        self.stopped.append(f"a trial stopped at step {step}: its {self.slice:.0f} s slice was spent")
+        print(f"budget: stopping this trial at step {step}, its time slice is spent", flush=True)
+        return True
+
+    def measured(self, summary: dict) -> None:
+        steps, train_seconds = summary.get("steps") or 0, summary.get("train_seconds") or 0.0
+        total = time.time() - self.trial_start
+        if steps:
+            self.seconds_per_step = train_seconds / steps
+        self.overhead = max(0.0, total - train_seconds)
+
+    def can_start(self) -> bool:
+        """Another trial starts only if its loading, scoring and at least a quarter of a slice of
+        training fit in the search's remaining time."""
+        left = self.search_end - time.time()
+        need = (self.overhead or 0.0) + (0.25 * self.slice if self.seconds_per_step is not None else 0.0)
+        if left > max(need, 1.0):
+            return True
+        if self.started < self.planned:
+            self.cuts.append(f"{self.planned - self.started} of {self.planned} planned trials not started: "
+                             f"{max(left, 0):.0f} s of the search's {SEARCH_SHARE * self.seconds:.0f} s were left")
+        return False
+
+    # -- the final training ---------------------------------------------------------------------------
+
+    def limit_final(self, config: RunConfig, examples: int) -> RunConfig | None:
+        """The final training's config (on `examples` records) with the steps that fit in what is left."""
+        from tunesmith.train.loop import total_optimizer_steps
+
+        left = self.end - time.time()
+        planned = config.train.max_steps or total_optimizer_steps(examples, config.train, 1)
+        steps = min(planned, self._fitting_steps(left))
+        if steps < 1:
+            self.cuts.append(f"final training skipped: {max(left, 0):.0f} s left, less than one step after loading")
+            return None
+        config = config.model_copy(deep=True)
+        # The base model's test scores would run before training, inside the budget; trial 0 (the
+        # planner's values) is the comparison the report gives, and `tunesmith eval RUN` adds the base.
+        config.eval.compare_base = False
+        if steps < planned:
+            config.train.max_steps = steps
+            self.cuts.append(f"final training: {steps} of {planned} planned steps ({left:.0f} s were left)")
+        return config
+
+    def notes(self) -> list[str]:
+        return list(dict.fromkeys(self.cuts + self.stopped))

@@ -1,0 +1,39 @@
+"""A worker process of `tunesmith search --workers N`: runs trials of a study folder until its quota.
+
+`python -m tunesmith.search.worker STUDY_DIR [--index I] [--quota N] [--deadline UNIX_TIME]`. Any
+number of these may run against one storage, on one machine or many; the storage hands out the trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from tunesmith.errors import TunesmithError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tunesmith.search.worker")
+    parser.add_argument("study_dir")
+    parser.add_argument("--index", type=int, default=0, help="worker number, to seed its sampler apart")
+    parser.add_argument("--quota", type=int, help="trials this worker runs at most")
+    parser.add_argument("--deadline", type=float, help="no trial starts after this Unix time")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from tunesmith.search.study import work
+
+    try:
+        ran = work(args.study_dir, quota=args.quota, deadline=args.deadline, index=args.index)
+    except TunesmithError as exc:
+        print(f"error: {exc.render()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(f"worker {args.index}: ran {ran} trials")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
