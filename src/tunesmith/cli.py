@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from tunesmith.config import TASKS
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, exit_code_of
 from tunesmith.plan.cli import add_commands as add_plan_commands
 from tunesmith.runs.cli import add_commands as add_runs_commands
 from tunesmith.search.cli import add_commands as add_search_commands
@@ -146,15 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except TunesmithError as exc:
-        print(f"error: {exc.render()}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return exit_code_of(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -24,3 +24,20 @@ class TunesmithError(Exception):
         if self.fix:
             parts.append(f"fix: {self.fix}")
         return "\n".join(parts)
+
+
+def exit_code_of(action) -> int:
+    """Run a command's `action()` the way every tunesmith entry point does: a TunesmithError prints its
+    message and fix (no traceback) and gives exit code 2; Ctrl-C gives 130; anything else is a bug and
+    keeps its traceback."""
+    import sys
+
+    try:
+        action()
+    except TunesmithError as exc:
+        print(f"error: {exc.render()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

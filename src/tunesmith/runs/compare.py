@@ -104,7 +104,8 @@ def plot_curves(runs: list[RunDir], labels: list[str], output: Path) -> Path | N
     if not any(train or val for train, val in curves):
         return None
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    # A fixed palette (matplotlib's tab10), not the style's colour cycle, which other libraries restyle.
+    colours = list(matplotlib.colormaps["tab10"].colors)
     for i, (label, (train, val)) in enumerate(zip(labels, curves)):
         colour = colours[i % len(colours)]
         if train:

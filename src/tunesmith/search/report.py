@@ -57,7 +57,10 @@ def _plots(study, folder: Path, objectives: list[str]) -> tuple[list[str], list[
         wanted.append(("pareto_front.png", lambda: ovm.plot_pareto_front(study, target_names=objectives)))
     for name, draw in wanted:
         try:
-            axes = draw()
+            # Optuna's plots call plt.style.use("ggplot"), which would restyle every later plot of the
+            # process (loss curves, confusion matrices, run comparisons); rc_context undoes it.
+            with matplotlib.rc_context():
+                axes = draw()
             figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
             figure.set_size_inches(8, 5)
             figure.tight_layout()

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import exit_code_of
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,16 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from tunesmith.search.study import work
 
-    try:
+    def run() -> None:
         ran = work(args.study_dir, quota=args.quota, deadline=args.deadline, index=args.index)
-    except TunesmithError as exc:
-        print(f"error: {exc.render()}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    print(f"worker {args.index}: ran {ran} trials")
-    return 0
+        print(f"worker {args.index}: ran {ran} trials")
+
+    return exit_code_of(run)
 
 
 if __name__ == "__main__":
