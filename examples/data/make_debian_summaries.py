@@ -38,6 +38,7 @@ import json
 import os
 import random
 import re
+import sys
 
 SEED = 17
 MIN_WORDS = 15
@@ -48,28 +49,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "debian_summaries.jsonl")
 DEFAULT_STATUS = "/var/lib/dpkg/status"
 
-
-def parse_records(text):
-    """Yield one dict per package stanza (field name -> list of raw lines)."""
-    for block in re.split(r"\n\s*\n", text):
-        fields, current = {}, None
-        for line in block.split("\n"):
-            if not line:
-                continue
-            if line[0] in " \t":
-                if current is not None:
-                    fields[current].append(line)
-                continue
-            name, sep, value = line.partition(":")
-            if sep:
-                current = name.strip()
-                fields[current] = [value.strip()]
-        if "Package" in fields:
-            yield fields
-
-
-def normalise(s):
-    return " ".join(s.split())
+# The dpkg status file has the same stanza format as the apt index the sections data set reads.
+sys.path.insert(0, HERE)
+from make_debian_sections import normalise, parse_records  # noqa: E402
 
 
 def document_of(lines):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunesmith.data.formats import task_columns
 from tunesmith.data.images import IMAGE_EXTENSIONS, check_images, resolve_inside
 from tunesmith.errors import TunesmithError
 
@@ -43,11 +44,7 @@ def _record_folder(where: str) -> Path:
 def examples_from_records(records: list, data_cfg, kind: str = "image table") -> list[CaptionedImage]:
     """Rows with an image path (`file_name` as in HF imagefolder metadata, or `image`) and a caption
     (`text`; `prompt` for prompt lists); `data.columns` maps other names."""
-    columns = dict(data_cfg.columns)
-    unknown = set(columns) - {"image", "text"}
-    if unknown:
-        raise TunesmithError(f"data.columns maps {sorted(unknown)}, which text-to-image does not read", where="data.columns",
-                             fix="map only image and text, e.g. {image: path, text: caption}")
+    columns = task_columns(data_cfg, ("image", "text"), "text-to-image")
     image_names = [columns["image"]] if "image" in columns else ["file_name", "image"]
     text_names = [columns["text"]] if "text" in columns else ["text", "prompt"]
     examples = []

@@ -377,3 +377,14 @@ _CONVERTERS = {
     "prompt_completion": _from_prompt_completion,
     "text": _from_text,
 }
+
+
+def task_columns(data_cfg, readable, task: str) -> dict[str, str]:
+    """The user's `data.columns` for a task that reads the canonical columns `readable`: a key the task
+    would ignore is an error, so a typo in the mapping never silently reads the wrong column."""
+    columns = dict(data_cfg.columns)
+    unknown = set(columns) - set(readable)
+    if unknown:
+        raise TunesmithError(f"data.columns maps {sorted(unknown)}, which {task} does not read", where="data.columns",
+                             fix=f"map only {', '.join(readable)}, e.g. {{{readable[0]}: <your column>}}")
+    return columns

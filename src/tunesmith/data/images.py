@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from tunesmith.data.formats import task_columns
 from tunesmith.errors import TunesmithError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -107,11 +108,7 @@ def _source_file(where: str) -> Path:
 
 
 def examples_from_records(records: list, data_cfg) -> list[LabeledImage]:
-    columns = dict(data_cfg.columns)
-    unknown = set(columns) - {"image", "label"}
-    if unknown:
-        raise TunesmithError(f"data.columns maps {sorted(unknown)}, which image classification does not read",
-                             where="data.columns", fix="map only image and label, e.g. {image: file, label: class}")
+    columns = task_columns(data_cfg, ("image", "label"), "image classification")
     image_col, label_col = columns.get("image", "image"), columns.get("label", "label")
     examples = []
     for record in records:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from tunesmith.data.chat_template import IGNORE_INDEX
+from tunesmith.data.formats import task_columns
 from tunesmith.errors import TunesmithError
 from tunesmith.train.loss import innermost_model, token_loss_sum
 
@@ -94,11 +95,7 @@ def _columns_fix() -> str:
 def normalise(records: list, data_cfg) -> tuple[list[SourceTarget], str]:
     """Source/target records. A record without a target column is kept with target None (what `predict`
     reads); `setup` refuses such records in the splits that train or score."""
-    columns = dict(data_cfg.columns)
-    unknown = set(columns) - set(CANONICAL)
-    if unknown:
-        raise TunesmithError(f"data.columns maps {sorted(unknown)}, which summarization does not read",
-                             where="data.columns", fix="map only source and target")
+    columns = task_columns(data_cfg, CANONICAL, "summarization")
     examples, formats = [], []
     for record in records:
         fields = record.fields

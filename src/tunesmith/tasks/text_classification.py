@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from tunesmith.data.formats import task_columns
 from tunesmith.errors import TunesmithError
 from tunesmith.tasks.labels import check_labels_seen, head_kwargs, training_label_names
 
@@ -112,11 +113,7 @@ def _score_of(value, where: str) -> float:
 
 
 def normalise(records: list, data_cfg) -> tuple[list[LabeledText], str]:
-    columns = dict(data_cfg.columns)
-    unknown = set(columns) - set(CANONICAL)
-    if unknown:
-        raise TunesmithError(f"data.columns maps {sorted(unknown)}, which text classification does not read",
-                             where="data.columns", fix=f"map only {', '.join(CANONICAL)}")
+    columns = task_columns(data_cfg, CANONICAL, "text classification")
     score_column = columns.get("score", "score")
     scored = bool(records) and score_column in records[0].fields  # the first record decides, like data.format: auto
     examples = []

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tunesmith.data.formats import task_columns
 from tunesmith.errors import TunesmithError
 from tunesmith.tasks.labels import check_labels_seen, head_kwargs, training_label_names
 
@@ -294,11 +295,7 @@ def repair_bio(tags: list[str]) -> tuple[list[str], int]:
 
 
 def normalise(records: list, data_cfg) -> tuple[list[TaggedWords], str]:
-    columns = dict(data_cfg.columns)
-    unknown = set(columns) - set(CANONICAL)
-    if unknown:
-        raise TunesmithError(f"data.columns maps {sorted(unknown)}, which token classification does not read",
-                             where="data.columns", fix=f"map only {', '.join(CANONICAL)}")
+    columns = task_columns(data_cfg, CANONICAL, "token classification")
     examples, shapes = [], set()
     for record in records:
         fields = record.fields
