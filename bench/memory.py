@@ -7,7 +7,7 @@ Each configuration runs in its own subprocess (`python -m bench.memory --worker 
 states exist from the first step on, so the second step holds everything at once), on a synthetic
 data set whose every record is cut by `data.max_length` to exactly the sequence length asked for
 (`data.format: text`, `data.train_on: all`, so the loss, and the logits, are taken at every position).
-The worker reports the resident-set high-water mark (`VmHWM` of /proc/self/status):
+On a CPU the worker reports the resident-set high-water mark (`VmHWM` of /proc/self/status):
 
   - load peak:  from start-up to the first training step (imports, tokenizer, data, model load, method)
   - train peak: during `fit` alone (the high-water mark is reset with /proc/self/clear_refs before it)
@@ -17,6 +17,12 @@ The worker reports the resident-set high-water mark (`VmHWM` of /proc/self/statu
 
 Nothing is subtracted: the Python + torch + transformers + peft process is part of what is measured and
 of what the estimator predicts (its CPU `framework` term); `--baseline` measures that process alone.
+
+On a CUDA GPU (`--device cuda`) the measured number is `torch.cuda.max_memory_allocated` during `fit` (the
+tensors), compared with the estimate less its `framework` term (CUDA context, workspaces, allocator slack);
+the peak reserved by the caching allocator is reported beside it. `--shapes DIR` trains every model from its config with random weights (memory does not depend on
+the values): the GPU machine has no packaged weights; `--export-shapes DIR` writes those configs and
+tokenizers here.
 """
 
 from __future__ import annotations
@@ -122,15 +128,25 @@ def worker(args) -> dict:
     original_fit = loop.fit
     seen: dict = {}
 
+    cuda = torch.cuda.is_available()
+
     def measured_fit(**kwargs):
         seen["load"] = _status()  # high-water mark of imports + data + model load + method
         seen["reset"] = _reset_peak()
+        if cuda:
+            torch.cuda.synchronize()
+            seen["cuda_load_allocated"] = torch.cuda.max_memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
         batch = kwargs["task"].collate(kwargs["train_set"][: args.batch], 0)
         seen["input_shape"] = list(batch["input_ids"].shape)
         started = time.perf_counter()
         result = original_fit(**kwargs)
         seen["train_seconds"] = time.perf_counter() - started
         seen["train"] = _status()
+        if cuda:
+            torch.cuda.synchronize()
+            seen["cuda_max_allocated"] = torch.cuda.max_memory_allocated()
+            seen["cuda_max_reserved"] = torch.cuda.max_memory_reserved()
         _reset_peak()
         return result
 
@@ -144,6 +160,9 @@ def worker(args) -> dict:
     report["after"] = _status()
     load_peak, train_peak = report["load"]["VmHWM"], report["train"]["VmHWM"]
     report["measured_bytes"] = max(load_peak, train_peak) if seen["reset"] else train_peak
+    if cuda:
+        report["device"] = torch.cuda.get_device_name()
+        report["measured_bytes"] = seen["cuda_max_allocated"]
     return report
 
 
@@ -186,6 +205,37 @@ def make_model(directory: Path) -> None:
     tmp.rename(directory)
 
 
+def export_shapes(directory: Path) -> None:
+    """Config + tokenizer (no weights) of every benchmark model, for `--shapes` where weights are missing."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.models.resolve import resolve_model
+
+    for key, spec in MODELS.items():
+        target = directory / key
+        target.mkdir(parents=True, exist_ok=True)
+        source = resolve_model(spec["name"] or "smollm2-135m-instruct", None).path
+        config = json.loads((Path(source) / "config.json").read_text()) if spec["name"] else dict(SMOLLM2_360M)
+        (target / "config.json").write_text(json.dumps(config, indent=1))
+        AutoTokenizer.from_pretrained(source).save_pretrained(target)
+
+
+def build_random(shape_dir: Path, directory: Path) -> None:
+    """A model with `shape_dir`'s config and tokenizer and random weights, saved as safetensors."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(shape_dir)
+    causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
+    model = (AutoModelForCausalLM if causal else AutoModel).from_config(config)
+    tmp = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    AutoTokenizer.from_pretrained(shape_dir).save_pretrained(tmp)
+    tmp.rename(directory)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Driver side
 
@@ -205,8 +255,15 @@ def _run_worker(argv: list[str], timeout: float) -> dict:
     raise RuntimeError(f"worker {' '.join(argv)} failed (exit {proc.returncode}):\n{tail}")
 
 
-def _model_ref(key: str) -> str:
+def _model_ref(key: str, shapes: str | None = None) -> str:
     spec = MODELS[key]
+    if shapes:
+        directory = WORK / "models" / f"{key}-random"
+        if not (directory / "config.json").exists():
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-m", "bench.memory", "--build-random", str(Path(shapes) / key), str(directory)]
+            subprocess.run(cmd, cwd=ROOT, check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        return str(directory)
     if spec["name"]:
         return spec["name"]
     directory = WORK / "models" / key
@@ -218,7 +275,7 @@ def _model_ref(key: str) -> str:
     return str(directory)
 
 
-def predict(model_ref: str, task: str, method: str, batch: int, length: int):
+def predict(model_ref: str, task: str, method: str, batch: int, length: int, hardware: str = "cpu"):
     from tunesmith.plan.catalog import model_config
     from tunesmith.plan.estimate import estimate
 
@@ -226,24 +283,31 @@ def predict(model_ref: str, task: str, method: str, batch: int, length: int):
     config = dict(config)
     if task == "text-classification":  # the head tunesmith builds: two labels, as in the synthetic data
         config.update(num_labels=2, architectures=["BertForSequenceClassification"])
-    return estimate(config, method=method, seq_len=length, batch=batch, hardware="cpu", precision="bf16",
+    return estimate(config, method=method, seq_len=length, batch=batch, hardware=hardware, precision="bf16",
                     lora_r=LORA_R, freeze_train_top=FREEZE_TOP)
 
 
-def _row(key, spec, ref, method, batch, length, result) -> dict:
-    est = predict(ref, spec["task"], method, batch, length)
+def _row(key, spec, ref, method, batch, length, result, hardware: str = "cpu") -> dict:
+    """Predicted vs measured; on a GPU the tensors (max allocated) against the estimate less `framework`."""
+    est = predict(ref, spec["task"], method, batch, length, hardware)
     measured = result["measured_bytes"]
-    ratio = est.total_bytes / measured
+    predicted = est.total_bytes - (est.breakdown["framework"] if "cuda_max_allocated" in result else 0)
+    ratio = predicted / measured
     return dict(model=key, model_ref=ref, task=spec["task"], method=method, batch=batch, length=length,
-                predicted_bytes=est.total_bytes, measured_bytes=measured, ratio=ratio, within_15=abs(ratio - 1) <= 0.15,
-                breakdown=dict(est.breakdown), worker=result)
+                predicted_bytes=predicted, measured_bytes=measured, ratio=ratio, within_15=abs(ratio - 1) <= 0.15,
+                hardware=hardware, predicted_total_bytes=est.total_bytes, breakdown=dict(est.breakdown), worker=result)
 
 
 def _line(row: dict) -> str:
     result = row["worker"]
+    if "cuda_max_allocated" in result:  # GPU: load column = weights on the device; then reserved + context vs total
+        load = result["cuda_load_allocated"]
+        extra = f" {result['cuda_max_reserved'] / GiB:.2f} |"
+    else:
+        load, extra = result["load"]["VmHWM"], ""
     return (f"| {row['model']} | {row['method']} | {row['batch']} | {row['length']} | {row['predicted_bytes'] / GiB:.2f} | "
             f"{row['measured_bytes'] / GiB:.2f} | {row['ratio']:.2f} | {'yes' if row['within_15'] else 'NO'} | "
-            f"{result['load']['VmHWM'] / GiB:.2f} | {result.get('train_seconds', 0):.0f} |")
+            f"{load / GiB:.2f} | {result.get('train_seconds', 0):.0f} |{extra}")
 
 
 def machine() -> str:
@@ -251,7 +315,18 @@ def machine() -> str:
 
     import torch
 
-    return f"{get_hardware('cpu').note}; {platform.platform()}; Python {platform.python_version()}, torch {torch.__version__}"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else get_hardware("cpu").note
+    return f"{device}; {platform.platform()}; Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def _header(gpu: bool) -> str:
+    if gpu:
+        header = ("| model | method | batch | length | predicted tensors GiB | max allocated GiB | ratio | within 15% | "
+                  "weights loaded GiB | train s | max reserved GiB |")
+    else:
+        header = ("| model | method | batch | length | predicted GiB | measured GiB | ratio | within 15% | "
+                  "load peak GiB | train s |")
+    return header + "\n|" + "---|" * (header.count(" | ") + 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", action="store_true", help="measure the bare framework process and exit")
     parser.add_argument("--retable", metavar="JSON",
                         help="re-predict the measurements saved by --json with the current estimator; measures nothing")
+    parser.add_argument("--points", help="(batch)x(length) points for every model instead of its own, e.g. 4x1024,8x2048")
+    parser.add_argument("--hardware", default=None,
+                        help="estimator hardware profile to predict for (default: cpu, or H100-80GB/H200 on those GPUs)")
+    parser.add_argument("--shapes", help="train every model from the configs in this folder with random weights")
+    parser.add_argument("--export-shapes", help="write each model's config and tokenizer (no weights) to this folder")
+    parser.add_argument("--build-random", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--make-model", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--task", default="chat", help=argparse.SUPPRESS)
@@ -279,6 +360,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.make_model:
         make_model(Path(args.make_model))
+        return 0
+    if args.export_shapes:
+        export_shapes(Path(args.export_shapes))
+        return 0
+    if args.build_random:
+        build_random(Path(args.build_random[0]), Path(args.build_random[1]))
         return 0
     if args.worker:
         WORK.mkdir(parents=True, exist_ok=True)
@@ -291,10 +378,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.retable:
         saved = json.loads(Path(args.retable).read_text())
         print(f"measured on: {saved['machine']} ({saved['date']})")
-        header = ("| model | method | batch | length | predicted GiB | measured GiB | ratio | within 15% | "
-                  "load peak GiB | train s |")
-        print(header + "\n|" + "---|" * header.count(" | ") + "---|")
-        rows = [_row(r["model"], MODELS[r["model"]], r["model_ref"], r["method"], r["batch"], r["length"], r["worker"])
+        gpu = any("cuda_max_allocated" in r["worker"] for r in saved["rows"])
+        print(_header(gpu))
+        def ref(row: dict) -> str:  # a saved path from another machine: this machine's copy of that model
+            saved_ref = row["model_ref"]
+            return saved_ref if not saved_ref.startswith("/") or Path(saved_ref).exists() else _model_ref(row["model"])
+
+        rows = [_row(r["model"], MODELS[r["model"]], ref(r), r["method"], r["batch"], r["length"], r["worker"],
+                     args.hardware or (_gpu_profile(r["worker"]["device"]) if "device" in r["worker"] else "cpu"))
                 for r in saved["rows"]]
         for row in rows:
             print(_line(row))
@@ -308,40 +399,65 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline:
         return 0
 
-    rows, started = [], time.perf_counter()
+    import torch
+
+    gpu = torch.cuda.is_available()
+    hardware = args.hardware or (_gpu_profile(torch.cuda.get_device_name()) if gpu else "cpu")
+    rows, failed, started = [], [], time.perf_counter()
     jobs = []
     for key in [k.strip() for k in args.models.split(",") if k.strip()]:
         spec = MODELS[key]
-        ref = _model_ref(key)
+        ref = _model_ref(key, args.shapes)
         for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-            for batch, length in spec["quick" if args.quick else "points"]:
+            points = spec["quick" if args.quick else "points"]
+            if args.points:
+                points = [tuple(int(v) for v in point.split("x")) for point in args.points.split(",")]
+            for batch, length in points:
                 jobs.append((key, spec, ref, method, batch, length))
 
     def measure(job):
         key, spec, ref, method, batch, length = job
-        return _run_worker(["--worker", "--model", ref, "--task", spec["task"], "--method", method,
-                            "--batch", str(batch), "--length", str(length)], args.timeout)
+        try:
+            return _run_worker(["--worker", "--model", ref, "--task", spec["task"], "--method", method,
+                                "--batch", str(batch), "--length", str(length)], args.timeout)
+        except (RuntimeError, subprocess.TimeoutExpired) as failure:  # one failed point must not lose the others
+            return {"error": str(failure)[-1500:]}
 
-    header = ("| model | method | batch | length | predicted GiB | measured GiB | ratio | within 15% | "
-              "load peak GiB | train s |")
-    print(header + "\n|" + "---|" * header.count(" | ") + "---|", flush=True)
+    print(_header(gpu), flush=True)
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         for job, result in zip(jobs, pool.map(measure, jobs)):
             key, spec, ref, method, batch, length = job
-            rows.append(_row(key, spec, ref, method, batch, length, result))
+            if "error" in result:
+                failed.append(dict(model=key, method=method, batch=batch, length=length, error=result["error"]))
+                print(f"| {key} | {method} | {batch} | {length} | failed: {result['error'].splitlines()[-1][:120]} |",
+                      flush=True)
+                continue
+            rows.append(_row(key, spec, ref, method, batch, length, result, hardware))
             print(_line(rows[-1]), flush=True)
     ok = sum(r["within_15"] for r in rows)
-    print(f"\n{ok} of {len(rows)} points within 15%; {time.perf_counter() - started:.0f} s in all", flush=True)
+    print(f"\n{ok} of {len(rows)} points within 15% ({len(failed)} failed to run); "
+          f"{time.perf_counter() - started:.0f} s in all", flush=True)
     if args.json:
         payload = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
                    "command": " ".join(["python -m bench.memory", *(argv if argv is not None else sys.argv[1:])]),
-                   "baseline": base, "rows": rows}
+                   "baseline": base, "rows": rows, "failed": failed}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(payload, indent=1))
         print(f"wrote {args.json}")
     return 0
+
+
+def _gpu_profile(device_name: str) -> str:
+    """The estimator's profile for the GPU measured on (by its marketing name)."""
+    from tunesmith.plan.hardware import PROFILES
+
+    words = device_name.upper().split()  # "NVIDIA H100 80GB HBM3": match whole words ("M3" is in "HBM3")
+    for profile in PROFILES:
+        if profile.split("-")[0].upper() in words:
+            return profile
+    raise SystemExit(f"no estimator hardware profile for {device_name}; pass --hardware")
 
 
 if __name__ == "__main__":

@@ -149,7 +149,7 @@ def print_estimate(est: Estimate) -> None:
     table.add_column("GiB", justify="right")
     table.add_column("share", justify="right")
     for key, value in est.breakdown.items():
-        if value > 0:
+        if abs(value) >= 2**20:  # the "at the peak" row can be negative: parts that never coexist
             table.add_row(key, f"{value / 2**30:.2f}", f"{value / est.total_bytes:.0%}")
     table.add_section()
     table.add_row("total", f"{est.total_bytes / 2**30:.2f}", "")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tunesmith.errors import TunesmithError
 from tunesmith.plan.catalog import Entry, model_config
-from tunesmith.plan.hardware import GiB, Hardware, get_hardware
+from tunesmith.plan.hardware import GiB, MiB, Hardware, get_hardware
 
 METHODS = ("full", "freeze", "lora", "qlora")
 OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit")
@@ -48,22 +48,39 @@ MFU = {"datacenter-gpu": 0.40, "consumer-gpu": 0.35, "apple": 0.20, "cpu": 0.42}
 METHOD_EFFICIENCY = {"full": 1.0, "freeze": 1.0, "lora": 0.85, "qlora": 0.55}
 # CUDA context, cuBLAS/cuDNN workspaces and allocator slack on GPUs; the Python + torch + transformers
 # + peft process on CPUs (measured: 0.43 GiB RSS after the imports) and on Apple's unified memory.
-FRAMEWORK_BYTES = {"gpu": 1.0 * GiB, "other": 0.5 * GiB}
-# bf16 autocast over fp32 weights on CPUs (measured with bench/memory.py and autograd's saved-tensor hooks,
-# SmolLM2-135M, torch 2.13, 2 Zen 4 cores; see bench/MEMORY_RESULTS.md):
+FRAMEWORK_BYTES = {"gpu": 1.0 * GiB - 64 * MiB, "other": 0.5 * GiB}
+# Allocated through torch's caching allocator, so inside max_memory_allocated: cuBLAS's 32 MiB workspace on
+# Hopper, one per handle, and backward runs on autograd's own thread with its own handle. Fitted: small
+# MiniLM-L6 runs on the H100 allocated 60-110 MiB more than their tensors.
+CUBLAS_WORKSPACE_BYTES = 64 * MiB
+# bf16 autocast (measured with bench/memory.py and autograd's saved-tensor hooks on SmolLM2-135M, torch 2.13,
+# 2 Zen 4 cores; then checked with torch.cuda.max_memory_allocated on an H100, torch 2.11: the same terms
+# brought full and freeze on SmolLM2-135M/360M-shaped models from 0.58-0.89 to 0.93-1.15 of measured; see
+# bench/MEMORY_RESULTS.md). Over fp32 weights:
 #  - the residual stream stays fp32 (fp32 embeddings; fp32 + bf16 adds to fp32), so every norm keeps its fp32
 #    input and output and each projection reading the stream keeps its own bf16 cast (autocast caches casts
 #    of leaf weights only): full fine-tuning kept 27.4 KB per token per block where the 16-bit count below
 #    gives 20.0 KB, +7.4 KB = 12.9 bytes per hidden unit;
 #  - PEFT casts each LoRA input to the fp32 adapter dtype and its lora_dropout keeps the fp32 mask: LoRA kept
 #    15.6 KB per token per block more than full fine-tuning = 3.1 bytes per input feature of each adapted
-#    linear (sum of fan_in 4,992 per block); QLoRA 25.2 KB more = 5.0 bytes (bitsandbytes' 4-bit matmul
-#    also keeps its own copy of each input);
+#    linear (sum of fan_in 4,992 per block); QLoRA 25.2 KB more = 5.0 bytes on the CPU (bitsandbytes' CPU
+#    4-bit matmul also keeps its own copy of each input), 3 on the H100 (fitted: 5 over-predicted QLoRA by
+#    16-31%). On a GPU, LoRA over bf16 weights keeps the same 3 bytes (fitted on SmolLM2-135M/360M-shaped
+#    and MiniLM-L6: 2.4-3.2) and no stream term;
 #  - with the freeze method and a tied head (SmolLM2) the embedding trains, so the gradient runs through every
 #    frozen block: they kept 14.5 KB per token per block, 0.53 of a trained block.
-CPU_AUTOCAST_STREAM_BYTES = 13  # per hidden unit, per token, per block
-CPU_ADAPTER_INPUT_BYTES = {"lora": 3, "qlora": 5}  # per fan_in element of each adapted linear, per token
-CPU_FROZEN_BLOCK_SHARE = 0.53
+AUTOCAST_STREAM_BYTES = 13  # per hidden unit, per token, per block
+ADAPTER_INPUT_BYTES = {("lora", "cpu"): 3, ("lora", "gpu"): 3, ("qlora", "cpu"): 5, ("qlora", "gpu"): 3}  # per fan_in, token
+FROZEN_BLOCK_SHARE = 0.53
+
+# CPU heap retention (see _cpu_heap_retention), per token: bytes per hidden unit of every block that keeps
+# activations (the fp32 stream's freed norm and residual temporaries), and per input feature of each adapted
+# linear (PEFT's fp32 input cast and lora_dropout output, freed after the adapter matmul); QLoRA also keeps
+# freed dequantised weights, per 4-bit parameter. Least squares gave 24.7, 5.8, 7.3 and 3.9; without them
+# LoRA/QLoRA were predicted at 0.61-0.91 of measured RSS, with them 24 of 24 points within 15%.
+HEAP_STREAM_BYTES = 25
+HEAP_ADAPTER_INPUT_BYTES = {"lora": 6, "qlora": 7}
+HEAP_DEQUANT_BYTES = 4
 
 DECODERS = ("llama", "mistral", "qwen2", "gemma", "gemma2", "phi3", "bitnet", "dbrx")
 ENCODERS = ("bert", "roberta", "xlm-roberta", "deberta-v2")
@@ -738,6 +755,8 @@ def estimate(
     block_bytes = shape.block_parameters * (NF4_BITS[double_quant] / 8 if method == "qlora" else BYTES[dtype])
     fixed = _shard(fixed, gpus, stage, block_bytes)
     fixed["framework"] = FRAMEWORK_BYTES["gpu" if hw.is_gpu else "other"]
+    if hw.is_gpu:
+        fixed["cuBLAS workspaces"] = CUBLAS_WORKSPACE_BYTES
 
     # 4. Memory per example
     per_example = {
@@ -747,16 +766,35 @@ def estimate(
         * shape.outputs * LOGIT_BYTES,
     }
 
-    if not hw.is_gpu and precision in ("bf16", "fp16") and dtype == "fp32" and shape.family in ("decoder", "encoder"):
-        _cpu_autocast(shape, method, trainable, trained_blocks, lora_r, lora_targets, seq_len, act, attention,
-                      grad_checkpointing, fixed, per_example)
+    if precision in ("bf16", "fp16") and shape.family in ("decoder", "encoder"):
+        _autocast(shape, method, hw.is_gpu, dtype, trainable, trained_blocks, lora_targets, seq_len, act, attention,
+                  grad_checkpointing, fixed, per_example)
+
+    if not hw.is_gpu and precision in ("bf16", "fp16") and shape.family in ("decoder", "encoder") and not grad_checkpointing:
+        _cpu_heap_retention(shape, method, trained_blocks, lora_targets, seq_len, fixed, per_example)
+
+    def moments(b: int) -> tuple[float, float]:
+        """(backward peak, optimizer step peak). Backward frees each block's activations as its parameter gradients
+        appear (top block first), so it holds max(activations, gradients) of the two, not their sum. The
+        optimizer step holds no activations and no autocast copies, but torch's foreach AdamW makes one
+        temporary per trained parameter (sqrt of exp_avg_sq). Measured: summing both over-predicted full
+        fine-tuning of a SmolLM2-360M-shaped model at 2x512 by 15% on the H100."""
+        held, activations = sum(fixed.values()), b * sum(per_example.values())
+        gradients = fixed.get("gradients", 0.0)
+        backward = held + activations - min(activations, gradients)
+        step = held - fixed.get("autocast copies", 0.0) + fixed.get("optimizer", 0.0) / 2
+        return backward, step
 
     def total_for(b: int) -> float:
-        return sum(fixed.values()) + b * sum(per_example.values())
+        return max(moments(b))
 
     breakdown = {**{k: v for k, v in fixed.items() if k != "framework"},
                  **{k: v * batch for k, v in per_example.items()}, "framework": fixed["framework"]}
     total = total_for(batch)
+    backward, step = moments(batch)
+    peak = ("at the peak: gradients replace freed activations" if backward >= step
+            else "at the peak (optimizer step): no activations, + AdamW temporaries")
+    breakdown[peak] = total - sum(breakdown.values())
     device = hw.memory_bytes
 
     # 5. Speed, time and cost
@@ -792,33 +830,55 @@ def estimate(
     )
 
 
-def _cpu_autocast(shape: Shape, method: str, trainable: int, trained_blocks: int | None, lora_r: int, lora_targets,
-                  seq_len: int, act: int, attention: str, checkpointing: bool, fixed: dict, per_example: dict) -> None:
-    """What bf16 autocast over fp32 weights keeps on a CPU beyond the 16-bit count (measured; see the constants).
+def _autocast(shape: Shape, method: str, on_gpu: bool, dtype: str, trainable: int, trained_blocks: int | None,
+              lora_targets, seq_len: int, act: int, attention: str, checkpointing: bool, fixed: dict,
+              per_example: dict) -> None:
+    """What half-precision autocast keeps beyond the 16-bit count (measured on CPU and H100; see the constants).
 
-    Autocast copies: autograd keeps the bf16 cast of every weight a gradient flows back through (to compute
-    the input's gradient), frozen ones included: all block linears and the head for full and LoRA; the head
-    (fp32 after prepare_model_for_kbit_training) for QLoRA, whose 4-bit weights are dequantised anew in
-    backward; the trained top blocks and the head for freeze, all blocks when the head is the tied embedding.
+    Over fp32 weights (full, freeze, QLoRA's fp32 non-4-bit parts; LoRA on CPUs): autograd keeps the half
+    cast of every weight a gradient flows back through (to compute the input's gradient), frozen ones
+    included: all block linears and the head for full and LoRA; the head (fp32 after
+    prepare_model_for_kbit_training) for QLoRA, whose 4-bit weights are dequantised anew in backward; the
+    trained top blocks and the head for freeze, all blocks when the head is the tied embedding. And the fp32
+    residual stream. Over bf16 weights (LoRA on bf16 GPUs) neither exists; the adapters' fp32 inputs do.
     """
     layers = shape.layers
-    backward_blocks = layers if method != "freeze" or shape.tied_head else (trained_blocks or 0)
-    linear = shape.quantizable / max(layers, 1)
-    weights = shape.head_matmul + (0 if method == "qlora" else backward_blocks * linear)
-    fixed["autocast copies"] = 2 * (weights + (trainable if method in ("lora", "qlora") else 0))
+    fp32_weights = dtype == "fp32"
+    if fp32_weights:
+        backward_blocks = layers if method != "freeze" or shape.tied_head else (trained_blocks or 0)
+        linear = shape.quantizable / max(layers, 1)
+        weights = shape.head_matmul + (0 if method == "qlora" else backward_blocks * linear)
+        fixed["autocast copies"] = 2 * (weights + (trainable if method in ("lora", "qlora") else 0))
     if checkpointing:
         return  # only block inputs are kept; the stream term is inside the one recomputed block
     stack = shape.stacks[0]
-    per_token = CPU_AUTOCAST_STREAM_BYTES * stack.hidden
+    per_token = AUTOCAST_STREAM_BYTES * stack.hidden if fp32_weights else 0
     if method in ("lora", "qlora"):
         fan_in = sum(lin.fan_in * lin.count for lin in targeted(shape, lora_targets)) / max(layers, 1)
-        per_token += CPU_ADAPTER_INPUT_BYTES[method] * fan_in
+        per_token += ADAPTER_INPUT_BYTES[method, "gpu" if on_gpu else "cpu"] * fan_in
     trained = layers if method != "freeze" else (trained_blocks or 0)
     extra = seq_len * per_token * trained
-    if method == "freeze" and shape.tied_head:
-        block = _block_bytes(stack, seq_len, seq_len, act, attention_mode(stack, attention, False)) + seq_len * per_token
-        extra += CPU_FROZEN_BLOCK_SHARE * block * (layers - trained)
+    if method == "freeze" and shape.tied_head and fp32_weights:
+        block = _block_bytes(stack, seq_len, seq_len, act, attention_mode(stack, attention, on_gpu)) + seq_len * per_token
+        extra += FROZEN_BLOCK_SHARE * block * (layers - trained)
     per_example["activations"] += extra
+
+
+def _cpu_heap_retention(shape: Shape, method: str, trained_blocks: int | None, lora_targets, seq_len: int,
+                        fixed: dict, per_example: dict) -> None:
+    """Freed temporaries that stay in the process on a CPU (glibc keeps freed blocks under its dynamic mmap
+    threshold, up to 32 MiB, in its heap), so RSS peaks above the tensors alive at once. Fitted by least
+    squares on SmolLM2-135M and MiniLM-L6 (24 points, bench/MEMORY_RESULTS.md), checked on a
+    SmolLM2-360M-shaped model; see the constants."""
+    stack = shape.stacks[0]
+    blocks = trained_blocks if (method == "freeze" and not shape.tied_head) else shape.layers
+    per_token = HEAP_STREAM_BYTES * stack.hidden * blocks
+    if method in ("lora", "qlora"):
+        fan_in = sum(lin.fan_in * lin.count for lin in targeted(shape, lora_targets))
+        per_token += HEAP_ADAPTER_INPUT_BYTES[method] * fan_in
+    if method == "qlora":
+        fixed["freed dequantised weights"] = HEAP_DEQUANT_BYTES * shape.quantizable
+    per_example["freed temporaries"] = per_token * seq_len
 
 
 def implied_mfu(est: Estimate, measured_examples_per_s: float) -> float:
