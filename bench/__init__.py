@@ -1,1 +1,2 @@
-"""Benchmarks that check tunesmith's predictions against measurements (`python -m bench.memory`)."""
+"""Benchmarks: the estimator against measured memory (`python -m bench.memory`), and tunesmith against plain
+Hugging Face / TRL fine-tuning (`python -m bench.sft`); see bench/README.md."""

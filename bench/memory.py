@@ -157,6 +157,7 @@ def worker(args) -> dict:
         loop.fit = original_fit
         shutil.rmtree(run_root, ignore_errors=True)
     report.update(seen)
+    report["loss_chunk_tokens"] = getattr(config.train, "loss_chunk_tokens", 0)
     report["after"] = _status()
     load_peak, train_peak = report["load"]["VmHWM"], report["train"]["VmHWM"]
     report["measured_bytes"] = max(load_peak, train_peak) if seen["reset"] else train_peak
@@ -275,7 +276,8 @@ def _model_ref(key: str, shapes: str | None = None) -> str:
     return str(directory)
 
 
-def predict(model_ref: str, task: str, method: str, batch: int, length: int, hardware: str = "cpu"):
+def predict(model_ref: str, task: str, method: str, batch: int, length: int, hardware: str = "cpu",
+            loss_chunk_tokens: int = 0):
     from tunesmith.plan.catalog import model_config
     from tunesmith.plan.estimate import estimate
 
@@ -284,12 +286,13 @@ def predict(model_ref: str, task: str, method: str, batch: int, length: int, har
     if task == "text-classification":  # the head tunesmith builds: two labels, as in the synthetic data
         config.update(num_labels=2, architectures=["BertForSequenceClassification"])
     return estimate(config, method=method, seq_len=length, batch=batch, hardware=hardware, precision="bf16",
-                    lora_r=LORA_R, freeze_train_top=FREEZE_TOP)
+                    lora_r=LORA_R, freeze_train_top=FREEZE_TOP, loss_chunk_tokens=loss_chunk_tokens)
 
 
 def _row(key, spec, ref, method, batch, length, result, hardware: str = "cpu") -> dict:
     """Predicted vs measured; on a GPU the tensors (max allocated) against the estimate less `framework`."""
-    est = predict(ref, spec["task"], method, batch, length, hardware)
+    # runs saved before the chunked loss existed computed whole logits tensors: 0
+    est = predict(ref, spec["task"], method, batch, length, hardware, result.get("loss_chunk_tokens", 0))
     measured = result["measured_bytes"]
     predicted = est.total_bytes - (est.breakdown["framework"] if "cuda_max_allocated" in result else 0)
     ratio = predicted / measured

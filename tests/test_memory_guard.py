@@ -79,8 +79,9 @@ def test_out_of_memory_in_training_is_a_clear_error(make_config, tmp_path):
     ~200 tokens x 49k vocabulary in fp32 is ~1.5 GiB, twice that with its gradient). The CLI exits 2."""
     from tunesmith.config import dump_config
 
+    # loss_chunk_tokens=0: the whole logits tensor, which the chunked loss (the default) never makes
     config = make_config("train.batch_size=64", "data.train_on=all", "train.max_steps=2", "eval.compare_base=false",
-                         "train.eval_every=0")
+                         "train.eval_every=0", "train.loss_chunk_tokens=0")
     path = tmp_path / "oom.yaml"
     path.write_text(dump_config(config))
     limit = 3 * GIB

@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 
 
-def chat_loop(run_dir: str, *, system: str | None = None, max_new_tokens: int = 256, stdin=None, stdout=None) -> None:
+def chat_loop(run_dir: str, *, system: str | None = None, max_new_tokens: int = 256, stdin=None, stdout=None,
+              allow_pickle: bool = False) -> None:
     from tunesmith.pipeline import load_tuned
     from tunesmith.tasks.chat import generate
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    model, tokenizer, config, _ = load_tuned(run_dir)
+    model, tokenizer, config, _ = load_tuned(run_dir, allow_pickle=allow_pickle)
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     print("chat with the tuned model; /reset clears the history, /exit or Ctrl-D leaves", file=stdout, flush=True)
     while True:

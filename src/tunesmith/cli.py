@@ -62,6 +62,8 @@ def _cmd_train(args) -> None:
 
     if args.config is None and args.resume is None:
         raise TunesmithError("give a config file or --resume RUN_DIR", fix="tunesmith train run.yaml")
+    if args.allow_pickle:  # the config field it stands for; a resumed run keeps the value it was started with
+        args.set = [*args.set, "model.allow_pickle=true"]
     config = _load(args) if args.config else None
     train(config, resume=args.resume, force=args.force)
 
@@ -69,26 +71,32 @@ def _cmd_train(args) -> None:
 def _cmd_eval(args) -> None:
     from tunesmith.pipeline import evaluate_run
 
-    evaluate_run(args.run_dir, test_file=args.test, max_samples=args.max_samples)
+    evaluate_run(args.run_dir, test_file=args.test, max_samples=args.max_samples, allow_pickle=args.allow_pickle)
 
 
 def _cmd_predict(args) -> None:
     from tunesmith.pipeline import predict
 
-    count = predict(args.run_dir, args.input, args.output, max_new_tokens=args.max_new_tokens)
+    count = predict(args.run_dir, args.input, args.output, max_new_tokens=args.max_new_tokens, allow_pickle=args.allow_pickle)
     print(f"wrote {count} predictions to {args.output}")
 
 
 def _cmd_merge(args) -> None:
     from tunesmith.pipeline import merge
 
-    merge(args.run_dir, args.output)
+    merge(args.run_dir, args.output, allow_pickle=args.allow_pickle)
 
 
 def _cmd_chat(args) -> None:
     from tunesmith.chat import chat_loop
 
-    chat_loop(args.run_dir, system=args.system, max_new_tokens=args.max_new_tokens)
+    chat_loop(args.run_dir, system=args.system, max_new_tokens=args.max_new_tokens, allow_pickle=args.allow_pickle)
+
+
+def allow_pickle_arg(p) -> None:
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="also load pickle weights (.bin/.pt/.pth/.ckpt), with torch.load(weights_only=True); without it "
+                        "only safetensors load, since a pickle file can run code (model.allow_pickle)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,12 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     config_args(p, optional=True)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
     p.add_argument("--force", action="store_true", help="train even when the memory estimate says it will not fit")
+    allow_pickle_arg(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="base vs tuned on the run's test split")
     p.add_argument("run_dir")
     p.add_argument("--test", help="another test file instead of the run's saved split")
     p.add_argument("--max-samples", type=int, help="score at most this many examples")
+    allow_pickle_arg(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("predict", help="answer every record of a file with the tuned model")
@@ -125,17 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="records to answer (any supported data format)")
     p.add_argument("--output", required=True, help="JSONL file to write, or for text-to-image a folder of images (must not exist)")
     p.add_argument("--max-new-tokens", type=int)
+    allow_pickle_arg(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("chat", help="talk to the tuned model in the terminal")
     p.add_argument("run_dir")
     p.add_argument("--system", help="system prompt for the conversation")
     p.add_argument("--max-new-tokens", type=int, default=256)
+    allow_pickle_arg(p)
     p.set_defaults(func=_cmd_chat)
 
     p = sub.add_parser("merge", help="merge the adapter into full safetensors weights")
     p.add_argument("run_dir")
     p.add_argument("--output", required=True, help="folder to write (must not exist or be empty)")
+    allow_pickle_arg(p)
     p.set_defaults(func=_cmd_merge)
 
     add_plan_commands(sub)  # estimate, recommend: read model configs only, never weights

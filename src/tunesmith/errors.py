@@ -35,7 +35,9 @@ def exit_code_of(action) -> int:
     try:
         action()
     except TunesmithError as exc:
-        print(f"error: {exc.render()}", file=sys.stderr)
+        from tunesmith.redact import redact
+
+        print(f"error: {redact(exc.render())}", file=sys.stderr)  # a message may quote a URL or a token
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

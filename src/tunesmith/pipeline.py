@@ -21,7 +21,7 @@ from tunesmith.data.prepare import DataSplits, load_examples, prepare_splits, sa
 from tunesmith.errors import TunesmithError
 from tunesmith.methods import count_parameters, get_method
 from tunesmith.models.resolve import ResolvedModel, resolve_model
-from tunesmith.runs.rundir import RunDir
+from tunesmith.runs.rundir import RunDir, atomic_directory, atomic_write_text
 from tunesmith.runs.tracking import RunTracking
 from tunesmith.tasks import get_task
 
@@ -61,7 +61,13 @@ def _accelerator(precision: str):
 
 def load_tokenizer_for(config: RunConfig) -> tuple[ResolvedModel, object]:
     """The model reference and its preprocessor: a tokenizer for text tasks (the task decides)."""
+    from tunesmith.models.safe_load import check_folder
+
     resolved = resolve_model(config.model.name, config.model.gguf_file)
+    if resolved.source != "hub":  # before any data is read or a run folder made: pickle weights need allow_pickle
+        check_folder(resolved.path, config.model.allow_pickle)
+    if config.model.trust_remote_code:
+        print(f"note: model.trust_remote_code is on: Python code shipped with {config.model.name} runs in this process")
     return resolved, get_task(config.task).load_processor(resolved, config.model)
 
 
@@ -85,9 +91,28 @@ def read_splits(config: RunConfig) -> DataSplits:
     return prepare_splits(config.data, config.seed, task.normalise, task.stratify_key, getattr(task, "read", None))
 
 
-def encode_splits(config: RunConfig, splits: DataSplits, tokenizer, meta: dict) -> dict[str, list]:
+def encode_splits(config: RunConfig, splits: DataSplits, tokenizer, meta: dict,
+                  names: tuple[str, ...] = ("train", "validation", "test")) -> dict[str, list]:
     task = get_task(config.task)
-    return {name: task.encode(examples, tokenizer, config, meta) for name, examples in splits.items()}
+    return {name: task.encode(examples, tokenizer, config, meta) for name, examples in splits.items() if name in names}
+
+
+def pack_splits(config: RunConfig, encoded: dict[str, list]) -> dict[str, list]:
+    """data.packing: the train and validation examples packed into rows of data.max_length tokens."""
+    from tunesmith.data.packing import pack_examples, padding_share
+
+    if not getattr(get_task(config.task), "packable", False):
+        raise TunesmithError(
+            f"data.packing applies to the chat task, not {config.task}"
+            + (" (it always packs its text into blocks of data.max_length tokens)" if config.task == "continued-pretraining" else ""),
+            where="data.packing", fix="remove data.packing (or set it to false)")
+    packed = {name: pack_examples(examples, config.data.max_length) for name, examples in encoded.items()}
+    train, rows = encoded["train"], packed["train"]
+    if isinstance(config.train.batch_size, int):
+        print(f"packing: {len(train)} training examples into {len(rows)} rows of up to {config.data.max_length} tokens; "
+              f"padding {100 * padding_share(train, config.train.batch_size):.0f}% of computed positions unpacked "
+              f"(batches in data order), {100 * padding_share(rows, config.train.batch_size):.0f}% packed")
+    return packed
 
 
 def _print_parameters(model, method_name: str) -> dict:
@@ -131,7 +156,9 @@ def _train(config, resume, force, on_evaluation, tracking: RunTracking) -> RunRe
         saved = load_saved_config(run.config_path)
         if config is not None and dump_config(config) != dump_config(saved):
             print(f"note: resuming with the config saved in {run.config_path}; the one given differs and is ignored")
-        config = saved
+            config = saved
+        # The same config given again is kept: it still holds the secrets the saved copy masks (a password).
+        config = config if config is not None else saved
     if config is None:
         raise TunesmithError("nothing to train", fix="pass a config, or resume=<run directory>")
     set_seed(config.seed)
@@ -139,14 +166,23 @@ def _train(config, resume, force, on_evaluation, tracking: RunTracking) -> RunRe
     main = accelerator.is_main_process
     task = get_task(config.task)
     method = get_method(config.method.name)
+    from tunesmith.train.cpu import configure_cpu_threads
+
+    cpu_note = configure_cpu_threads()  # threads = physical cores (or the user's OMP_NUM_THREADS)
+    if main and accelerator.device.type == "cpu":
+        print(cpu_note)
 
     # 2. Tokenizer and data, before the (slow) model load, so bad data fails fast.
     resolved, tokenizer = load_tokenizer_for(config)
     splits = read_splits(config)
     meta = task.setup(splits, config)
-    encoded = encode_splits(config, splits, tokenizer, meta)
+    # Each split is tokenised once; the test split is scored from its records (generation, the task's
+    # own batches), so training encodes only what the loop reads.
+    encoded = encode_splits(config, splits, tokenizer, meta, ("train", "validation"))
     if not encoded["train"]:
         raise TunesmithError("the training split is empty", where="data.train", fix="add records or lower data.split's other ratios")
+    if config.data.packing:
+        encoded = pack_splits(config, encoded)
 
     # Pre-flight: will it fit? (and batch_size: auto -> a number, saved as such in the run's config)
     from tunesmith.plan.preflight import preflight
@@ -162,9 +198,12 @@ def _train(config, resume, force, on_evaluation, tracking: RunTracking) -> RunRe
         broadcast_object_list(path)
         run = RunDir(path[0])
         if main:
-            run.config_path.write_text(dump_config(config))
             run.write_json("task.json", meta)
+            run.write_json("data_report.json", splits.report())  # format, split sizes, records skipped and where
             save_examples([task.to_record(e) for e in splits.test], run.path / "data" / "test.jsonl")
+            # Last: config.yaml makes the folder a run (for --resume and the runs list), so a run killed
+            # before this point has none and is never resumed without the files above.
+            atomic_write_text(run.config_path, dump_config(config))
             print(f"run directory: {run.path}")
     tracking.start(run, config, main=main, resumed=resume is not None)
     if main:
@@ -183,9 +222,16 @@ def _train(config, resume, force, on_evaluation, tracking: RunTracking) -> RunRe
         model.config.use_cache = False  # the KV cache is for generation; in training it only costs memory
         model = method.apply(model, config.method, config.train.gradient_checkpointing, **(
             {"task_type": task.peft_task_type} if method.saves_adapter else {}))
+        from tunesmith.train.loss import configure_loss
+
+        configure_loss(model, config.train.loss_chunk_tokens)
     params = _print_parameters(model, config.method.name)
     if not hasattr(model, "hf_device_map"):  # a 4-bit model was placed while loading
         model.to(accelerator.device)
+    if config.data.packing:
+        from tunesmith.data.packing import check_packing
+
+        check_packing(model)  # refuses a model that would attend across packed examples
     if check.auto and resume is None:
         _confirm_batch_size(model, task, encoded["train"], config, check, accelerator, tokenizer, run)
     before_fit = getattr(task, "before_fit", None)
@@ -200,7 +246,10 @@ def _train(config, resume, force, on_evaluation, tracking: RunTracking) -> RunRe
     accelerator.wait_for_everyone()
 
     # 5. Train.
-    with _out_of_memory_advice(config, check, "while training"):
+    from tunesmith.train.compile import compiled_blocks
+
+    with _out_of_memory_advice(config, check, "while training"), \
+            compiled_blocks(model, config.train.compile, accelerator.device.type):
         result = fit(model=model, task=task, train_set=encoded["train"], val_set=encoded["validation"], config=config,
                      accelerator=accelerator, run=run, pad_id=_pad_id(tokenizer), resume=resume is not None,
                      on_evaluation=on_evaluation)
@@ -210,8 +259,9 @@ def _train(config, resume, force, on_evaluation, tracking: RunTracking) -> RunRe
     summary: dict = {}
     if main:
         weights = run.weights_dir(method.saves_adapter)
-        model.save_pretrained(weights, safe_serialization=True)
-        tokenizer.save_pretrained(weights)
+        with atomic_directory(weights, then=f"; then `tunesmith train --resume {run.path}` saves them again") as staging:
+            model.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
         tuned_metrics, tuned_rows = ({}, [])
         if splits.test:
             print("scoring the tuned model on the test split")
@@ -226,6 +276,9 @@ def _train(config, resume, force, on_evaluation, tracking: RunTracking) -> RunRe
             "task": config.task,
             "model": config.model.name,
             "model_source": resolved.source,
+            # What this run allowed to execute or unpickle (both off unless the run's config turned them on).
+            "trust_remote_code": config.model.trust_remote_code,
+            "allow_pickle": config.model.allow_pickle,
             "method": config.method.name,
             "parameters": params,
             "precision": accelerator.mixed_precision,
@@ -233,6 +286,7 @@ def _train(config, resume, force, on_evaluation, tracking: RunTracking) -> RunRe
             "steps": result.state.step,
             "total_steps": result.total_steps,
             "trained_tokens": result.state.trained_tokens,
+            "skipped_batches": result.state.skipped_batches,  # non-finite batches dropped (train.skip_nonfinite)
             "train_seconds": round(result.state.train_seconds, 2),
             "trained_tokens_per_s": round(result.state.trained_tokens / max(result.state.train_seconds, 1e-9), 1),
             "wall_seconds": round(time.time() - started, 2),
@@ -241,6 +295,7 @@ def _train(config, resume, force, on_evaluation, tracking: RunTracking) -> RunRe
             "best_eval_loss": result.state.best_eval_loss,
             "best_eval_ppl": perplexity(result.state.best_eval_loss) if result.state.best_eval_loss is not None else None,
             "data": {name: len(x) for name, x in splits.items()},
+            "skipped_records": splits.bad.count if splits.bad else 0,  # data.on_bad_record: skip; where: data_report.json
             "weights": str(weights),
             "base": base_metrics.get("metrics", {}),
             "tuned": tuned_metrics,
@@ -312,7 +367,7 @@ def _confirm_batch_size(model, task, train_set, config, check, accelerator, toke
     if batch != config.train.batch_size:
         config.train.batch_size = batch
         if accelerator.is_main_process:
-            run.config_path.write_text(dump_config(config))
+            atomic_write_text(run.config_path, dump_config(config))
 
 
 @contextlib.contextmanager
@@ -372,10 +427,12 @@ def print_comparison(summary: dict) -> None:
 # Loading a finished run
 
 
-def load_tuned(run_dir: str | Path, *, for_merge: bool = False) -> TunedModel:
-    """The model of a finished run (base + adapter, or the saved full model) with its tokenizer."""
+def load_tuned(run_dir: str | Path, *, for_merge: bool = False, allow_pickle: bool = False) -> TunedModel:
+    """The model of a finished run (base + adapter, or the saved full model) with its tokenizer.
+    `allow_pickle` (`--allow-pickle`) also loads pickle weights, with weights_only=True (models/safe_load.py)."""
     run = RunDir.open(run_dir)
     config = load_saved_config(run.config_path)
+    config.model.allow_pickle = config.model.allow_pickle or allow_pickle
     method = get_method(config.method.name)
     task = get_task(config.task)
     weights = run.weights_dir(method.saves_adapter)
@@ -390,12 +447,16 @@ def load_tuned(run_dir: str | Path, *, for_merge: bool = False) -> TunedModel:
     elif method.saves_adapter:
         from peft import PeftModel
 
+        from tunesmith.models.safe_load import check_folder, unpickling
+
+        check_folder(weights, config.model.allow_pickle, where=str(weights))  # a run folder may come from anyone
         resolved = resolve_model(config.model.name, config.model.gguf_file)
         # Merging needs float base weights; a 4-bit base would be merged lossy.
         base = load_base_model(config, resolved, meta, quantized=not for_merge)
         if getattr(base.config, "pad_token_id", None) is None:
             base.config.pad_token_id = _pad_id(tokenizer)
-        model = PeftModel.from_pretrained(base, weights)
+        with unpickling(str(weights)):
+            model = PeftModel.from_pretrained(base, weights)
     else:
         from tunesmith.models.load import load_model
 
@@ -405,18 +466,20 @@ def load_tuned(run_dir: str | Path, *, for_merge: bool = False) -> TunedModel:
     return TunedModel(model, tokenizer, config, meta)
 
 
-def evaluate_run(run_dir: str | Path, *, test_file: str | None = None, max_samples: int | None = None) -> dict:
+def evaluate_run(run_dir: str | Path, *, test_file: str | None = None, max_samples: int | None = None,
+                 allow_pickle: bool = False) -> dict:
     """Base vs tuned on the run's saved test split (or another file), written to eval.json and printed."""
     run = RunDir.open(run_dir)
-    model, tokenizer, config, meta = load_tuned(run.path)
+    model, tokenizer, config, meta = load_tuned(run.path, allow_pickle=allow_pickle)
     task = get_task(config.task)
     if max_samples is not None:
         config.eval.max_samples = max_samples
     source = test_file or str(run.path / "data" / "test.jsonl")
     # The saved split is already normalised (canonical columns, system prompt applied): read it
-    # without the run's column mapping, which named the original file's columns.
+    # without the run's column mapping, which named the original file's columns. Its image paths are the
+    # ones the run checked when it read its data (absolute, outside data/), so they may lead out.
     test, _ = (load_examples(source, config.data, task.normalise, "test", getattr(task, "read", None)) if test_file
-               else load_examples(source, DataConfig(), task.normalise))
+               else load_examples(source, DataConfig(allow_outside_paths=True), task.normalise))
     accelerator = _accelerator(config.train.precision)
     tuned, _ = _score_test(model, tokenizer, test, config, accelerator, meta)
     if get_method(config.method.name).saves_adapter:
@@ -444,14 +507,15 @@ def score_split(run_dir: str | Path, split: str = "validation") -> dict:
     return metrics
 
 
-def predict(run_dir: str | Path, input_path: str, output_path: str, *, max_new_tokens: int | None = None) -> int:
+def predict(run_dir: str | Path, input_path: str, output_path: str, *, max_new_tokens: int | None = None,
+            allow_pickle: bool = False) -> int:
     """Run the tuned model on every record of `input_path` (any format the task reads) and write one
     JSON line per record: chat answers as messages, classifications as labels with scores. Tasks whose
     outputs are files (text-to-image) write them into the folder `output_path` with an index.jsonl."""
     output = Path(output_path)
     if output.exists():
         raise TunesmithError(f"{output} already exists", fix="choose a new --output path; tunesmith never overwrites results")
-    model, tokenizer, config, meta = load_tuned(run_dir)
+    model, tokenizer, config, meta = load_tuned(run_dir, allow_pickle=allow_pickle)
     task = get_task(config.task)
     examples, _ = load_examples(input_path, config.data, task.normalise, None, getattr(task, "read", None))
     accelerator = _accelerator(config.train.precision)
@@ -468,18 +532,19 @@ def predict(run_dir: str | Path, input_path: str, output_path: str, *, max_new_t
     return len(rows)
 
 
-def merge(run_dir: str | Path, output: str | Path) -> Path:
+def merge(run_dir: str | Path, output: str | Path, *, allow_pickle: bool = False) -> Path:
     """Fold the adapter into the base weights and save a plain transformers model (safetensors)."""
     output = Path(output)
     if output.exists() and any(output.iterdir()):
         raise TunesmithError(f"{output} exists and is not empty", fix="choose a new --output folder")
-    model, tokenizer, config, _ = load_tuned(run_dir, for_merge=True)
+    model, tokenizer, config, _ = load_tuned(run_dir, for_merge=True, allow_pickle=allow_pickle)
     if not hasattr(model, "merge_and_unload"):
         raise TunesmithError(f"the run trained with method {config.method.name!r}; its model/ folder already holds full weights",
                              fix=f"use {Path(run_dir) / 'model'} directly")
     merged = model.merge_and_unload()
-    merged.save_pretrained(output, safe_serialization=True)
-    tokenizer.save_pretrained(output)
+    with atomic_directory(output) as staging:  # a merge cut short never looks like a model
+        merged.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
     print(f"merged model written to {output}")
     return output
 

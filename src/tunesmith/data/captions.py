@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunesmith.data.bad_records import drop
 from tunesmith.data.formats import task_columns
 from tunesmith.data.images import IMAGE_EXTENSIONS, check_images, resolve_inside
 from tunesmith.errors import TunesmithError
@@ -41,45 +42,68 @@ def _record_folder(where: str) -> Path:
     return Path(where.rsplit(":", 1)[0]).parent  # `file:LINE` -> the file's folder
 
 
-def examples_from_records(records: list, data_cfg, kind: str = "image table") -> list[CaptionedImage]:
+def examples_from_records(records: list, data_cfg, kind: str = "image table", bad=None) -> list[CaptionedImage]:
     """Rows with an image path (`file_name` as in HF imagefolder metadata, or `image`) and a caption
-    (`text`; `prompt` for prompt lists); `data.columns` maps other names."""
+    (`text`; `prompt` for prompt lists); `data.columns` maps other names. A row that cannot be used goes
+    to `bad` (data.on_bad_record)."""
     columns = task_columns(data_cfg, ("image", "text"), "text-to-image")
     image_names = [columns["image"]] if "image" in columns else ["file_name", "image"]
     text_names = [columns["text"]] if "text" in columns else ["text", "prompt"]
     examples = []
     for record in records:
-        image_col = next((c for c in image_names if c in record.fields), None)
-        text_col = next((c for c in text_names if c in record.fields), None)
-        if image_col is None and text_col is None:
-            found = ", ".join(map(str, record.fields)) or "none"
-            raise TunesmithError(f"no image or text column (columns found: {found})", where=record.where,
-                                 fix="give records file_name (or image) and text columns, or map yours with "
-                                     "data.columns: {image: <path column>, text: <caption column>}")
-        text = record.fields.get(text_col) if text_col else None
-        if text is not None and not isinstance(text, str):
-            raise TunesmithError(f"{text_col} is {type(text).__name__}, not a string", where=record.where,
-                                 fix="every caption or prompt must be a string")
-        path = None
-        if image_col is not None:
-            value = record.fields[image_col]
-            if not isinstance(value, str) or not value.strip():
-                raise TunesmithError("the image path is empty or not a string", where=record.where,
-                                     fix="give every record the path of its image file")
-            path = resolve_inside(value, _record_folder(record.where), record.where)
-        seed = record.fields.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TunesmithError(f"seed {seed!r} is not an integer", where=record.where, fix="give seeds as whole numbers")
-        examples.append(CaptionedImage(record.where, path, (text or "").strip() or None, kind if path else "prompts", seed))
+        try:
+            examples.append(_example_of(record, image_names, text_names, data_cfg, kind))
+        except TunesmithError as exc:
+            drop(bad, exc)
     return examples
 
 
-def read_image_folder(root: Path, data_cfg) -> list[CaptionedImage]:
+# Seeds go to torch.Generator.manual_seed, which takes 64-bit values.
+_SEED_RANGE = range(-(2**63), 2**64)
+
+
+def _example_of(record, image_names: list[str], text_names: list[str], data_cfg, kind: str) -> CaptionedImage:
+    image_col = next((c for c in image_names if c in record.fields), None)
+    text_col = next((c for c in text_names if c in record.fields), None)
+    if image_col is None and text_col is None:
+        found = ", ".join(map(str, record.fields)) or "none"
+        raise TunesmithError(f"no image or text column (columns found: {found})", where=record.where,
+                             fix="give records file_name (or image) and text columns, or map yours with "
+                                 "data.columns: {image: <path column>, text: <caption column>}")
+    text = record.fields.get(text_col) if text_col else None
+    if text is not None and not isinstance(text, str):
+        raise TunesmithError(f"{text_col} is {type(text).__name__}, not a string", where=record.where,
+                             fix="every caption or prompt must be a string")
+    path = None
+    if image_col is not None:
+        value = record.fields[image_col]
+        if not isinstance(value, str) or not value.strip():
+            raise TunesmithError("the image path is empty or not a string", where=record.where,
+                                 fix="give every record the path of its image file")
+        path = resolve_inside(value, _record_folder(record.where), record.where, data_cfg.allow_outside_paths)
+    seed = record.fields.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed not in _SEED_RANGE):
+        raise TunesmithError(f"seed {seed!r} is not a 64-bit integer", where=record.where, fix="give seeds as whole numbers")
+    return CaptionedImage(record.where, path, (text or "").strip() or None, kind if path else "prompts", seed)
+
+
+def _caption_of(image: Path, root: Path, data_cfg) -> str | None:
+    """The text of `image`'s `.txt` sidecar, which (like the image) may not lead out of the folder."""
+    from tunesmith.data.readers import _read_text
+
+    caption = image.with_suffix(".txt")
+    if not caption.is_file():
+        return None
+    resolve_inside(str(caption.relative_to(root)), root, str(caption), data_cfg.allow_outside_paths)
+    return _read_text(caption, str(caption)).strip() or None
+
+
+def read_image_folder(root: Path, data_cfg, bad=None) -> list[CaptionedImage]:
     from tunesmith.data.readers import read_records
 
     for name in METADATA_FILES:
         if (root / name).is_file():
-            return examples_from_records(read_records(root / name), data_cfg, kind=name)
+            return examples_from_records(read_records(root / name, bad=bad), data_cfg, kind=name, bad=bad)
     images = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                     and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not images:
@@ -88,15 +112,20 @@ def read_image_folder(root: Path, data_cfg) -> list[CaptionedImage]:
                                  "name.png, or a metadata.jsonl with file_name and text)")
     examples = []
     for path in images:
-        caption = path.with_suffix(".txt")
-        text = caption.read_text(encoding="utf-8").strip() if caption.is_file() else None
-        resolved = resolve_inside(str(path.relative_to(root)), root, str(path))  # a symlink may not lead out
-        examples.append(CaptionedImage(str(path), resolved, text or None, "image folder, .txt captions" if text else "image folder"))
+        try:
+            resolved = resolve_inside(str(path.relative_to(root)), root, str(path), data_cfg.allow_outside_paths)  # symlinks
+            text = _caption_of(path, root, data_cfg)
+        except TunesmithError as exc:
+            drop(bad, exc)
+            continue
+        examples.append(CaptionedImage(str(path), resolved, text, "image folder, .txt captions" if text else "image folder"))
     return examples
 
 
 def read_prompt_lines(path: Path) -> list[CaptionedImage]:
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    from tunesmith.data.readers import _read_text, split_lines
+
+    lines = split_lines(_read_text(path, str(path)))
     return [CaptionedImage(f"{path}:{i}", None, line.strip(), "prompts") for i, line in enumerate(lines, 1) if line.strip()]
 
 

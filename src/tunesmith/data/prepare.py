@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunesmith.data.bad_records import BadRecords, normalise_skipping
 from tunesmith.data.readers import read_records
 from tunesmith.data.split import SPLITS, split_examples, split_stratified
 from tunesmith.errors import TunesmithError
@@ -22,16 +23,30 @@ class DataSplits:
     validation: list
     test: list
     format: str
+    bad: BadRecords | None = None  # records skipped under data.on_bad_record: skip, over all files
 
     def items(self):
         return (("train", self.train), ("validation", self.validation), ("test", self.test))
 
+    def report(self) -> dict:
+        """What a run records about its data (data_report.json): the format, the split sizes, what was skipped."""
+        bad = self.bad or BadRecords()
+        return {"format": self.format, "records": {name: len(x) for name, x in self.items()}, **bad.report()}
 
-def load_examples(source: str, data_cfg, normalise_records, split: str | None = None, reader=None) -> tuple[list, str]:
+
+def load_examples(source: str, data_cfg, normalise_records, split: str | None = None, reader=None,
+                  bad: BadRecords | None = None) -> tuple[list, str]:
     """Read one source and turn its records into the task's examples: (examples, format name).
-    `reader(source, data_cfg, split)`, a task's own reader (image folders, IDX files), replaces read_records."""
-    records = reader(source, data_cfg, split) if reader else read_records(source, split=split)
-    return normalise_records(records, data_cfg)
+    `reader(source, data_cfg, split, bad)`, a task's own reader (image folders, IDX files), replaces
+    read_records. Bad records go to `bad` (one per run, see prepare_splits); without it, to a new one
+    that follows data.on_bad_record and prints what it skipped."""
+    own = bad is None
+    bad = BadRecords(data_cfg.on_bad_record) if own else bad
+    records = reader(source, data_cfg, split, bad) if reader else read_records(source, split=split, bad=bad)
+    examples, fmt = normalise_skipping(records, data_cfg, normalise_records, bad)
+    if own and bad.note():
+        print(bad.note())
+    return examples, fmt
 
 
 def prepare_splits(data_cfg, seed: int, normalise_records, stratify_key=None, reader=None) -> DataSplits:
@@ -40,9 +55,13 @@ def prepare_splits(data_cfg, seed: int, normalise_records, stratify_key=None, re
     if not data_cfg.train:
         raise TunesmithError("no training data given", where="data.train",
                              fix="set data.train to a .jsonl/.json/.csv/.parquet file, e.g. examples/data/support_tickets.jsonl")
-    train, fmt = load_examples(data_cfg.train, data_cfg, normalise_records, "train", reader)
+    bad = BadRecords(data_cfg.on_bad_record)
+    train, fmt = load_examples(data_cfg.train, data_cfg, normalise_records, "train", reader, bad)
     given = {"validation": data_cfg.validation, "test": data_cfg.test}
-    loaded = {name: load_examples(path, data_cfg, normalise_records, name, reader)[0] for name, path in given.items() if path}
+    loaded = {name: load_examples(path, data_cfg, normalise_records, name, reader, bad)[0]
+              for name, path in given.items() if path}
+    if bad.note():
+        print(bad.note())
 
     ratios = dict(zip(SPLITS, data_cfg.split))
     carve = [name for name in ("validation", "test") if name not in loaded and ratios[name] > 0]
@@ -52,7 +71,7 @@ def prepare_splits(data_cfg, seed: int, normalise_records, stratify_key=None, re
         cut = split_stratified(train, carve_ratios, seed, stratify_key) if stratify_key is not None else split_examples(train, carve_ratios, seed)
         train = cut["train"]
         loaded.update({n: cut[n] for n in carve})
-    return DataSplits(train, loaded.get("validation", []), loaded.get("test", []), fmt)
+    return DataSplits(train, loaded.get("validation", []), loaded.get("test", []), fmt, bad)
 
 
 def save_examples(rows: list[dict], path: Path) -> None:

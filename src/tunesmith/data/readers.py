@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunesmith.data.bad_records import BadRecords, drop
 from tunesmith.errors import TunesmithError
 
 __all__ = ["RawRecord", "read_records", "SUPPORTED_EXTENSIONS"]
@@ -28,6 +29,10 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Python's default (128 KiB) is smaller than a long document in a `text` column.
 _CSV_FIELD_LIMIT = 2**31 - 1
+# Line ends as editors count them: \r\n, \n and a lone \r (old Mac exports). Not str.splitlines(): JSON
+# strings may hold raw U+2028 etc., which it breaks on; a raw \r cannot be inside a JSON string.
+_LINE_END = re.compile(r"\r\n|\r|\n")
+_LINE_END_BYTES = re.compile(rb"\r\n|\r|\n")
 
 
 @dataclass(frozen=True)
@@ -38,24 +43,29 @@ class RawRecord:
     where: str
 
 
-def read_records(source: str | os.PathLike, *, split: str | None = None) -> list[RawRecord]:
+def read_records(source: str | os.PathLike, *, split: str | None = None, bad: BadRecords | None = None) -> list[RawRecord]:
     """Read every row of `source`.
 
     `source` is a `.jsonl`/`.json`/`.csv`/`.tsv`/`.parquet` file, a folder written by
     `datasets.save_to_disk`, or (when no such local path exists) a hub dataset id `owner/name`.
     `split` picks the split of a saved `DatasetDict` or hub dataset (default "train"); plain files
     ignore it. Raises `TunesmithError` when the source is missing, unreadable or holds no records.
+    A row that cannot be parsed (a JSON line, a CSV row) goes to `bad` (data.on_bad_record), which
+    raises it or counts it and skips it; without `bad` it is raised.
     """
     name = os.fspath(source)
     path = Path(name)
     if path.is_dir():
         records = _read_saved_dataset(path, name, split)
     elif path.is_file():
-        records = _read_file(path, name)
+        records = _read_file(path, name, bad)
     elif _looks_like_hub_name(name):
         records = _read_hub(name, split)
     else:
         raise _missing_file_error(path, name)
+    if not records and bad is not None and bad.count:
+        raise TunesmithError(f"no records left: every one was bad and skipped ({bad.count}; the first: "
+                             + "; ".join(bad.first) + ")", where=name, fix="fix the records as the messages say")
     if not records:
         raise TunesmithError(
             "no records: the data source is empty",
@@ -68,14 +78,14 @@ def read_records(source: str | os.PathLike, *, split: str | None = None) -> list
 # --- dispatch ---------------------------------------------------------------------------------
 
 
-def _read_file(path: Path, name: str) -> list[RawRecord]:
+def _read_file(path: Path, name: str, bad: BadRecords | None = None) -> list[RawRecord]:
     ext = path.suffix.lower()
     if ext in (".jsonl", ".ndjson"):
-        return _parse_jsonl(_read_text(path, name), name)
+        return _parse_jsonl(_read_text(path, name), name, bad)
     if ext == ".json":
-        return _read_json(path, name)
+        return _read_json(path, name, bad)
     if ext in (".csv", ".tsv"):
-        return _read_csv(path, name, delimiter="\t" if ext == ".tsv" else ",")
+        return _read_csv(path, name, delimiter="\t" if ext == ".tsv" else ",", bad=bad)
     if ext == ".parquet":
         return _read_parquet(path, name)
     raise TunesmithError(
@@ -121,6 +131,15 @@ def _missing_file_error(path: Path, name: str) -> TunesmithError:
 # --- text decoding ------------------------------------------------------------------------------
 
 
+def _line_at(data: bytes, offset: int) -> int:
+    return len(_LINE_END_BYTES.findall(data, 0, offset)) + 1
+
+
+def split_lines(text: str) -> list[str]:
+    """The lines of a text file, at any of \r\n, \n, \r (a file may mix them)."""
+    return _LINE_END.split(text)
+
+
 def _read_text(path: Path, name: str) -> str:
     """Decode the whole file as UTF-8, tolerating a BOM; name the first bad byte otherwise."""
     try:
@@ -128,11 +147,23 @@ def _read_text(path: Path, name: str) -> str:
     except OSError as exc:
         raise TunesmithError(f"cannot read the file: {exc.strerror or exc}", where=name,
                              fix="check the file's permissions") from None
+    utf16_fix = "re-save the file as UTF-8 (in Excel: 'CSV UTF-8'; or `iconv -f utf-16 -t utf-8`)"
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise TunesmithError(
             "file is UTF-16 text (it starts with a UTF-16 byte-order mark), not UTF-8",
-            where=name,
-            fix="re-save the file as UTF-8 (in Excel: 'CSV UTF-8'; or `iconv -f utf-16 -t utf-8`)",
+            where=f"{name}:1",
+            fix=utf16_fix,
+        )
+    # A NUL byte is valid UTF-8 but never in a text data file: UTF-16 without a byte-order mark (every
+    # ASCII character has a 0 beside it), or a binary file given a text extension.
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        utf16 = data.count(b"\x00", 0, 4096) * 3 > min(len(data), 4096)  # about half of the bytes are NUL
+        raise TunesmithError(
+            ("file looks like UTF-16 text without a byte-order mark" if utf16 else "file holds a NUL byte, so it is "
+             "not a text file") + f" (first NUL at byte offset {nul}), not UTF-8",
+            where=f"{name}:{_line_at(data, nul)}",
+            fix=utf16_fix if utf16 else "point data.train at the text data file (JSONL, CSV), or re-export it as UTF-8 text",
         )
     # Strip the BOM ourselves so error offsets below count from the start of the file.
     skip = len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0
@@ -140,7 +171,7 @@ def _read_text(path: Path, name: str) -> str:
         return data[skip:].decode("utf-8")
     except UnicodeDecodeError as exc:
         offset = skip + exc.start
-        line = data.count(b"\n", 0, offset) + 1
+        line = _line_at(data, offset)
         raise TunesmithError(
             f"file is not UTF-8: byte 0x{data[offset]:02x} at byte offset {offset} (line {line}) "
             "is not valid UTF-8",
@@ -164,50 +195,67 @@ def _json_type(value: Any) -> str:
 # --- JSON / JSONL -------------------------------------------------------------------------------
 
 
-def _parse_jsonl(text: str, name: str) -> list[RawRecord]:
+class _BadJSON(Exception):
+    def __init__(self, msg: str, lineno: int = 1, colno: int = 1):
+        super().__init__(msg)
+        self.msg, self.lineno, self.colno = msg, lineno, colno
+
+
+def _loads(text: str) -> Any:
+    """json.loads, with every way it can refuse text as one exception: a syntax error, nesting deeper
+    than Python's recursion limit (RecursionError) and integers of more than 4300 digits (ValueError)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _BadJSON(exc.msg, exc.lineno, exc.colno) from None
+    except RecursionError:
+        raise _BadJSON("nested too deeply (more levels of [ ] or { } than Python can read)") from None
+    except ValueError as exc:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        raise _BadJSON(str(exc)) from None
+
+
+_JSONL_FIX = 'each line must be one JSON object, e.g. {"prompt": "...", "completion": "..."}'
+
+
+def _parse_jsonl(text: str, name: str, bad: BadRecords | None = None) -> list[RawRecord]:
     records: list[RawRecord] = []
-    # split("\n"), not splitlines(): JSON strings may hold raw U+2028 etc., which splitlines breaks on.
-    for lineno, line in enumerate(text.split("\n"), start=1):
+    for lineno, line in enumerate(split_lines(text), start=1):
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TunesmithError(
-                f"line is not valid JSON: {exc.msg} (column {exc.colno})",
-                where=f"{name}:{lineno}",
-                fix='each line must be one JSON object, e.g. {"prompt": "...", "completion": "..."}',
-            ) from None
+            value = _loads(line)
+        except _BadJSON as exc:
+            drop(bad, TunesmithError(f"line is not valid JSON: {exc.msg} (column {exc.colno})",
+                                     where=f"{name}:{lineno}", fix=_JSONL_FIX))
+            continue
         if not isinstance(value, dict):
-            raise TunesmithError(
-                f"line is a JSON {_json_type(value)}, not an object",
-                where=f"{name}:{lineno}",
-                fix='each line must be one JSON object, e.g. {"prompt": "...", "completion": "..."}',
-            )
+            drop(bad, TunesmithError(f"line is a JSON {_json_type(value)}, not an object",
+                                     where=f"{name}:{lineno}", fix=_JSONL_FIX))
+            continue
         records.append(RawRecord(fields=value, where=f"{name}:{lineno}"))
     return records
 
 
 def _first_line_is_object(text: str) -> bool:
-    for line in text.split("\n"):
+    for line in split_lines(text):
         if line.strip():
             try:
-                return isinstance(json.loads(line), dict)
-            except json.JSONDecodeError:
+                return isinstance(_loads(line), dict)
+            except _BadJSON:
                 return False
     return False
 
 
-def _read_json(path: Path, name: str) -> list[RawRecord]:
+def _read_json(path: Path, name: str, bad: BadRecords | None = None) -> list[RawRecord]:
     text = _read_text(path, name)
     if not text.strip():
         return []
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
+        value = _loads(text)
+    except _BadJSON as exc:
         # JSON Lines saved as `.json` is common (and what `datasets` accepts); read it as such.
         if exc.msg == "Extra data" and _first_line_is_object(text):
-            return _parse_jsonl(text, name)
+            return _parse_jsonl(text, name, bad)
         raise TunesmithError(
             f"file is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
             where=f"{name}:{exc.lineno}",
@@ -225,11 +273,12 @@ def _read_json(path: Path, name: str) -> list[RawRecord]:
     records = []
     for i, item in enumerate(value):
         if not isinstance(item, dict):
-            raise TunesmithError(
+            drop(bad, TunesmithError(
                 f"item is a JSON {_json_type(item)}, not an object",
                 where=f"{name}:[{i}]",
                 fix="every item of the list must be one record object, e.g. {\"text\": \"...\"}",
-            )
+            ))
+            continue
         records.append(RawRecord(fields=item, where=f"{name}:[{i}]"))
     return records
 
@@ -263,7 +312,7 @@ def _records_list_in_object(value: dict, name: str) -> list:
 # --- CSV / TSV ----------------------------------------------------------------------------------
 
 
-def _read_csv(path: Path, name: str, *, delimiter: str) -> list[RawRecord]:
+def _read_csv(path: Path, name: str, *, delimiter: str, bad: BadRecords | None = None) -> list[RawRecord]:
     text = _read_text(path, name)
     shown_delim = "tab" if delimiter == "\t" else f"'{delimiter}'"
     quote_fix = f"quote fields that contain the delimiter ({shown_delim}) or line breaks with double quotes"
@@ -284,11 +333,12 @@ def _read_csv(path: Path, name: str, *, delimiter: str) -> list[RawRecord]:
                     header = _check_header(row, f"{name}:{start}")
                     continue
                 if len(row) != len(header):
-                    raise TunesmithError(
+                    drop(bad, TunesmithError(
                         f"row has {len(row)} fields but the header has {len(header)}",
                         where=f"{name}:{start}",
                         fix=quote_fix,
-                    )
+                    ))
+                    continue
                 records.append(RawRecord(fields=dict(zip(header, row)), where=f"{name}:{start}"))
         except csv.Error as exc:
             raise TunesmithError(f"malformed CSV: {exc}", where=f"{name}:{reader.line_num}",

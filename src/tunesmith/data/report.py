@@ -41,6 +41,9 @@ def data_report(config, resolved, tokenizer, splits, encoded) -> str:
         lengths = [e.full_length for e in enc]
         lines.append(f"{name:<11}{len(examples):>8}{truncated:>11}{find_duplicates(examples):>12}"
                      f"{_empty_turns(examples):>13}   {_percentiles(lengths)}")
+    if splits.bad is not None and splits.bad.count:
+        lines += ["", f"skipped bad records (data.on_bad_record: skip): {splits.bad.count}; the first:"]
+        lines += [f"  {where}" for where in splits.bad.first]
     trained = [e.trained_tokens for e in encoded["train"] if hasattr(e, "trained_tokens")]
     if trained:
         lines += ["", f"loss-bearing tokens per training record: {_percentiles(trained)}; total {sum(trained):,}"]

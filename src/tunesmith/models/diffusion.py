@@ -22,6 +22,7 @@ in `model/`.
 from __future__ import annotations
 
 import contextlib
+import pickle
 from pathlib import Path
 
 import torch
@@ -312,31 +313,47 @@ def load(config, resolved, meta: dict, weights=None) -> DiffusionModel:
     from tunesmith.models.load import weights_dtype
     from tunesmith.models.resolve import ResolvedModel
 
+    from tunesmith.models.safe_load import check_folder, explain_missing_safetensors, load_kwargs, refused_pickle
+
     lora = config.method.name == "lora"
     if weights is not None and not lora:
         resolved = ResolvedModel(str(weights), None, "local", str(weights))
+    allow_pickle = config.model.allow_pickle
+    if resolved.source != "hub":
+        check_folder(resolved.path, allow_pickle)
+    if weights is not None:
+        check_folder(weights, allow_pickle, where=str(weights))
     hub = _hub_kwargs(resolved, config.model)
+    # diffusers' components and transformers' text encoders: safetensors only unless pickles are allowed.
+    safe, safe_encoders = load_kwargs(allow_pickle, transformers=False), load_kwargs(allow_pickle)
     dtype = weights_dtype(config.model, config.method.name)
     # fp16 VAEs overflow into NaN on SDXL's latents (the diffusers SDXL recipes keep the VAE in fp32).
     vae_dtype = torch.float32 if dtype == torch.float16 else dtype
     xl = meta["pipeline"] == "StableDiffusionXLPipeline"
     try:
-        unet = UNet2DConditionModel.from_pretrained(resolved.path, subfolder="unet", torch_dtype=dtype, **hub)
-        vae = AutoencoderKL.from_pretrained(resolved.path, subfolder="vae", torch_dtype=vae_dtype, **hub)
-        encoders = [CLIPTextModel.from_pretrained(resolved.path, subfolder="text_encoder", dtype=dtype, **hub)]
+        unet = UNet2DConditionModel.from_pretrained(resolved.path, subfolder="unet", torch_dtype=dtype, **hub, **safe)
+        vae = AutoencoderKL.from_pretrained(resolved.path, subfolder="vae", torch_dtype=vae_dtype, **hub, **safe)
+        encoders = [CLIPTextModel.from_pretrained(resolved.path, subfolder="text_encoder", dtype=dtype, **hub, **safe_encoders)]
         if xl:
-            encoders.append(CLIPTextModelWithProjection.from_pretrained(resolved.path, subfolder="text_encoder_2", dtype=dtype, **hub))
+            encoders.append(CLIPTextModelWithProjection.from_pretrained(resolved.path, subfolder="text_encoder_2", dtype=dtype,
+                                                                        **hub, **safe_encoders))
         # Training noise comes from DDPM's schedule (the recipes' choice); sampling uses the pipeline's own scheduler.
         noise_scheduler = DDPMScheduler.from_pretrained(resolved.path, subfolder="scheduler", **hub)
         sampler = getattr(diffusers, meta["scheduler"], DDPMScheduler).from_pretrained(resolved.path, subfolder="scheduler", **hub)
+    except pickle.UnpicklingError as exc:  # an allowed pickle that holds more than tensors
+        raise refused_pickle(exc, "model.name") from None
     except (OSError, ValueError) as exc:
         raise TunesmithError(f"cannot load the pipeline from {resolved.path}: {exc}", where="model.name",
-                             fix="check the path or hub id (a diffusers pipeline with unet/, vae/, text_encoder/)") from None
+                             fix=explain_missing_safetensors(exc, allow_pickle)
+                             or "check the path or hub id (a diffusers pipeline with unet/, vae/, text_encoder/)") from None
     model = DiffusionModel(meta, unet, vae, encoders, load_tokenizers(resolved, config.model), noise_scheduler, sampler)
     if weights is None:
         model.make_trainable(config.method, config.train.gradient_checkpointing)
     elif lora:
-        model.load_adapter(weights)
+        try:
+            model.load_adapter(weights)
+        except pickle.UnpicklingError as exc:
+            raise refused_pickle(exc, str(weights)) from None
     # A finished run is loaded onto the GPU when there is one; `train` places the model itself.
     return model.to(_device())
 

@@ -42,13 +42,24 @@ def weights_dtype(model_cfg, method_name: str) -> torch.dtype:
 
 
 def load_model(resolved: ResolvedModel, model_cfg, model_class, *, method_name: str, extra: dict | None = None):
+    from tunesmith.models.safe_load import check_folder, explain_missing_safetensors, load_kwargs, unpickling
+
+    if resolved.source != "hub":
+        check_folder(resolved.path, model_cfg.allow_pickle)  # names the pickle file before anything is read
     kwargs = _pretrained_kwargs(resolved, model_cfg)
+    if not resolved.gguf_file:  # GGUF is not pickle; transformers reads it by its own path
+        kwargs.update(load_kwargs(model_cfg.allow_pickle))
     kwargs["dtype"] = weights_dtype(model_cfg, method_name)
-    if model_cfg.attn_implementation != "auto":  # auto: transformers picks sdpa where supported, else eager
-        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    from tunesmith.models.attention import attention_for
+
+    attention = attention_for(model_cfg, model_class, resolved.path, kwargs["dtype"])
+    if attention is not None:  # None: transformers picks sdpa where supported, else eager
+        kwargs["attn_implementation"] = attention
     kwargs.update(extra or {})
     try:
-        return model_class.from_pretrained(resolved.path, **kwargs)
+        with unpickling("model.name"):
+            return model_class.from_pretrained(resolved.path, **kwargs)
     except (OSError, ValueError, ImportError) as exc:
         raise TunesmithError(f"cannot load the model from {resolved.path}: {exc}", where="model.name",
-                             fix="check the path or hub id; for attention errors set model.attn_implementation: eager") from None
+                             fix=explain_missing_safetensors(exc, model_cfg.allow_pickle)
+                             or "check the path or hub id; for attention errors set model.attn_implementation: eager") from None

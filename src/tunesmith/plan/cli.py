@@ -81,7 +81,7 @@ def _from_run_config(path: str) -> dict:
         # auto: transformers picks sdpa where the model supports it, which is what the estimate should assume
         "attention": {"flash_attention_2": "flash", "auto": "sdpa"}.get(cfg.model.attn_implementation, cfg.model.attn_implementation),
         "precision": cfg.train.precision, "freeze_train_top": cfg.method.freeze_train_top,
-        "double_quant": cfg.method.double_quant,
+        "double_quant": cfg.method.double_quant, "loss_chunk_tokens": cfg.train.loss_chunk_tokens,
     }
     if cfg.data.train and Path(cfg.data.train).exists():
         settings["data"] = cfg.data.train

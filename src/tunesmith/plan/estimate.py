@@ -37,6 +37,9 @@ NF4_BITS = {True: 4 + 8 / 64 + 32 / (64 * 256), False: 4 + 32 / 64}
 ADAM8_BYTES = 2 * (1 + 4 / 2048)
 # The fp32 logits, their log-softmax (kept by cross-entropy for backward) and the fp32 gradient.
 LOGIT_BYTES = 12
+# Chunked output layer + cross-entropy (train/loss.py): per loss position, the fp32 gradient of the final
+# hidden state that its autograd function keeps for backward, and the gathered hidden state (8 bytes per unit).
+CHUNKED_LOSS_HIDDEN_BYTES = 8
 
 # Calibration constants. MFU = achieved / peak dense FLOP/s at the training precision, by hardware kind,
 # for full fine-tuning with a good kernel set; METHOD_EFFICIENCY scales it for the extra small kernels of
@@ -707,12 +710,14 @@ def estimate(
     epoch_tokens: float | None = None,
     epoch_examples: float | None = None,
     price_per_hour: float | None = None,
+    loss_chunk_tokens: int = 1024,
 ) -> Estimate:
     """Memory breakdown, fit, largest batch, throughput and epoch time of one fine-tuning setup.
 
     `model`: catalog name or hub id, model folder, config.json path, or a config dict. `seq_len` is the
     source length (encoder-decoders: `target_len` defaults to seq_len // 4; image models use the config's
     image size). `batch` is per device. `epoch_tokens` (or `epoch_examples`) gives the epoch time and cost.
+    `loss_chunk_tokens`: tunesmith's `train.loss_chunk_tokens` (causal LMs; 0 = whole logits tensor).
     """
     # 1. Inputs
     _check("method", method, METHODS)
@@ -759,12 +764,19 @@ def estimate(
         fixed["cuBLAS workspaces"] = CUBLAS_WORKSPACE_BYTES
 
     # 4. Memory per example
+    positions = {"one": 1}.get(shape.output_positions) or _lengths(shape, seq_len, target_len)[shape.output_positions]
+    chunked = loss_chunk_tokens > 0 and shape.family == "decoder" and shape.output_positions != "one"
     per_example = {
         "activations": activation_bytes(shape, seq_len, target_len, act, attention, grad_checkpointing, trained_blocks,
                                         on_gpu=hw.is_gpu),
-        "logits": ({"one": 1}.get(shape.output_positions) or _lengths(shape, seq_len, target_len)[shape.output_positions])
-        * shape.outputs * LOGIT_BYTES,
+        # Chunked (train/loss.py): per loss position only the gradient of the final hidden state (fp32) and
+        # its gathered copy; the logits of one chunk at a time (below), never the whole tensor.
+        "logits": positions * (CHUNKED_LOSS_HIDDEN_BYTES * shape.stacks[-1].hidden if chunked else shape.outputs * LOGIT_BYTES),
     }
+    if chunked:
+        head_trains = method in ("full", "freeze")  # the gradient of a trained head is summed inside the loss
+        fixed["loss chunk"] = min(loss_chunk_tokens, positions) * shape.outputs * LOGIT_BYTES + (
+            shape.head_matmul * 4 if head_trains else 0)
 
     if precision in ("bf16", "fp16") and shape.family in ("decoder", "encoder"):
         _autocast(shape, method, hw.is_gpu, dtype, trainable, trained_blocks, lora_targets, seq_len, act, attention,
@@ -815,7 +827,8 @@ def estimate(
                      f"(train.precision: fp16) would use its {hw.bf16_tflops:g} fp16 TFLOPS instead of {hw.fp32_tflops:g}")
     if method == "freeze":
         notes.append(f"freeze: top {trained_blocks} of {shape.layers} blocks plus the head train")
-    if shape.output_positions != "one" and shape.family in ("decoder", "seq2seq"):
+    if shape.output_positions != "one" and shape.family == "seq2seq" or (
+            shape.family == "decoder" and shape.output_positions != "one" and not chunked):
         notes.append("logits counted at every position; tunesmith computes them only where the loss is taken")
 
     return Estimate(

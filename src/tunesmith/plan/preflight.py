@@ -33,6 +33,7 @@ def _estimate(model_ref: str, config, seq_len: int, batch: int, **changes) -> Es
         grad_checkpointing=config.train.gradient_checkpointing, hardware="auto", lora_r=config.method.r,
         lora_targets=config.method.target_modules, precision=config.train.precision,
         freeze_train_top=config.method.freeze_train_top, double_quant=config.method.double_quant,
+        loss_chunk_tokens=config.train.loss_chunk_tokens,
     )
     settings.update(changes)
     return estimate(model_ref, **settings)

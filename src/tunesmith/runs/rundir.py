@@ -7,53 +7,26 @@ Layout:
   report.md        human-readable summary with base-vs-tuned table and samples
   plots/loss.png   train and validation loss
   adapter/         PEFT adapter (lora, qlora) or model/ (full, freeze)
-  checkpoints/     step-N/ folders for --resume, plus best/
+  checkpoints/     step-N/ folders for --resume (each with a manifest of sizes and hashes), plus best/
   trackers.json    MLflow / W&B run ids (a resumed run continues the same tracker runs)
   tensorboard/     event files, wandb/ the W&B run, when track.report_to names them
 The runs root also holds index.sqlite, the runs index that `tunesmith runs` reads (runs/index.py).
+Crash safety: checkpoints, weights, summary.json, report.md and config.yaml are written under a
+`.partial` name and renamed (runs/atomic.py); metrics.jsonl is appended a whole line at a time and cut
+back to the checkpoint on resume; config.yaml, which makes a folder a run, is written after the files
+a resume needs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from tunesmith.errors import TunesmithError
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary name and rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_directory(target: Path):
-    """Yield a staging folder beside `target`; on success it replaces `target` in one rename, so a
-    crash mid-write never leaves a folder that looks complete (checkpoints, converted models)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        yield staging
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+from tunesmith.redact import redact_tree
+from tunesmith.runs.atomic import atomic_directory, atomic_write_text  # noqa: F401 - imported from here by others
 
 
 class RunDir:
@@ -109,16 +82,26 @@ class RunDir:
     # -- metrics ------------------------------------------------------------------------------------
 
     def log(self, record: dict) -> None:
+        # One write of one whole line: a kill can cut only the last line, which read_metrics drops.
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         for listener in self.listeners:
             listener(record)
 
     def read_metrics(self) -> list[dict]:
+        """The logged records; a line cut short by a killed process is skipped (resume rewrites the file)."""
         path = self.path / "metrics.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line) if line.strip() else None
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
 
     def truncate_metrics(self, after_step: int) -> None:
         """On resume, drop lines logged after the checkpoint so the file reads as one clean run."""
@@ -126,7 +109,8 @@ class RunDir:
         atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
 
     def write_json(self, name: str, data: dict) -> None:
-        atomic_write_text(self.path / name, json.dumps(data, indent=2, default=str) + "\n")
+        # Summaries and trial records carry error reasons and config values: secrets masked (redact.py).
+        atomic_write_text(self.path / name, json.dumps(redact_tree(data), indent=2, default=str) + "\n")
 
     def read_json(self, name: str) -> dict:
         path = self.path / name

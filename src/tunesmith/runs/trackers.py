@@ -15,28 +15,18 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import warnings
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from tunesmith.errors import TunesmithError
+from tunesmith.redact import SECRET_KEY, has_masked_secret, redact, redact_tree  # noqa: F401  (redact is re-exported)
 
 TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # name -> module it needs
 EXTRA = "pip install 'tunesmith[track]'"
 
 # ---------------------------------------------------------------------------------------------------
-# Params: the config, flat, with secrets stripped
-
-_SECRET_KEY = re.compile(r"(token|secret|passw|api[_-]?key|credential|private[_-]?key)", re.I)
-# Environment variables whose values are secrets: HF_TOKEN, HUGGING_FACE_HUB_TOKEN, WANDB_API_KEY,
-# MLFLOW_TRACKING_PASSWORD, AWS_SECRET_ACCESS_KEY, PGPASSWORD and their kin.
-_SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY")
-_HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")  # Hugging Face user access tokens
-_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]+")
-# Query parameters that carry credentials: tokens, keys, passwords, and presigned-URL signatures.
-_SECRET_QUERY = re.compile(r"(token|secret|passw|key|sig|auth|credential)", re.I)
-MASK = "***"
+# Params: the config, flat, with secrets stripped (by tunesmith/redact.py, the one redaction, which also
+# cleans config.yaml, summaries, study files and errors)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -55,45 +45,11 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def _env_secrets() -> list[str]:
-    # Short values ('1', 'true') would mask ordinary text; real secrets are long.
-    return sorted((v for k, v in os.environ.items() if _SECRET_ENV.search(k) and len(v) >= 8), key=len, reverse=True)
-
-
-def _strip_url(match: re.Match) -> str:
-    """A URL's password and its secret-looking query values become ***; the rest is left as written
-    (rebuilding it with urlunsplit would turn sqlite://// into sqlite://)."""
-    url = match.group(0)
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # not parseable as a URL: mask it whole rather than leak it
-        return MASK
-    if password:
-        url = url.replace(f":{password}@", f":{MASK}@", 1)
-    if parts.query:
-        pairs = parse_qsl(parts.query, keep_blank_values=True)
-        masked = [(k, MASK if _SECRET_QUERY.search(k) else v) for k, v in pairs]
-        if masked != pairs:
-            url = url.replace(f"?{parts.query}", "?" + urlencode(masked, safe="*"), 1)
-    return url
-
-
-def redact(text: str) -> str:
-    """Remove secrets from one string: passwords and tokens in URLs, Hugging Face tokens, and the
-    values of secret environment variables (WANDB_API_KEY, HF_TOKEN, ...) wherever they appear."""
-    text = _URL.sub(_strip_url, text)
-    text = _HF_TOKEN.sub(MASK, text)
-    for secret in _env_secrets():
-        text = text.replace(secret, MASK)
-    return text
-
-
 def safe_params(config) -> dict:
     """The run config (a RunConfig, or a saved config.yaml's mapping) as flat params for the trackers,
     the index and `runs compare`: keys that name secrets are dropped, secrets inside values are masked."""
-    flat = flatten(config if isinstance(config, dict) else config.model_dump(mode="json"))
-    return {k: redact(v) if isinstance(v, str) else v for k, v in flat.items() if not _SECRET_KEY.search(k.rsplit(".", 1)[-1])}
+    flat = flatten(redact_tree(config if isinstance(config, dict) else config.model_dump(mode="json")))
+    return {k: redact(v) if isinstance(v, str) else v for k, v in flat.items() if not SECRET_KEY.search(k.rsplit(".", 1)[-1])}
 
 
 def numeric(record: dict) -> dict:
@@ -122,9 +78,17 @@ def require(names: list[str]) -> None:
 
 
 def mlflow_uri(config) -> str:
-    """track.mlflow_tracking_uri, else MLFLOW_TRACKING_URI, else a SQLite file beside the runs index."""
-    return (config.track.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-            or f"sqlite:///{(Path(config.output.dir) / 'mlflow.db').resolve()}")
+    """track.mlflow_tracking_uri ($VARs expanded, so a password can stay in the environment), else
+    MLFLOW_TRACKING_URI, else a SQLite file beside the runs index."""
+    uri = config.track.mlflow_tracking_uri
+    if has_masked_secret(uri):  # a resumed run's config.yaml: its literal password was never written
+        raise TunesmithError(f"track.mlflow_tracking_uri {uri} was saved with its password masked (tunesmith never writes "
+                             "secrets to disk)", where="track.mlflow_tracking_uri",
+                             fix="write the password as an environment variable reference, e.g. "
+                                 "postgresql://user:${MLFLOW_DB_PASSWORD}@host/db, or pass the original config again: "
+                                 "tunesmith train run.yaml --resume RUN_DIR")
+    return (os.path.expandvars(uri) if uri else None) or os.environ.get("MLFLOW_TRACKING_URI") \
+        or f"sqlite:///{(Path(config.output.dir) / 'mlflow.db').resolve()}"
 
 
 def _make(name: str, run_path: Path, config, run_name: str, saved: dict):
@@ -132,7 +96,7 @@ def _make(name: str, run_path: Path, config, run_name: str, saved: dict):
     same run (resume continues the same MLflow / W&B run)."""
     from accelerate import tracking
 
-    tags = {k: redact(v) for k, v in config.track.tags.items()}
+    tags = redact_tree(dict(config.track.tags))
     if name == "tensorboard":
         # runs/<id>/tensorboard/: `tensorboard --logdir runs/` shows every run, named by its folder.
         return tracking.TensorBoardTracker("tensorboard", run_path)
@@ -193,7 +157,7 @@ class Trackers:
         require(names)
         self.ids_path = Path(run_path) / "trackers.json"
         saved = json.loads(self.ids_path.read_text()) if resumed and self.ids_path.exists() else {}
-        run_name = config.track.run_name or Path(run_path).name
+        run_name = redact(config.track.run_name or Path(run_path).name)  # shown in the trackers like a param
         self.active: dict = {}
         try:
             for name in names:
@@ -203,7 +167,9 @@ class Trackers:
         except BaseException:
             self.finish(failed=True)
             raise
-        self.ids_path.write_text(json.dumps(self._ids(), indent=2) + "\n")
+        from tunesmith.runs.atomic import atomic_write_text  # a kill mid-write must not leave a torn file to resume with
+
+        atomic_write_text(self.ids_path, json.dumps(self._ids(), indent=2) + "\n")
         self._call("store_init_configuration", safe_params(config))
 
     def _ids(self) -> dict:

@@ -206,7 +206,8 @@ def final_config(config: RunConfig, trial, study_dir: Path) -> RunConfig:
     raw = best.model_dump()
     raw["data"].update(train=str(data_dir / "train_validation.jsonl"), validation=None,
                        test=str(data_dir / "test.jsonl") if splits.test else None, split=(1.0, 0.0, 0.0),
-                       columns={}, format="auto", system_prompt=None, label_separator=None)
+                       columns={}, format="auto", system_prompt=None, label_separator=None,
+                       allow_outside_paths=True)  # image paths written here were checked when the splits were read
     final = RunConfig.model_validate(raw)
     final.name = f"{config.name}-final"
     final.output.dir = str(Path(study_dir) / "final")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -29,11 +28,13 @@ from pathlib import Path
 
 from tunesmith.config import RunConfig, dump_config, load_saved_config
 from tunesmith.errors import TunesmithError
+from tunesmith.redact import has_masked_secret, redact
 from tunesmith.search.objective import TrialFailed, TrialSetup, run_trial
 from tunesmith.search.space import check_search, current_values, grid_values
 
 CONFIG_FILE = "search.yaml"
 STUDY_FILE = "study.json"
+STORAGE_ENV = "TUNESMITH_STUDY_STORAGE"  # the storage URL with its password, for a study saved with it masked
 # A running trial writes a heartbeat every HEARTBEAT_S; one silent for GRACE_S is taken for dead.
 # The grace covers a long validation pass or a slow storage round trip, not a training step.
 HEARTBEAT_S = 10
@@ -67,8 +68,20 @@ def _quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def hide_password(url: str) -> str:
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+def storage_url(info: dict) -> str:
+    """study.json's storage URL. One written with a literal password was saved masked (secrets never go to
+    disk): the real one comes from TUNESMITH_STUDY_STORAGE, which `tunesmith search` sets for its own
+    workers and a user sets to resume in a new shell."""
+    saved = info["storage"]
+    if not has_masked_secret(saved):
+        return saved
+    real = os.environ.get(STORAGE_ENV)
+    if real and redact(real) == saved:
+        return real
+    raise TunesmithError(f"the study's storage {saved} was saved with its password masked, and {STORAGE_ENV} does not "
+                         "hold it", where="search.storage",
+                         fix=f"export {STORAGE_ENV}='<the full URL with its password>' and run the command again; for new "
+                             "studies write the password as ${{VAR}} in search.storage (e.g. postgresql+psycopg://user:${{PGPASSWORD}}@host/db)")
 
 
 def default_storage(study_dir: Path) -> str:
@@ -80,7 +93,7 @@ def open_storage(url: str):
     import optuna
 
     expanded = os.path.expandvars(url)
-    shown = hide_password(url)
+    shown = redact(url)
     # SQLite: several worker processes write one file; wait for the lock instead of failing at once.
     engine = {"connect_args": {"timeout": 60}} if expanded.startswith("sqlite") else {"pool_pre_ping": True}
     try:
@@ -96,7 +109,7 @@ def open_storage(url: str):
                              where="search.storage", fix=f"pip install {driver} (or pip install 'tunesmith[search]')") from None
     except Exception as exc:  # sqlalchemy's OperationalError, ArgumentError, ...: all say "cannot use it"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TunesmithError(f"cannot open the study storage {shown}: {hide_password(first)}", where="search.storage",
+        raise TunesmithError(f"cannot open the study storage {shown}: {redact(first)}", where="search.storage",
                              fix="check that the database server runs and the URL's host, port, user and database are right "
                                  "(e.g. postgresql+psycopg://user:pw@localhost:5432/optuna), or leave search.storage "
                                  "unset for a SQLite file in the study directory") from None
@@ -258,11 +271,11 @@ def load_study(study_dir: Path, *, seed_offset: int = 0):
     _quiet_optuna()
     config, info = read_study(study_dir)
     space = check_search(config)
-    storage = open_storage(info["storage"])
+    storage = open_storage(storage_url(info))
     try:
         existing = optuna.load_study(study_name=info["study_name"], storage=storage)
     except KeyError:
-        raise TunesmithError(f"the storage {hide_password(info['storage'])} has no study {info['study_name']!r}",
+        raise TunesmithError(f"the storage {redact(info['storage'])} has no study {info['study_name']!r}",
                              where=str(Path(study_dir) / STUDY_FILE), fix="start the study again without --resume") from None
     # Each worker, and each resume, seeds its sampler apart: the same seed would replay the same values.
     seed = config.seed + 7919 * seed_offset + 104729 * len(existing.get_trials(deepcopy=False))
@@ -315,7 +328,7 @@ def _wait(procs, study_dir: Path) -> list[str]:
     import optuna
 
     _, info = read_study(study_dir)
-    study = optuna.load_study(study_name=info["study_name"], storage=open_storage(info["storage"]))
+    study = optuna.load_study(study_name=info["study_name"], storage=open_storage(storage_url(info)))
     shown = None
     try:
         while any(p.poll() is None for p, _ in procs):
@@ -386,7 +399,7 @@ def start_study(config: RunConfig, study_dir: str | None = None) -> Path:
                              fix="choose another search.study_name, or the same objectives to join it")
     joined = len(study.get_trials(deepcopy=False))
     if joined:
-        print(f"joining study {name!r} in {hide_password(url)}: {joined} trials so far")
+        print(f"joining study {name!r} in {redact(url)}: {joined} trials so far")
     elif config.search.include_default and config.search.sampler != "grid":
         # (A grid visits the config's own values anyway when they are a grid point, and does not count
         # an enqueued trial as a visit, so it would run them twice.)
@@ -394,8 +407,10 @@ def start_study(config: RunConfig, study_dir: str | None = None) -> Path:
         if values:
             study.enqueue_trial(values, user_attrs={"default": True})
     (path / CONFIG_FILE).write_text(dump_config(config))
-    (path / STUDY_FILE).write_text(json.dumps({"storage": url, "study_name": name, "directions": directions}, indent=2) + "\n")
-    print(f"study directory: {path}\nstorage: {hide_password(url)}, study {name!r}")
+    if redact(url) != url:  # a literal secret: kept in this process's environment (the workers inherit it), never on disk
+        os.environ[STORAGE_ENV] = url
+    (path / STUDY_FILE).write_text(json.dumps({"storage": redact(url), "study_name": name, "directions": directions}, indent=2) + "\n")
+    print(f"study directory: {path}\nstorage: {redact(url)}, study {name!r}")
     return path
 
 

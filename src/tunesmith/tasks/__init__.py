@@ -22,7 +22,10 @@ A task module provides:
 The training loop only calls these; it knows nothing task-specific.
 
 Optional hooks (the pipeline looks them up with getattr; tasks without them take the default path):
-  read(source, data_cfg, split) -> records   the task's own reader (image folders, IDX files, prompt lists)
+  packable = True   data.packing may pack its encoded examples (input_ids, labels) into rows
+      (data/packing.py); collate must then accept PackedRow lists and loss_sum their position_ids
+  read(source, data_cfg, split, bad=None) -> records   the task's own reader (image folders, IDX files, prompt
+      lists); a record it cannot use goes to `bad` (data/bad_records.py: raised, or skipped and counted)
   load_model(config, resolved, meta, weights=None) -> model   for models that are not one transformers
       Auto class (a diffusers pipeline): the base with config.method applied (weights=None), or a finished
       run's model from its weights folder; replaces load_base_model + method.apply + PeftModel loading.

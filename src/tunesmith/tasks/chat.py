@@ -14,11 +14,13 @@ from tunesmith.data.chat_template import (
     template_for,
 )
 from tunesmith.data.formats import Example, detect_format, normalise as normalise_format
+from tunesmith.data.packing import PackedRow, attention_implementation, collate_packed, varlen_layout
 from tunesmith.evaluate.metrics import exact_match, rouge_l
 from tunesmith.train.loss import causal_lm_loss_sum, count_trained_tokens
 
 peft_task_type = "CAUSAL_LM"
 target_unit = "tok"  # what count_targets counts, for the progress bar: trained (loss-bearing) tokens
+packable = True  # data.packing: encoded examples may be packed into rows (data/packing.py)
 
 
 def normalise(records: list, data_cfg) -> tuple[list[Example], str]:
@@ -84,8 +86,11 @@ def encode(examples: list[Example], tokenizer, config, meta: dict | None = None)
     ]
 
 
-def collate(batch: list[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example of the batch (dynamic padding)."""
+def collate(batch: list[EncodedExample] | list[PackedRow], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example of the batch (dynamic padding); packed rows (data.packing) get
+    position ids restarting per example and no attention mask (data/packing.py)."""
+    if isinstance(batch[0], PackedRow):
+        return collate_packed(batch, pad_id)
     width = max(len(e.input_ids) for e in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
@@ -104,6 +109,9 @@ def count_targets(batch: dict[str, torch.Tensor]) -> int:
 
 
 def loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    if "position_ids" in batch:  # packed rows
+        batch = varlen_layout(batch, attention_implementation(model))
+        return causal_lm_loss_sum(model, batch["input_ids"], None, batch["labels"], batch["position_ids"])
     return causal_lm_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
 
 

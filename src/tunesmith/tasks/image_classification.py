@@ -66,12 +66,14 @@ def model_class():
 # Records -> examples
 
 
-def read(source: str, data_cfg, split: str | None = None) -> list[LabeledImage]:
+def read(source: str, data_cfg, split: str | None = None, bad=None) -> list[LabeledImage]:
     """The task's reader (data.prepare calls it instead of read_records): folders, IDX files and tables.
-    `split` None means inputs to `predict`, which may be a plain folder of unlabeled images."""
+    `split` None means inputs to `predict`, which may be a plain folder of unlabeled images. `bad`
+    (data.on_bad_record) raises, or counts and skips, a record that cannot be used."""
     from tunesmith.data.readers import read_records
 
-    return read_image_source(source, data_cfg, lambda s: read_records(s, split=split), unlabeled=split is None)
+    return read_image_source(source, data_cfg, lambda s: read_records(s, split=split, bad=bad), unlabeled=split is None,
+                             bad=bad)
 
 
 def normalise(records: list, data_cfg) -> tuple[list[LabeledImage], str]:

@@ -91,7 +91,7 @@ def _labels_of(value, data_cfg, where: str) -> tuple[str, ...]:
         text = str(value).strip()
         labels = tuple(p.strip() for p in text.split(data_cfg.label_separator)) if data_cfg.label_separator else (text,)
     else:
-        raise TunesmithError(f"label {value!r} is not a string, number or list", where=where,
+        raise TunesmithError(f"label {value!r} is not a string, whole number or list", where=where,
                              fix="give each record a label such as 'positive' or a list of labels")
     labels = tuple(label for label in labels if label)
     if not labels and not data_cfg.multi_label:
@@ -104,7 +104,7 @@ def _score_of(value, where: str) -> float:
         raise TunesmithError(f"score {value!r} is not a number", where=where, fix="give a relevance score from 0 to 1")
     try:
         score = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an integer too large for a float
         raise TunesmithError(f"score {value!r} is not a number", where=where, fix="give a relevance score from 0 to 1") from None
     if not 0.0 <= score <= 1.0:
         raise TunesmithError(f"score {score} is outside 0..1", where=where,
@@ -121,8 +121,8 @@ def normalise(records: list, data_cfg) -> tuple[list[LabeledText], str]:
         text = _column(record.fields, "text", columns, record.where, required=True)
         pair = _column(record.fields, "text_pair", columns, record.where, required=False)
         for name, value in (("text", text), ("text_pair", pair)):
-            if value is not None and not isinstance(value, str):
-                raise TunesmithError(f"{name} is {type(value).__name__}, not a string", where=record.where,
+            if (value is not None or name == "text") and not isinstance(value, str):
+                raise TunesmithError(f"{name} is {'null' if value is None else type(value).__name__}, not a string", where=record.where,
                                      fix="every text must be a string")
         if not text.strip():
             raise TunesmithError("the text is empty", where=record.where, fix="remove the record or fill in its text")

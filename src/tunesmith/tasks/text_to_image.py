@@ -79,9 +79,10 @@ def load_model(config, resolved, meta: dict, weights=None) -> DiffusionModel:
 # Records -> examples
 
 
-def read(source: str, data_cfg, split: str | None = None) -> list[CaptionedImage]:
+def read(source: str, data_cfg, split: str | None = None, bad=None) -> list[CaptionedImage]:
     """The task's reader: an image folder (captions from metadata or .txt files), a CSV/JSONL table, or a
-    .txt file of prompts, one per line (inputs to predict)."""
+    .txt file of prompts, one per line (inputs to predict). `bad` (data.on_bad_record) raises, or counts
+    and skips, a record that cannot be used."""
     from tunesmith.data.readers import read_records
 
     path = Path(os.fspath(source))
@@ -91,9 +92,9 @@ def read(source: str, data_cfg, split: str | None = None) -> list[CaptionedImage
             raise TunesmithError("no prompts: the file is empty", where=str(path), fix="write one prompt per line")
         return examples
     if path.is_dir() and not ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        examples = read_image_folder(path, data_cfg)
+        examples = read_image_folder(path, data_cfg, bad)
     else:
-        examples = examples_from_records(read_records(source, split=split), data_cfg)
+        examples = examples_from_records(read_records(source, split=split, bad=bad), data_cfg, bad=bad)
     return check_captioned(examples, data_cfg.skip_bad_images)
 
 

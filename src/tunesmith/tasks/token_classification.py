@@ -128,39 +128,43 @@ def model_class():
 # Reading: CoNLL files (other formats go through tunesmith's read_records)
 
 
-def read(source: str, data_cfg, split: str | None = None) -> list:
-    """The task's reader: CoNLL-style files here, every other source through read_records."""
+def read(source: str, data_cfg, split: str | None = None, bad=None) -> list:
+    """The task's reader: CoNLL-style files here, every other source through read_records. `bad`
+    (data.on_bad_record) raises, or counts and skips, a record that cannot be read."""
     from tunesmith.data.readers import read_records
 
     path = Path(str(source))
     if path.is_file() and path.suffix.lower() in CONLL_EXTENSIONS:
-        return read_conll(path)
-    return read_records(source, split=split)
+        return read_conll(path, bad)
+    return read_records(source, split=split, bad=bad)
 
 
-def read_conll(path: Path) -> list:
+def read_conll(path: Path, bad=None) -> list:
     """One record per sentence: the first column is the word, the last the tag (CoNLL-2003 has POS and
-    chunk columns in between); `-DOCSTART-` lines and blank lines end a sentence."""
-    from tunesmith.data.readers import RawRecord, _read_text
+    chunk columns in between); `-DOCSTART-` lines and blank lines end a sentence. A sentence with a
+    line of one column is bad as a whole (data.on_bad_record skips all of it)."""
+    from tunesmith.data.bad_records import drop
+    from tunesmith.data.readers import RawRecord, _read_text, split_lines
 
     name = str(path)
-    records, words, tags, start = [], [], [], 0
-    for lineno, line in enumerate(_read_text(path, name).split("\n"), start=1):
+    records, words, tags, start, broken = [], [], [], 0, False
+    for lineno, line in enumerate(split_lines(_read_text(path, name)), start=1):
         columns = line.split()
         if not columns or columns[0] == "-DOCSTART-":
-            if words:
+            if words and not broken:
                 records.append(RawRecord({"tokens": words, "tags": tags}, f"{name}:{start}"))
-            words, tags = [], []
+            words, tags, broken = [], [], False
             continue
-        if len(columns) < 2:
-            raise TunesmithError(f"the line has one column ({columns[0]!r}); a CoNLL line is a word and its tag",
-                                 where=f"{name}:{lineno}",
-                                 fix="write each word and its tag separated by a space or tab, one word per line")
         if not words:
             start = lineno
+        if len(columns) < 2:
+            drop(bad, TunesmithError(f"the line has one column ({columns[0]!r}); a CoNLL line is a word and its tag",
+                                     where=f"{name}:{lineno}",
+                                     fix="write each word and its tag separated by a space or tab, one word per line"))
+            broken = True
         words.append(columns[0])
         tags.append(columns[-1])
-    if words:
+    if words and not broken:
         records.append(RawRecord({"tokens": words, "tags": tags}, f"{name}:{start}"))
     if not records:
         raise TunesmithError("no sentences: the file holds no word lines", where=name,

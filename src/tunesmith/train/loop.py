@@ -28,10 +28,12 @@ from tunesmith.train.checkpoint import (
     load_checkpoint,
     load_trainable_state,
     prune_checkpoints,
+    resume_checkpoint,
     save_checkpoint,
     save_trainable,
     step_checkpoints,
 )
+from tunesmith.train.faults import GracefulInterrupt, kill_point, nonfinite, nonfinite_error
 from tunesmith.train.progress import ProgressReporter
 from tunesmith.train.schedule import make_scheduler
 
@@ -49,6 +51,8 @@ class LoopState:
     evals_without_improvement: int = 0
     train_seconds: float = 0.0
     stopped_early: bool = False
+    last_train_loss: float | None = None  # kept so a run resumed at its last step reports the same summary
+    skipped_batches: int = 0  # non-finite batches dropped under train.skip_nonfinite
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -62,13 +66,31 @@ class FitResult:
     last_train_loss: float | None = None
 
 
-def epoch_micro_batches(n_examples: int, global_batch: int, seed: int, epoch: int, world: int) -> list[list[int]]:
+GROUP_CHUNK = 50  # micro-batches sorted together by train.group_by_length (transformers' LengthGroupedSampler)
+
+
+def epoch_micro_batches(n_examples: int, global_batch: int, seed: int, epoch: int, world: int,
+                        lengths: list[int] | None = None) -> list[list[int]]:
     """Shuffled example indices cut into global micro-batches; tails too small to give each process one
-    example are dropped (only possible with several processes)."""
+    example are dropped (only possible with several processes). With `lengths` (train.group_by_length)
+    each chunk of GROUP_CHUNK batches of the shuffled order is sorted by length before the cut, so a
+    batch holds similar lengths, and then the batches' order is shuffled, so long and short batches
+    alternate over the epoch. Either way the plan is a pure function of (seed, epoch): resume is exact."""
     generator = torch.Generator().manual_seed(seed * 1000 + epoch)
     order = torch.randperm(n_examples, generator=generator).tolist()
+    if lengths is not None:
+        chunk = GROUP_CHUNK * global_batch
+        order = [i for start in range(0, n_examples, chunk)
+                 for i in sorted(order[start : start + chunk], key=lambda i: -lengths[i])]
     batches = [order[i : i + global_batch] for i in range(0, n_examples, global_batch)]
+    if lengths is not None:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
     return [b for b in batches if len(b) >= world]
+
+
+def example_length(example) -> int:
+    """Tokens of an encoded example, what group_by_length sorts by (0 for examples without tokens: images)."""
+    return len(getattr(example, "input_ids", None) or ())
 
 
 def accumulation_groups(micro_batches: list[list[int]], grad_accum: int) -> list[list[list[int]]]:
@@ -128,6 +150,7 @@ def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pa
     # 1. Plan the steps.
     total_steps = total_optimizer_steps(len(train_set), tcfg, world)
     global_batch = tcfg.batch_size * world
+    lengths = [example_length(e) for e in train_set] if tcfg.group_by_length else None
 
     # 2. Optimizer, schedule, wrapping, resume.
     params = [p for p in model.parameters() if p.requires_grad]
@@ -139,15 +162,17 @@ def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pa
 
     state = LoopState()
     if resume:
-        found = step_checkpoints(run.checkpoints)
-        if found:
-            state = LoopState(**load_checkpoint(found[-1], raw_model, optimizer, scheduler))
-            if main:
-                run.truncate_metrics(state.step)
-                print(f"resuming from {found[-1]} (step {state.step} of {total_steps})")
-        elif main:
-            print(f"no checkpoint in {run.checkpoints}; starting from step 0")
+        # The newest checkpoint whose manifest verifies; leftovers of a killed write are removed.
+        found = resume_checkpoint(run.path, clean=main, report=print if main else None)
+        if found is not None:
+            state = LoopState(**load_checkpoint(found, raw_model, optimizer, scheduler))
+        if main:
+            run.truncate_metrics(state.step)  # lines logged after the checkpoint are replayed
+            print(f"resuming from {found} (step {state.step} of {total_steps})" if found is not None
+                  else f"no complete checkpoint in {run.checkpoints}; starting from step 0")
     eval_history = [r for r in run.read_metrics() if "eval_loss" in r] if resume else []
+
+    saved_step = [None]  # the step of the last step checkpoint this process wrote
 
     def checkpoint(best: bool = False) -> None:
         accelerator.wait_for_everyone()
@@ -157,6 +182,8 @@ def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pa
             else:
                 save_checkpoint(run.checkpoints / f"step-{state.step}", raw_model, optimizer, scheduler, state.to_dict())
                 prune_checkpoints(run.checkpoints, tcfg.keep_checkpoints)
+        if not best:
+            saved_step[0] = state.step
         accelerator.wait_for_everyone()
 
     def evaluate() -> bool:
@@ -173,6 +200,7 @@ def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pa
             state.evals_without_improvement += 1
         if main:
             run.log(record)
+            kill_point(f"eval-{state.step}")
             progress.note(f"step {state.step}: validation loss {loss:.4f} (ppl {perplexity(loss):.2f})"
                           + (" best" if improved else ""))
         if improved and tcfg.load_best_at_end:
@@ -185,13 +213,14 @@ def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pa
     progress = ProgressReporter(total_steps, enabled=main, start_step=state.step, unit=task.target_unit)
     model.train()
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-    last_train_loss = None
+    last_train_loss = state.last_train_loss
     grad_norm = None
     stop = False
-    with progress:
+    # Ctrl-C: the first press finishes the step and stops with a checkpoint (below), a second aborts.
+    with progress, GracefulInterrupt() as interrupt:
         while state.step < total_steps and not stop:
             groups = accumulation_groups(
-                epoch_micro_batches(len(train_set), global_batch, config.seed, state.epoch, world), tcfg.grad_accum
+                epoch_micro_batches(len(train_set), global_batch, config.seed, state.epoch, world, lengths), tcfg.grad_accum
             )
             while state.group < len(groups) and state.step < total_steps and not stop:
                 step_start = time.perf_counter()
@@ -212,20 +241,36 @@ def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pa
                         loss = loss_sum * (world / max(step_tokens, 1))
                     accelerator.backward(loss)
                     step_loss += float(loss_sum.detach())
-                if tcfg.max_grad_norm is not None:
+                    kill_point(f"step-{state.step + 1}")
+                # A NaN/Inf is caught before the optimizer applies it; the loss summed over processes
+                # makes every process take the same decision.
+                step_loss = _sum_across_processes(accelerator, step_loss)
+                if tcfg.max_grad_norm is not None and math.isfinite(step_loss):
                     grad_norm = float(accelerator.clip_grad_norm_(params, tcfg.max_grad_norm))
+                bad = nonfinite(step_loss, grad_norm if tcfg.max_grad_norm is not None else None)
+                if bad is not None:
+                    optimizer.zero_grad(set_to_none=True)
+                    if not tcfg.skip_nonfinite:
+                        done = step_checkpoints(run.checkpoints)
+                        raise nonfinite_error(bad, state.step + 1, scheduler.get_last_lr()[0], run.path,
+                                              done[-1] if done else None)
+                    state.group += 1  # the batch is dropped: no optimizer or schedule step
+                    state.skipped_batches += 1
+                    if main:
+                        progress.note(f"step {state.step + 1}: {bad}; batch skipped (train.skip_nonfinite), "
+                                      f"{state.skipped_batches} so far")
+                    continue
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
 
-                step_loss = _sum_across_processes(accelerator, step_loss)
                 state.step += 1
                 state.group += 1
                 state.trained_tokens += int(step_tokens)
                 state.train_seconds += time.perf_counter() - step_start
                 window_loss += step_loss
                 window_tokens += int(step_tokens)
-                last_train_loss = step_loss / max(step_tokens, 1)
+                last_train_loss = state.last_train_loss = step_loss / max(step_tokens, 1)
                 progress.update(state.step, loss=last_train_loss, lr=scheduler.get_last_lr()[0],
                                 tokens_per_s=state.trained_tokens / max(state.train_seconds, 1e-9))
 
@@ -235,7 +280,8 @@ def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pa
                         run.log({"step": state.step, "epoch": state.epoch, "loss": window_loss / max(window_tokens, 1),
                                  "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                                  "trained_tokens": state.trained_tokens,
-                                 "tokens_per_s": window_tokens / max(elapsed, 1e-9)})
+                                 "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+                                 **({"skipped_batches": state.skipped_batches} if state.skipped_batches else {})})
                     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
 
                 at_eval = tcfg.eval_every and state.step % tcfg.eval_every == 0
@@ -245,6 +291,14 @@ def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pa
                 if (tcfg.save_every and state.step % tcfg.save_every == 0) or (not tcfg.save_every and at_eval):
                     checkpoint()
                     _maybe_die_for_test(state.step)
+                if _sum_across_processes(accelerator, float(interrupt.requested)) > 0:  # Ctrl-C on any process
+                    if saved_step[0] != state.step:
+                        checkpoint()
+                    if main:
+                        progress.note(f"stopped by Ctrl-C at step {state.step} of {total_steps}; checkpoint "
+                                      f"{run.checkpoints / f'step-{state.step}'} saved. Continue with:\n"
+                                      f"  tunesmith train --resume {run.path}")
+                    raise KeyboardInterrupt(f"Ctrl-C at step {state.step}")
             if state.group >= len(groups):
                 state.epoch += 1
                 state.group = 0

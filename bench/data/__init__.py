@@ -1,0 +1,1 @@
+"""The chat data set of `python -m bench.sft` (make_chat.py builds chat.jsonl)."""
