@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES
+from conftest import EXAMPLES, postgres_bin
 from tunesmith.config import dump_config, load_config
 from tunesmith.errors import TunesmithError
 
@@ -374,20 +374,12 @@ def test_two_workers_killed_then_resumed_lose_no_trial_and_repeat_none(search_co
 # PostgreSQL: two workers against a real server
 
 
-def _postgres_bin() -> Path | None:
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(os.path.realpath(found)).parent
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    return versions[-1].parent if versions else None
-
-
 @pytest.fixture()
 def postgres_url():
     """A throwaway PostgreSQL cluster on a free loopback port (as `nobody` when we are root: the server
     refuses to run as root)."""
     pytest.importorskip("psycopg")
-    bindir = _postgres_bin()
+    bindir = postgres_bin()
     if bindir is None:
         pytest.skip("PostgreSQL is not installed (make setup installs Debian's postgresql package as root)")
     folder = Path(tempfile.mkdtemp(prefix="tunesmith-pg-"))  # not under pytest's 0700 tmp: `nobody` must enter

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import postgres_bin
 import yaml
 
 from tunesmith.cli import main
@@ -41,20 +42,12 @@ TAG_KEY = "planted-tag-api-key-0099"
 SECRETS = (HF_TOKEN, WANDB_KEY, MLFLOW_PASSWORD, DB_PASSWORD, TAG_KEY)
 
 
-def _postgres_bin() -> Path | None:
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(os.path.realpath(found)).parent
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    return versions[-1].parent if versions else None
-
-
 @pytest.fixture()
 def postgres_with_password():
     """A throwaway PostgreSQL cluster that asks for a password (scram-sha-256), on a free loopback port,
     with databases for the Optuna study and the MLflow store; yields a URL builder."""
     pytest.importorskip("psycopg")
-    bindir = _postgres_bin()
+    bindir = postgres_bin()
     if bindir is None:
         pytest.skip("PostgreSQL is not installed (make setup installs Debian's postgresql package as root)")
     folder = Path(tempfile.mkdtemp(prefix="tunesmith-pgpw-"))
