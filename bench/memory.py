@@ -120,6 +120,8 @@ def worker(args) -> dict:
         f"method.freeze_train_top={FREEZE_TOP}", f"data.train={data}", "data.split=[1.0, 0.0, 0.0]",
         f"data.max_length={args.length}", "train.max_steps=2", f"train.batch_size={args.batch}", "train.eval_every=0",
         "train.log_every=1", "eval.compare_base=false", f"output.dir={run_root / 'runs'}", "name=bench",
+        # The grid measures the estimator without recomputation (auto turns it on for qlora).
+        "train.gradient_checkpointing=false",
     ]
     if args.task == "chat":
         overrides += ["data.format=text", "data.train_on=all"]

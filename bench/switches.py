@@ -16,6 +16,8 @@ sets them, eager):
   fp32      train.precision: fp32
   threads1  one intra-op thread instead of the physical cores
   compile   train.compile: true (the transformer blocks compiled by inductor)
+  padded    train.padding_free: false (micro-batches padded to their longest example)
+  torchdrop method.fast_dropout: false (PEFT's nn.Dropout on every adapter input)
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ SWITCHES = {
     "fp32": {"precision": "fp32"},
     "threads1": {"threads": 1},
     "compile": {"compile": True},
+    "padded": {"padding_free": False},
+    "torchdrop": {"fast_dropout": False},
 }
 
 
@@ -67,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     from tunesmith import pipeline
     from tunesmith.config import load_config
     from tunesmith.methods import get_method
+    from tunesmith.methods.lora_dropout import FastDropout
     from tunesmith.tasks import get_task
+    from tunesmith.train import padding_free
     from tunesmith.train.compile import repeated_blocks
     from tunesmith.train.cpu import configure_cpu_threads
     from tunesmith.train.loss import configure_loss
@@ -83,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     model = pipeline.load_base_model(config, resolved, {})
     model.config.use_cache = False
     model = get_method(config.method.name).apply(model, config.method, False, task_type="CAUSAL_LM")
+    print(padding_free.enable(model, config.train.padding_free, config.task, getattr(task, "packable", False)))
     model.train()
+    # Both dropouts of every adapter, so a switch can swap them in and out.
+    dropouts = [(d, name, m) for d in model.modules() if isinstance(getattr(d, "lora_dropout", None), torch.nn.ModuleDict)
+                for name, m in d.lora_dropout.items() if isinstance(m, FastDropout)]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.train.learning_rate)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed)).tolist()
@@ -95,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         compiled = [block._compiled_call_impl for block in blocks]
 
     # 2. Rounds: one step per switch on the same batch.
+    enabled = padding_free.is_enabled(model)
     seen = {name: {"steps": [], "tokens": [], "peak": [], "warmup": []} for name in names}
     for round_ in range(args.warmup + args.rounds):
         picked = order[(round_ * size) % len(order):][:size]
@@ -106,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             for block, impl in zip(blocks, compiled or []):
                 block._compiled_call_impl = impl if switch.get("compile") else None
             dtype = torch.float32 if switch.get("precision") == "fp32" else torch.bfloat16
+            padding_free.set_enabled(model, padding_free.is_enabled(model) and switch.get("padding_free", True))
+            for holder, adapter, fast in dropouts:
+                holder.lora_dropout[adapter] = fast if switch.get("fast_dropout", True) else torch.nn.Dropout(fast.p)
             _reset_hwm()
             started = time.perf_counter()
             with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
@@ -121,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 record["steps"].append(seconds)
                 record["tokens"].append(int(count))
                 record["peak"].append(_hwm())
+            padding_free.set_enabled(model, enabled)
             print(f"round {round_} {name}: {seconds:.2f} s, {int(count)} trained tokens, shape {tuple(batch['input_ids'].shape)}",
                   flush=True)
     torch.set_num_threads(threads)

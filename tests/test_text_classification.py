@@ -127,10 +127,15 @@ def test_qlora_classifier_keeps_the_new_head_in_float(family, tmp_path_factory, 
               else LlamaConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128, pad_token_id=pad))
     model_dir = _tiny(tmp_path_factory, minilm_tokenizer, f"{family}64", config)
+    # A random 64-wide 4-bit encoder learns little beyond the label prior, and its per-batch loss swings by
+    # +-0.15 around it; 40 steps and quarter means make "the loss fell" a statement about training, not
+    # about which batches came first or which dropout masks were drawn (it held for seeds 0-2).
     run = pipeline.train(classification_config(tmp_path, model_dir, debian_subset, "method.name=qlora", "method.r=4",
-                                               "method.compute_dtype=float32", "train.learning_rate=2e-2")).run_dir
+                                               "method.compute_dtype=float32", "train.learning_rate=2e-2",
+                                               "train.max_steps=40")).run_dir
     curve = [r["loss"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
-    assert sum(curve[-4:]) < sum(curve[:4]), curve
+    quarter = len(curve) // 4
+    assert sum(curve[-quarter:]) < sum(curve[:quarter]), curve
 
     tuned = pipeline.load_tuned(run)
     modules = dict(tuned.model.named_modules())

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from tunesmith.config import DataConfig, RunConfig, dump_config, load_saved_config
+from tunesmith.config import DataConfig, RunConfig, dump_config, load_saved_config, uses_gradient_checkpointing
 from tunesmith.data.prepare import DataSplits, load_examples, prepare_splits, save_examples
 from tunesmith.errors import TunesmithError
 from tunesmith.methods import count_parameters, get_method
@@ -220,7 +220,7 @@ def _train(config, resume, force, on_evaluation, tracking: RunTracking) -> RunRe
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = _pad_id(tokenizer)
         model.config.use_cache = False  # the KV cache is for generation; in training it only costs memory
-        model = method.apply(model, config.method, config.train.gradient_checkpointing, **(
+        model = method.apply(model, config.method, uses_gradient_checkpointing(config), **(
             {"task_type": task.peft_task_type} if method.saves_adapter else {}))
         from tunesmith.train.loss import configure_loss
 
@@ -228,7 +228,13 @@ def _train(config, resume, force, on_evaluation, tracking: RunTracking) -> RunRe
     params = _print_parameters(model, config.method.name)
     if not hasattr(model, "hf_device_map"):  # a 4-bit model was placed while loading
         model.to(accelerator.device)
-    if config.data.packing:
+    from tunesmith.train import padding_free
+
+    if task_loader is None:  # also runs packed rows (data.packing) as one row with per-example attention
+        note = padding_free.enable(model, config.train.padding_free, config.task, getattr(task, "packable", False))
+        if note and main:
+            print(note)
+    if config.data.packing and not padding_free.is_enabled(model):
         from tunesmith.data.packing import check_packing
 
         check_packing(model)  # refuses a model that would attend across packed examples

@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 
 from tunesmith.data.chat_template import IGNORE_INDEX
 from tunesmith.errors import TunesmithError
+from tunesmith.models.attention import VARLEN_SDPA
 
-# Attention implementations that attend within examples only when the rows are laid end to end.
-VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
+# Attention implementations that attend within examples only when the rows are laid end to end (and
+# read the example boundaries from `cu_seq_lens_q/k`; train/padding_free.py).
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "flash_attention_4", VARLEN_SDPA)
 
 
 @dataclass
@@ -138,7 +140,7 @@ def attention_implementation(model) -> str | None:
     return getattr(innermost_model(model).config, "_attn_implementation", None)
 
 
-def check_packing(model) -> None:
+def check_packing(model, setting: str = "data.packing") -> None:
     """Refuse packing where the model would attend across examples (or restart no positions): two
     examples packed must give the logits each gives alone. The packed difference is compared with what
     crossing would change (the same row with one causal mask over both), so the test holds in any dtype.
@@ -154,11 +156,17 @@ def check_packing(model) -> None:
             PackedRow(b, list(b), list(range(8)), "probe")]
     device = next(model.parameters()).device
     packed = {k: v.to(device) for k, v in varlen_layout(collate_packed(rows, 0), attn).items()}
+    boundaries = {}
+    if attn in VARLEN_ATTENTION:
+        from tunesmith.train.padding_free import varlen_kwargs
+
+        boundaries = varlen_kwargs(packed["position_ids"])
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
+            logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False,
+                           **boundaries).logits
             logits = logits.float().reshape(2, 20, -1)
             alone = model(input_ids=torch.tensor([b], device=device), use_cache=False).logits.float()[0]
             ids = torch.tensor([a + b], device=device)
@@ -170,8 +178,8 @@ def check_packing(model) -> None:
     crossing = float((crossed - alone).abs().max())
     if off > 0.1 * crossing:
         raise TunesmithError(
-            f"with data.packing the model attends across packed examples (attention implementation {attn!r}): "
+            f"with {setting} the model attends across packed examples (attention implementation {attn!r}): "
             f"a packed example's logits differ from the same example's alone by {off:.3g}",
-            where="data.packing",
-            fix="set model.attn_implementation: sdpa (or eager, flash_attention_2), or data.packing: false",
+            where=setting,
+            fix=f"set model.attn_implementation: sdpa (or eager, flash_attention_2), or {setting}: false",
         )

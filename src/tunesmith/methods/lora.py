@@ -41,10 +41,15 @@ def apply(model, method_cfg, gradient_checkpointing: bool = False, task_type: st
         # With a frozen embedding no input needs grad, and checkpointed blocks would get none.
         model.enable_input_require_grads()
     try:
-        return get_peft_model(model, lora_config(method_cfg, task_type))
+        model = get_peft_model(model, lora_config(method_cfg, task_type))
     except ValueError as exc:
         raise TunesmithError(
             f"LoRA cannot be applied: {exc}",
             where="method.target_modules",
             fix="use all-linear, or names of linear layers in this model (e.g. q_proj, v_proj)",
         ) from None
+    if method_cfg.fast_dropout:
+        from tunesmith.methods.lora_dropout import use_fast_dropout
+
+        use_fast_dropout(model)
+    return model

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 
 import torch
+import torch.nn.functional as F
 
 from tunesmith.errors import TunesmithError
 
@@ -57,3 +58,55 @@ def attention_for(model_cfg, model_class, path: str, dtype: torch.dtype) -> str 
     return choose_attention(model_cfg.attn_implementation, dtype, cuda=torch.cuda.is_available(),
                             flash_installed=flash_attn_installed(),
                             flash_supported=lambda: supports_flash_attention(model_class, path, model_cfg.trust_remote_code))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Variable-length SDPA: attention per example of a flattened row (train.padding_free)
+
+VARLEN_SDPA = "tunesmith_varlen_sdpa"
+
+
+def varlen_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                          is_causal=None, **kwargs):
+    """Attention for one row holding several examples end to end (`cu_seq_lens_q`: where each starts, the
+    keyword FlashAttention-2's variable-length path reads): causal PyTorch SDPA on each example's slice,
+    so no example sees another and no `T x T` mask exists. Without `cu_seq_lens_q` (a padded batch,
+    generation) it is transformers' own SDPA with the mask transformers built. Registered under
+    VARLEN_SDPA with transformers' AttentionInterface (the documented extension point), so it serves every
+    model that dispatches attention through that interface.
+
+    Costs: one kernel per example and layer (fine on CPUs; on GPUs FA2's single kernel is the better
+    path) and, per layer, reading the boundaries back to Python (a device sync on GPUs)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    bounds = kwargs.get("cu_seq_lens_q")
+    if bounds is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+        raise NotImplementedError("attention soft-capping and sinks are not supported by variable-length SDPA")
+    if query.shape[0] != 1:
+        raise ValueError(f"variable-length attention takes one row, got a batch of {query.shape[0]}")
+    window = kwargs.get("sliding_window")
+    gqa = query.shape[1] != key.shape[1]
+    bounds = bounds.tolist()
+    outputs = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
+        mask = None
+        if window is not None and end - start > window:  # Mistral-style local attention inside the example
+            position = torch.arange(end - start, device=query.device)
+            distance = position[:, None] - position[None, :]
+            mask = (distance >= 0) & (distance < window)
+        outputs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling,
+                                                      is_causal=mask is None, enable_gqa=gqa))
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def register_varlen_sdpa() -> None:
+    """Make VARLEN_SDPA a valid `attn_implementation`. Its padded-batch masks are SDPA's (same function)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(VARLEN_SDPA, varlen_sdpa_attention)
+    AttentionMaskInterface.register(VARLEN_SDPA, sdpa_mask)

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tunesmith.config import uses_gradient_checkpointing
 from tunesmith.errors import TunesmithError
 
 # The diffusers recipes' LoRA targets: the attention projections of every transformer block of the UNet.
@@ -348,7 +349,7 @@ def load(config, resolved, meta: dict, weights=None) -> DiffusionModel:
                              or "check the path or hub id (a diffusers pipeline with unet/, vae/, text_encoder/)") from None
     model = DiffusionModel(meta, unet, vae, encoders, load_tokenizers(resolved, config.model), noise_scheduler, sampler)
     if weights is None:
-        model.make_trainable(config.method, config.train.gradient_checkpointing)
+        model.make_trainable(config.method, uses_gradient_checkpointing(config))
     elif lora:
         try:
             model.load_adapter(weights)

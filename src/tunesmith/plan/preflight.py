@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from tunesmith.config import uses_gradient_checkpointing
 from tunesmith.errors import TunesmithError
 from tunesmith.plan.estimate import Estimate, estimate
 
@@ -30,7 +31,7 @@ class Preflight:
 def _estimate(model_ref: str, config, seq_len: int, batch: int, **changes) -> Estimate:
     settings = dict(
         method=config.method.name, seq_len=seq_len, batch=batch,
-        grad_checkpointing=config.train.gradient_checkpointing, hardware="auto", lora_r=config.method.r,
+        grad_checkpointing=uses_gradient_checkpointing(config), hardware="auto", lora_r=config.method.r,
         lora_targets=config.method.target_modules, precision=config.train.precision,
         freeze_train_top=config.method.freeze_train_top, double_quant=config.method.double_quant,
         loss_chunk_tokens=config.train.loss_chunk_tokens,
@@ -44,7 +45,7 @@ def _fixes(model_ref: str, config, seq_len: int, batch: int, est: Estimate) -> l
     if 1 <= est.max_batch < batch:
         accum = config.train.grad_accum * math.ceil(batch / est.max_batch)
         fixes.append(f"--set train.batch_size={est.max_batch} --set train.grad_accum={accum} (same effective batch)")
-    if not config.train.gradient_checkpointing and _estimate(model_ref, config, seq_len, batch, grad_checkpointing=True).fits:
+    if not uses_gradient_checkpointing(config) and _estimate(model_ref, config, seq_len, batch, grad_checkpointing=True).fits:
         fixes.append("--set train.gradient_checkpointing=true (~30% slower)")
     for method in {"full": ("lora", "qlora"), "freeze": ("lora", "qlora"), "lora": ("qlora",)}.get(config.method.name, ()):
         if _estimate(model_ref, config, seq_len, batch, method=method).fits:
@@ -95,7 +96,7 @@ def out_of_memory_advice(config, check: Preflight | None, phase: str) -> Tunesmi
     if isinstance(train.batch_size, int) and train.batch_size > 1:
         fixes.append(f"--set train.batch_size={train.batch_size // 2} --set train.grad_accum={train.grad_accum * 2} "
                      "(same effective batch)")
-    if not train.gradient_checkpointing:
+    if not uses_gradient_checkpointing(config):
         fixes.append("--set train.gradient_checkpointing=true (~30% slower)")
     cheaper = {"full": "lora", "freeze": "lora", "lora": "qlora"}.get(config.method.name)
     if cheaper:

@@ -16,6 +16,7 @@ from tunesmith.data.chat_template import (
 from tunesmith.data.formats import Example, detect_format, normalise as normalise_format
 from tunesmith.data.packing import PackedRow, attention_implementation, collate_packed, varlen_layout
 from tunesmith.evaluate.metrics import exact_match, rouge_l
+from tunesmith.train import padding_free
 from tunesmith.train.loss import causal_lm_loss_sum, count_trained_tokens
 
 peft_task_type = "CAUSAL_LM"
@@ -112,6 +113,9 @@ def loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch
     if "position_ids" in batch:  # packed rows
         batch = varlen_layout(batch, attention_implementation(model))
         return causal_lm_loss_sum(model, batch["input_ids"], None, batch["labels"], batch["position_ids"])
+    if padding_free.is_enabled(model):  # train.padding_free: the same examples, without the padding
+        row = padding_free.flatten(batch)
+        return causal_lm_loss_sum(model, row["input_ids"], None, row["labels"], row["position_ids"])
     return causal_lm_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
 
 

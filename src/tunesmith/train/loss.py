@@ -228,8 +228,17 @@ def _chunked_loss_sum(model, head: OutputHead, inputs: dict, labels: torch.Tenso
 
 def causal_lm_loss_sum(model, input_ids, attention_mask, labels, position_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
     """`position_ids` restarting per example with `attention_mask` None is a packed batch (data/packing.py);
-    without a KV cache transformers then keeps attention inside each example (a cache turns that off)."""
+    without a KV cache transformers then keeps attention inside each example (a cache turns that off).
+    One such row under a variable-length attention (FA2, train/padding_free.py) also gets the example
+    boundaries as `cu_seq_lens_q/k`."""
     extra = {} if position_ids is None else {"position_ids": position_ids, "use_cache": False}
+    if position_ids is not None and position_ids.shape[0] == 1:
+        from tunesmith.data.packing import VARLEN_ATTENTION, attention_implementation
+
+        if attention_implementation(model) in VARLEN_ATTENTION:  # one row of several examples
+            from tunesmith.train.padding_free import varlen_kwargs
+
+            extra.update(varlen_kwargs(position_ids))
     chunk = getattr(innermost_model(model), _CHUNK_ATTR, DEFAULT_LOSS_CHUNK_TOKENS)
     head = output_head(model) if chunk > 0 and getattr(innermost_model(model), _VERIFIED_ATTR, None) is not False else None
     if head is not None:
