@@ -70,13 +70,13 @@ def _console():
 
 def _from_run_config(path: str) -> dict:
     """Settings of a run YAML as estimate() arguments, so `tunesmith estimate run.yaml` sizes that run."""
-    from tunesmith.config import load_config, uses_gradient_checkpointing
+    from tunesmith.config import load_config
 
     cfg = load_config(path)
     dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype, "auto")
     settings = {
         "model": cfg.model.name, "method": cfg.method.name, "seq_len": cfg.data.max_length,
-        "batch": cfg.train.batch_size, "grad_checkpointing": uses_gradient_checkpointing(cfg),
+        "batch": cfg.train.batch_size, "grad_checkpointing": cfg.train.gradient_checkpointing is True,  # as preflight sizes it (plan/preflight.py)
         "lora_r": cfg.method.r, "lora_targets": cfg.method.target_modules, "dtype": dtype,
         # auto: transformers picks sdpa where the model supports it, which is what the estimate should assume
         "attention": {"flash_attention_2": "flash", "auto": "sdpa"}.get(cfg.model.attn_implementation, cfg.model.attn_implementation),
