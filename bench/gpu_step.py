@@ -9,6 +9,7 @@ loss) and "all" (8 x 2048, every token carries loss, as continued pre-training o
 setting: the first step's seconds, the median of 6 steps after 2 warm-up, trained tokens/s, and CUDA's
 peak allocation above the model. Also the chunked path's loss and gradients against the logits path.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,9 +30,21 @@ from tunesmith.train.loss import causal_lm_loss_sum, configure_loss, innermost_m
 
 OUT = os.environ.get("OUT", "/tmp")
 R: dict = {}  # the results, written to OUT/gpu.json after every setting
-SMOL = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-            num_key_value_heads=3, max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=100000.0,
-            tie_word_embeddings=True, pad_token_id=2, bos_token_id=1, eos_token_id=2)
+SMOL = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+    rope_theta=100000.0,
+    tie_word_embeddings=True,
+    pad_token_id=2,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 dev = torch.device("cuda")
 
 
@@ -72,15 +85,21 @@ def measure(model, kind, chunk, steps=6, warm=2):
     ids, mask, labels = batch(kind)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
-    torch.cuda.synchronize(); torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     times, first = [], None
     for s in range(steps + warm):
-        torch.cuda.synchronize(); t = time.perf_counter()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             total, count = causal_lm_loss_sum(model, ids, mask, labels)
-        (total / count).backward(); opt.step(); opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize(); dt = time.perf_counter() - t
+        (total / count).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        dt = time.perf_counter() - t
         if s == 0:
             first = dt
         if s >= warm:
@@ -88,9 +107,16 @@ def measure(model, kind, chunk, steps=6, warm=2):
     tokens = int((labels[:, 1:] != -100).sum())
     peak = torch.cuda.max_memory_allocated() - base
     del opt
-    return {"kind": kind, "chunk": chunk, "first_step_s": round(first, 3), "step_s": round(statistics.median(times), 4),
-            "trained_tok_per_s": round(tokens / statistics.median(times)), "peak_GiB_over_model": round(peak / 2**30, 3),
-            "trained_tokens": tokens, "verified": getattr(innermost_model(model), "_tunesmith_chunked_loss_verified", None)}
+    return {
+        "kind": kind,
+        "chunk": chunk,
+        "first_step_s": round(first, 3),
+        "step_s": round(statistics.median(times), 4),
+        "trained_tok_per_s": round(tokens / statistics.median(times)),
+        "peak_GiB_over_model": round(peak / 2**30, 3),
+        "trained_tokens": tokens,
+        "verified": getattr(innermost_model(model), "_tunesmith_chunked_loss_verified", None),
+    }
 
 
 def grads_of(model, kind, chunk):
@@ -118,9 +144,13 @@ def step(name, fn):
 def compare_paths(model) -> dict:
     l0, g0 = grads_of(model, "chat", 0)
     l1, g1 = grads_of(model, "chat", 1024)
-    return {"loss_plain": l0, "loss_chunked": l1, "rel_diff": abs(l0 - l1) / abs(l0),
-            "grad_cosine": float(torch.nn.functional.cosine_similarity(g0, g1, dim=0)),
-            "grad_rel_norm_diff": float((g0 - g1).norm() / g0.norm())}
+    return {
+        "loss_plain": l0,
+        "loss_chunked": l1,
+        "rel_diff": abs(l0 - l1) / abs(l0),
+        "grad_cosine": float(torch.nn.functional.cosine_similarity(g0, g1, dim=0)),
+        "grad_rel_norm_diff": float((g0 - g1).norm() / g0.norm()),
+    }
 
 
 def compiled_step(model) -> dict:
@@ -129,10 +159,17 @@ def compiled_step(model) -> dict:
 
 
 def main() -> int:
-    R.update({"torch": torch.__version__, "transformers": transformers.__version__, "gpu": torch.cuda.get_device_name(),
-              "flash_attn_installed": flash_attn_installed(),
-              "auto_attention_bf16": choose_attention("auto", torch.bfloat16, cuda=True, flash_installed=flash_attn_installed(),
-                                                      flash_supported=lambda: True)})
+    R.update(
+        {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "gpu": torch.cuda.get_device_name(),
+            "flash_attn_installed": flash_attn_installed(),
+            "auto_attention_bf16": choose_attention(
+                "auto", torch.bfloat16, cuda=True, flash_installed=flash_attn_installed(), flash_supported=lambda: True
+            ),
+        }
+    )
     # 1. The chunked loss against the logits path, then each chunk size on both batches.
     model = build("sdpa")
     R["attn_loaded"] = model.config._attn_implementation
@@ -144,7 +181,7 @@ def main() -> int:
     del model
     torch.cuda.empty_cache()
     eager = build("eager")
-    step("chat_chunk1024_eager_attention", lambda: measure(eager, "chat", 1024))
+    step("chat_chunk1024_eager_attention", lambda: measure(eager, "chat", 1024))  # noqa: F821 (step calls it before the del)
     del eager
     torch.cuda.empty_cache()
     # 3. Compiled blocks (the first step compiles), then eager again on the same model.

@@ -46,20 +46,37 @@ WORK = Path(os.environ.get("TUNESMITH_BENCH_DIR", Path(tempfile.gettempdir()) / 
 # A SmolLM2-360M-shaped Llama (the published HuggingFaceTB/SmolLM2-360M config), randomly initialised:
 # memory does not depend on the weights' values, and nothing has to be downloaded.
 SMOLLM2_360M = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 960, "intermediate_size": 2560,
-    "num_hidden_layers": 32, "num_attention_heads": 15, "num_key_value_heads": 5, "vocab_size": 49152,
-    "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000, "tie_word_embeddings": True,
-    "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "torch_dtype": "float32",
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 960,
+    "intermediate_size": 2560,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 15,
+    "num_key_value_heads": 5,
+    "vocab_size": 49152,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 100000,
+    "tie_word_embeddings": True,
+    "hidden_act": "silu",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 2,
+    "torch_dtype": "float32",
 }
 
 # model key -> (tunesmith model.name or a builder, task, (batch, length) points, quick points)
 MODELS = {
-    "smollm2-135m": dict(name="smollm2-135m-instruct", task="chat", points=[(1, 128), (2, 256), (4, 512)],
-                          quick=[(1, 128), (4, 512)]),
-    "minilm-l6": dict(name="all-minilm-l6-v2", task="text-classification", points=[(8, 128), (16, 256), (32, 512)],
-                       quick=[(8, 128), (32, 512)]),
-    "smollm2-360m-shape": dict(name=None, task="chat", points=[(1, 64), (1, 256), (2, 512)],
-                                quick=[(1, 64)]),
+    "smollm2-135m": dict(
+        name="smollm2-135m-instruct", task="chat", points=[(1, 128), (2, 256), (4, 512)], quick=[(1, 128), (4, 512)]
+    ),
+    "minilm-l6": dict(
+        name="all-minilm-l6-v2",
+        task="text-classification",
+        points=[(8, 128), (16, 256), (32, 512)],
+        quick=[(8, 128), (32, 512)],
+    ),
+    "smollm2-360m-shape": dict(name=None, task="chat", points=[(1, 64), (1, 256), (2, 512)], quick=[(1, 64)]),
 }
 METHODS = ("full", "lora", "qlora", "freeze")
 LORA_R = 8  # tunesmith's default method.r
@@ -116,10 +133,21 @@ def worker(args) -> dict:
     run_root = Path(tempfile.mkdtemp(prefix="bench-run-", dir=WORK))
     data = _write_data(run_root / "data", args.task, 2 * args.batch, args.length)
     overrides = [
-        f"task={args.task}", f"model.name={args.model}", f"method.name={args.method}", f"method.r={LORA_R}",
-        f"method.freeze_train_top={FREEZE_TOP}", f"data.train={data}", "data.split=[1.0, 0.0, 0.0]",
-        f"data.max_length={args.length}", "train.max_steps=2", f"train.batch_size={args.batch}", "train.eval_every=0",
-        "train.log_every=1", "eval.compare_base=false", f"output.dir={run_root / 'runs'}", "name=bench",
+        f"task={args.task}",
+        f"model.name={args.model}",
+        f"method.name={args.method}",
+        f"method.r={LORA_R}",
+        f"method.freeze_train_top={FREEZE_TOP}",
+        f"data.train={data}",
+        "data.split=[1.0, 0.0, 0.0]",
+        f"data.max_length={args.length}",
+        "train.max_steps=2",
+        f"train.batch_size={args.batch}",
+        "train.eval_every=0",
+        "train.log_every=1",
+        "eval.compare_base=false",
+        f"output.dir={run_root / 'runs'}",
+        "name=bench",
         # The grid measures the estimator without recomputation (auto turns it on for qlora).
         "train.gradient_checkpointing=false",
     ]
@@ -251,7 +279,7 @@ def _run_worker(argv: list[str], timeout: float) -> dict:
     wall = time.perf_counter() - started
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("BENCH_RESULT "):
-            result = json.loads(line[len("BENCH_RESULT "):])
+            result = json.loads(line[len("BENCH_RESULT ") :])
             result["wall_seconds"] = wall
             return result
     tail = (proc.stdout + proc.stderr)[-3000:]
@@ -278,8 +306,9 @@ def _model_ref(key: str, shapes: str | None = None) -> str:
     return str(directory)
 
 
-def predict(model_ref: str, task: str, method: str, batch: int, length: int, hardware: str = "cpu",
-            loss_chunk_tokens: int = 0):
+def predict(
+    model_ref: str, task: str, method: str, batch: int, length: int, hardware: str = "cpu", loss_chunk_tokens: int = 0
+):
     from tunesmith.plan.catalog import model_config
     from tunesmith.plan.estimate import estimate
 
@@ -287,8 +316,17 @@ def predict(model_ref: str, task: str, method: str, batch: int, length: int, har
     config = dict(config)
     if task == "text-classification":  # the head tunesmith builds: two labels, as in the synthetic data
         config.update(num_labels=2, architectures=["BertForSequenceClassification"])
-    return estimate(config, method=method, seq_len=length, batch=batch, hardware=hardware, precision="bf16",
-                    lora_r=LORA_R, freeze_train_top=FREEZE_TOP, loss_chunk_tokens=loss_chunk_tokens)
+    return estimate(
+        config,
+        method=method,
+        seq_len=length,
+        batch=batch,
+        hardware=hardware,
+        precision="bf16",
+        lora_r=LORA_R,
+        freeze_train_top=FREEZE_TOP,
+        loss_chunk_tokens=loss_chunk_tokens,
+    )
 
 
 def _row(key, spec, ref, method, batch, length, result, hardware: str = "cpu") -> dict:
@@ -298,9 +336,22 @@ def _row(key, spec, ref, method, batch, length, result, hardware: str = "cpu") -
     measured = result["measured_bytes"]
     predicted = est.total_bytes - (est.breakdown["framework"] if "cuda_max_allocated" in result else 0)
     ratio = predicted / measured
-    return dict(model=key, model_ref=ref, task=spec["task"], method=method, batch=batch, length=length,
-                predicted_bytes=predicted, measured_bytes=measured, ratio=ratio, within_15=abs(ratio - 1) <= 0.15,
-                hardware=hardware, predicted_total_bytes=est.total_bytes, breakdown=dict(est.breakdown), worker=result)
+    return dict(
+        model=key,
+        model_ref=ref,
+        task=spec["task"],
+        method=method,
+        batch=batch,
+        length=length,
+        predicted_bytes=predicted,
+        measured_bytes=measured,
+        ratio=ratio,
+        within_15=abs(ratio - 1) <= 0.15,
+        hardware=hardware,
+        predicted_total_bytes=est.total_bytes,
+        breakdown=dict(est.breakdown),
+        worker=result,
+    )
 
 
 def _line(row: dict) -> str:
@@ -310,15 +361,17 @@ def _line(row: dict) -> str:
         extra = f" {result['cuda_max_reserved'] / GiB:.2f} |"
     else:
         load, extra = result["load"]["VmHWM"], ""
-    return (f"| {row['model']} | {row['method']} | {row['batch']} | {row['length']} | {row['predicted_bytes'] / GiB:.2f} | "
-            f"{row['measured_bytes'] / GiB:.2f} | {row['ratio']:.2f} | {'yes' if row['within_15'] else 'NO'} | "
-            f"{load / GiB:.2f} | {result.get('train_seconds', 0):.0f} |{extra}")
+    return (
+        f"| {row['model']} | {row['method']} | {row['batch']} | {row['length']} | {row['predicted_bytes'] / GiB:.2f} | "
+        f"{row['measured_bytes'] / GiB:.2f} | {row['ratio']:.2f} | {'yes' if row['within_15'] else 'NO'} | "
+        f"{load / GiB:.2f} | {result.get('train_seconds', 0):.0f} |{extra}"
+    )
 
 
 def machine() -> str:
-    from tunesmith.plan.hardware import get_hardware
-
     import torch
+
+    from tunesmith.plan.hardware import get_hardware
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else get_hardware("cpu").note
     return f"{device}; {platform.platform()}; Python {platform.python_version()}, torch {torch.__version__}"
@@ -326,11 +379,15 @@ def machine() -> str:
 
 def _header(gpu: bool) -> str:
     if gpu:
-        header = ("| model | method | batch | length | predicted tensors GiB | max allocated GiB | ratio | within 15% | "
-                  "weights loaded GiB | train s | max reserved GiB |")
+        header = (
+            "| model | method | batch | length | predicted tensors GiB | max allocated GiB | ratio | within 15% | "
+            "weights loaded GiB | train s | max reserved GiB |"
+        )
     else:
-        header = ("| model | method | batch | length | predicted GiB | measured GiB | ratio | within 15% | "
-                  "load peak GiB | train s |")
+        header = (
+            "| model | method | batch | length | predicted GiB | measured GiB | ratio | within 15% | "
+            "load peak GiB | train s |"
+        )
     return header + "\n|" + "---|" * (header.count(" | ") + 1)
 
 
@@ -341,17 +398,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated among full, lora, qlora, freeze")
     parser.add_argument("--json", help="also write every measurement, with the estimator's breakdown, to this file")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per configuration")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="configurations measured at once (peak RSS is per process, so this changes no number; "
-                             "each needs up to ~8 GiB)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="configurations measured at once (peak RSS is per process, so this changes no number; "
+        "each needs up to ~8 GiB)",
+    )
     # Internal modes.
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--baseline", action="store_true", help="measure the bare framework process and exit")
-    parser.add_argument("--retable", metavar="JSON",
-                        help="re-predict the measurements saved by --json with the current estimator; measures nothing")
-    parser.add_argument("--points", help="(batch)x(length) points for every model instead of its own, e.g. 4x1024,8x2048")
-    parser.add_argument("--hardware", default=None,
-                        help="estimator hardware profile to predict for (default: cpu, or H100-80GB/H200 on those GPUs)")
+    parser.add_argument(
+        "--retable",
+        metavar="JSON",
+        help="re-predict the measurements saved by --json with the current estimator; measures nothing",
+    )
+    parser.add_argument(
+        "--points", help="(batch)x(length) points for every model instead of its own, e.g. 4x1024,8x2048"
+    )
+    parser.add_argument(
+        "--hardware",
+        default=None,
+        help="estimator hardware profile to predict for (default: cpu, or H100-80GB/H200 on those GPUs)",
+    )
     parser.add_argument("--shapes", help="train every model from the configs in this folder with random weights")
     parser.add_argument("--export-shapes", help="write each model's config and tokenizer (no weights) to this folder")
     parser.add_argument("--build-random", nargs=2, help=argparse.SUPPRESS)
@@ -385,13 +454,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measured on: {saved['machine']} ({saved['date']})")
         gpu = any("cuda_max_allocated" in r["worker"] for r in saved["rows"])
         print(_header(gpu))
+
         def ref(row: dict) -> str:  # a saved path from another machine: this machine's copy of that model
             saved_ref = row["model_ref"]
             return saved_ref if not saved_ref.startswith("/") or Path(saved_ref).exists() else _model_ref(row["model"])
 
-        rows = [_row(r["model"], MODELS[r["model"]], ref(r), r["method"], r["batch"], r["length"], r["worker"],
-                     args.hardware or (_gpu_profile(r["worker"]["device"]) if "device" in r["worker"] else "cpu"))
-                for r in saved["rows"]]
+        rows = [
+            _row(
+                r["model"],
+                MODELS[r["model"]],
+                ref(r),
+                r["method"],
+                r["batch"],
+                r["length"],
+                r["worker"],
+                args.hardware or (_gpu_profile(r["worker"]["device"]) if "device" in r["worker"] else "cpu"),
+            )
+            for r in saved["rows"]
+        ]
         for row in rows:
             print(_line(row))
         print(f"\n{sum(r['within_15'] for r in rows)} of {len(rows)} points within 15%")
@@ -399,8 +479,11 @@ def main(argv: list[str] | None = None) -> int:
 
     WORK.mkdir(parents=True, exist_ok=True)
     base = _run_worker(["--worker", "--baseline"], args.timeout)
-    print(f"framework baseline (imports + Accelerator, no model): measured {base['measured_bytes'] / GiB:.2f} GiB, "
-          f"estimator's CPU framework term {FRAMEWORK_BYTES['other'] / GiB:.2f} GiB", flush=True)
+    print(
+        f"framework baseline (imports + Accelerator, no model): measured {base['measured_bytes'] / GiB:.2f} GiB, "
+        f"estimator's CPU framework term {FRAMEWORK_BYTES['other'] / GiB:.2f} GiB",
+        flush=True,
+    )
     if args.baseline:
         return 0
 
@@ -423,8 +506,22 @@ def main(argv: list[str] | None = None) -> int:
     def measure(job):
         key, spec, ref, method, batch, length = job
         try:
-            return _run_worker(["--worker", "--model", ref, "--task", spec["task"], "--method", method,
-                                "--batch", str(batch), "--length", str(length)], args.timeout)
+            return _run_worker(
+                [
+                    "--worker",
+                    "--model",
+                    ref,
+                    "--task",
+                    spec["task"],
+                    "--method",
+                    method,
+                    "--batch",
+                    str(batch),
+                    "--length",
+                    str(length),
+                ],
+                args.timeout,
+            )
         except (RuntimeError, subprocess.TimeoutExpired) as failure:  # one failed point must not lose the others
             return {"error": str(failure)[-1500:]}
 
@@ -436,18 +533,28 @@ def main(argv: list[str] | None = None) -> int:
             key, spec, ref, method, batch, length = job
             if "error" in result:
                 failed.append(dict(model=key, method=method, batch=batch, length=length, error=result["error"]))
-                print(f"| {key} | {method} | {batch} | {length} | failed: {result['error'].splitlines()[-1][:120]} |",
-                      flush=True)
+                print(
+                    f"| {key} | {method} | {batch} | {length} | failed: {result['error'].splitlines()[-1][:120]} |",
+                    flush=True,
+                )
                 continue
             rows.append(_row(key, spec, ref, method, batch, length, result, hardware))
             print(_line(rows[-1]), flush=True)
     ok = sum(r["within_15"] for r in rows)
-    print(f"\n{ok} of {len(rows)} points within 15% ({len(failed)} failed to run); "
-          f"{time.perf_counter() - started:.0f} s in all", flush=True)
+    print(
+        f"\n{ok} of {len(rows)} points within 15% ({len(failed)} failed to run); "
+        f"{time.perf_counter() - started:.0f} s in all",
+        flush=True,
+    )
     if args.json:
-        payload = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
-                   "command": " ".join(["python -m bench.memory", *(argv if argv is not None else sys.argv[1:])]),
-                   "baseline": base, "rows": rows, "failed": failed}
+        payload = {
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": machine(),
+            "command": " ".join(["python -m bench.memory", *(argv if argv is not None else sys.argv[1:])]),
+            "baseline": base,
+            "rows": rows,
+            "failed": failed,
+        }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(payload, indent=1))
         print(f"wrote {args.json}")

@@ -44,9 +44,17 @@ def _config(args, extra: list[str], output: Path):
     from tunesmith.config import load_config
 
     overrides = [
-        f"data.train={Path(args.data).resolve()}", "data.split=[1.0, 0.0, 0.0]", f"data.max_length={args.max_length}",
-        f"train.max_steps={args.steps}", f"train.batch_size={args.batch}", "train.eval_every=0", "train.log_every=1",
-        "eval.compare_base=false", f"output.dir={output}", "name=bench-packing", f"train.precision={args.precision}",
+        f"data.train={Path(args.data).resolve()}",
+        "data.split=[1.0, 0.0, 0.0]",
+        f"data.max_length={args.max_length}",
+        f"train.max_steps={args.steps}",
+        f"train.batch_size={args.batch}",
+        "train.eval_every=0",
+        "train.log_every=1",
+        "eval.compare_base=false",
+        f"output.dir={output}",
+        "name=bench-packing",
+        f"train.precision={args.precision}",
     ] + extra
     return load_config(ROOT / "examples" / "quickstart.yaml", overrides)
 
@@ -80,11 +88,17 @@ def worker(args) -> dict:
     seconds = sum(t / r["tokens_per_s"] for t, r in zip(tokens, steps[1:]))
     summary = result.summary
     return {
-        "config": args.worker, "steps": summary["steps"], "trained_tokens": summary["trained_tokens"],
-        "train_seconds": summary["train_seconds"], "trained_tokens_per_s": summary["trained_tokens_per_s"],
+        "config": args.worker,
+        "steps": summary["steps"],
+        "trained_tokens": summary["trained_tokens"],
+        "train_seconds": summary["train_seconds"],
+        "trained_tokens_per_s": summary["trained_tokens_per_s"],
         "steady_tokens_per_s": round(sum(tokens) / seconds, 1) if seconds else None,
-        "padding": 1 - counts["real"] / max(counts["computed"], 1), "computed_positions": counts["computed"],
-        "real_tokens": counts["real"], "micro_batches": counts["batches"], "final_train_loss": summary["final_train_loss"],
+        "padding": 1 - counts["real"] / max(counts["computed"], 1),
+        "computed_positions": counts["computed"],
+        "real_tokens": counts["real"],
+        "micro_batches": counts["batches"],
+        "final_train_loss": summary["final_train_loss"],
         "precision": summary["precision"],
     }
 
@@ -108,14 +122,32 @@ def plan_padding(args) -> dict[str, dict]:
         plan = epoch_micro_batches(len(items), args.batch, config.seed, 0, 1, grouped)
         computed = sum(max(lengths[i] for i in b) * len(b) for b in plan)
         out[name] = {"padding": 1 - sum(lengths) / computed, "micro_batches": len(plan), "rows": len(items)}
-    out["_examples"] = {"count": len(encoded), "median_tokens": sorted(map(len, (e.input_ids for e in encoded)))[len(encoded) // 2],
-                        "max_tokens": max(len(e.input_ids) for e in encoded)}
+    out["_examples"] = {
+        "count": len(encoded),
+        "median_tokens": sorted(map(len, (e.input_ids for e in encoded)))[len(encoded) // 2],
+        "max_tokens": max(len(e.input_ids) for e in encoded),
+    }
     return out
 
 
 def _run_worker(name: str, args) -> dict:
-    cmd = [sys.executable, "-m", "bench.packing", "--worker", name, "--data", args.data, "--max-length", str(args.max_length),
-           "--steps", str(args.steps), "--batch", str(args.batch), "--precision", args.precision]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.packing",
+        "--worker",
+        name,
+        "--data",
+        args.data,
+        "--max-length",
+        str(args.max_length),
+        "--steps",
+        str(args.steps),
+        "--batch",
+        str(args.batch),
+        "--precision",
+        args.precision,
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -143,8 +175,10 @@ def main(argv: list[str] | None = None) -> None:
 
     plan = plan_padding(args)
     info = plan.pop("_examples")
-    print(f"{args.data}: {info['count']} examples, median {info['median_tokens']} tokens, longest {info['max_tokens']}; "
-          f"data.max_length {args.max_length}, batch {args.batch}")
+    print(
+        f"{args.data}: {info['count']} examples, median {info['median_tokens']} tokens, longest {info['max_tokens']}; "
+        f"data.max_length {args.max_length}, batch {args.batch}"
+    )
     print("\n| configuration | micro-batches per epoch | padding (epoch plan) |\n|---|---:|---:|")
     for name, row in plan.items():
         print(f"| {name} | {row['micro_batches']} | {100 * row['padding']:.1f}% |")
@@ -156,19 +190,25 @@ def main(argv: list[str] | None = None) -> None:
         for name in names:
             results[name].append(_run_worker(name, args))
             print(f"  {name}: {results[name][-1]}", file=sys.stderr)
-    print(f"\n{args.steps} steps of {args.batch}, {platform.machine()} {os.cpu_count()} CPUs, precision "
-          f"{results[names[0]][0]['precision']}, medians of {args.repeats}:\n")
-    print("| configuration | padding (measured) | trained tokens | trained tok/s | tok/s after step 1 | final loss |\n"
-          "|---|---:|---:|---:|---:|---:|")
+    print(
+        f"\n{args.steps} steps of {args.batch}, {platform.machine()} {os.cpu_count()} CPUs, precision "
+        f"{results[names[0]][0]['precision']}, medians of {args.repeats}:\n"
+    )
+    print(
+        "| configuration | padding (measured) | trained tokens | trained tok/s | tok/s after step 1 | final loss |\n"
+        "|---|---:|---:|---:|---:|---:|"
+    )
 
     def median(values):
         values = sorted(v for v in values if v is not None)
         return values[len(values) // 2] if values else float("nan")
 
     for name, runs in results.items():
-        print(f"| {name} | {100 * median(r['padding'] for r in runs):.1f}% | {median(r['trained_tokens'] for r in runs)} | "
-              f"{median(r['trained_tokens_per_s'] for r in runs):.0f} | {median(r['steady_tokens_per_s'] for r in runs):.0f} | "
-              f"{median(r['final_train_loss'] for r in runs):.3f} |")
+        print(
+            f"| {name} | {100 * median(r['padding'] for r in runs):.1f}% | {median(r['trained_tokens'] for r in runs)} | "
+            f"{median(r['trained_tokens_per_s'] for r in runs):.0f} | {median(r['steady_tokens_per_s'] for r in runs):.0f} | "
+            f"{median(r['final_train_loss'] for r in runs):.3f} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "plan": plan, "runs": results}, indent=2))
 

@@ -68,18 +68,47 @@ BASELINES = ("hf-default", "hf-tuned", "trl")
 # weights (the GPU machine): same shapes and vocabulary, random weights. Speed and memory do not depend
 # on the weights' values; the validation loss then only says that training ran.
 SMOLLM2_135M = dict(
-    hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-    head_dim=64, vocab_size=49152, max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=100000.0,
-    tie_word_embeddings=True, hidden_act="silu", bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    head_dim=64,
+    vocab_size=49152,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+    rope_theta=100000.0,
+    tie_word_embeddings=True,
+    hidden_act="silu",
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=2,
 )
 SHAPES = {"smollm2-135m": SMOLLM2_135M}
 
 # --set keys whose change in tunesmith alone makes the comparison no longer like for like.
 SHARED_KEYS = {
-    "seed", "data.max_length", "data.train_on", "train.max_steps", "train.batch_size", "train.grad_accum",
-    "train.learning_rate", "train.scheduler", "train.warmup_ratio", "train.weight_decay", "train.max_grad_norm",
-    "train.epochs", "method.name", "method.r", "method.alpha", "method.dropout", "method.target_modules",
-    "method.quant_type", "method.double_quant", "method.compute_dtype", "model.name",
+    "seed",
+    "data.max_length",
+    "data.train_on",
+    "train.max_steps",
+    "train.batch_size",
+    "train.grad_accum",
+    "train.learning_rate",
+    "train.scheduler",
+    "train.warmup_ratio",
+    "train.weight_decay",
+    "train.max_grad_norm",
+    "train.epochs",
+    "method.name",
+    "method.r",
+    "method.alpha",
+    "method.dropout",
+    "method.target_modules",
+    "method.quant_type",
+    "method.double_quant",
+    "method.compute_dtype",
+    "model.name",
 }
 
 
@@ -132,8 +161,13 @@ def tunesmith_worker(spec: common.Spec) -> dict:
     finally:
         loop.fit, loop.validation_loss = original_fit, original_validation
     peak = seen.pop("peak")
-    return dict(peak, **seen, device=common.device_name(), precision=summary.get("precision"),
-                trained_tokens_reported=summary.get("trained_tokens"))
+    return dict(
+        peak,
+        **seen,
+        device=common.device_name(),
+        precision=summary.get("precision"),
+        trained_tokens_reported=summary.get("trained_tokens"),
+    )
 
 
 def worker(spec_path: str) -> int:
@@ -190,8 +224,22 @@ def resolve_model_dir(args) -> str:
             tokenizer_dir = args.tokenizer or _starter_dir("smollm2-135m-instruct")
             directory.parent.mkdir(parents=True, exist_ok=True)
             print(f"building {args.model_shape} (random weights) in {directory}", flush=True)
-            subprocess.run([sys.executable, "-m", "bench.sft", "--make-model", str(directory), "--model-shape",
-                            args.model_shape, "--tokenizer", tokenizer_dir], cwd=ROOT, check=True, env=_env(args))
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.sft",
+                    "--make-model",
+                    str(directory),
+                    "--model-shape",
+                    args.model_shape,
+                    "--tokenizer",
+                    tokenizer_dir,
+                ],
+                cwd=ROOT,
+                check=True,
+                env=_env(args),
+            )
         return str(directory)
     from tunesmith.errors import TunesmithError
     from tunesmith.models.resolve import resolve_model
@@ -199,11 +247,15 @@ def resolve_model_dir(args) -> str:
     try:
         resolved = resolve_model(args.model)
     except TunesmithError as exc:
-        raise _fail(exc.message, "pass --model DIR (a Hugging Face model directory) or --model-shape smollm2-135m",
-                    "--model") from None
+        raise _fail(
+            exc.message, "pass --model DIR (a Hugging Face model directory) or --model-shape smollm2-135m", "--model"
+        ) from None
     if resolved.gguf_file:
-        raise _fail(f"{args.model} is a GGUF file, which the baselines cannot load as it is",
-                    "use the packaged starter name (converted once to safetensors) or a Hugging Face directory", "--model")
+        raise _fail(
+            f"{args.model} is a GGUF file, which the baselines cannot load as it is",
+            "use the packaged starter name (converted once to safetensors) or a Hugging Face directory",
+            "--model",
+        )
     return resolved.path
 
 
@@ -220,12 +272,16 @@ def load_records() -> tuple[list[dict], str]:
         make_chat.write(DATA)
         print(f"generated {DATA}", flush=True)
     raw = DATA.read_bytes()
-    return [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()], hashlib.sha256(raw).hexdigest()[:12]
+    return [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()], hashlib.sha256(
+        raw
+    ).hexdigest()[:12]
 
 
 def _write_messages(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"messages": r["messages"]}, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps({"messages": r["messages"]}, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+    )
 
 
 def check_and_count(model_dir: str, train: list[dict], val: list[dict], overrides: list[str]) -> dict:
@@ -247,17 +303,22 @@ def check_and_count(model_dir: str, train: list[dict], val: list[dict], override
         for row, mine in zip(rows, ours):
             shared = common.encode(tokenizer, row["messages"], config.data.max_length)
             if shared["input_ids"] != mine.input_ids or shared["labels"] != mine.labels:
-                raise _fail(f"a {name} record encodes differently in tunesmith and in the baselines: {mine.where}",
-                            "the model's chat template differs from bench.baselines.common.GENERATION_TEMPLATE; "
-                            "add a {% generation %}-marked copy of this model's template there", "--model")
+                raise _fail(
+                    f"a {name} record encodes differently in tunesmith and in the baselines: {mine.where}",
+                    "the model's chat template differs from bench.baselines.common.GENERATION_TEMPLATE; "
+                    "add a {% generation %}-marked copy of this model's template there",
+                    "--model",
+                )
         full = sorted(e.full_length for e in ours)
         stats[name] = {
             "examples": len(ours),
             "tokens": sum(len(e.input_ids) for e in ours),
             "trained_tokens": sum(common.trained_tokens({"labels": e.labels}) for e in ours),
             "truncated": sum(e.truncated for e in ours),
-            "length_percentiles": {f"p{q}": full[min(len(full) - 1, int(q / 100 * len(full)))] for q in (10, 50, 90, 99)}
-                                  | {"max": full[-1]},
+            "length_percentiles": {
+                f"p{q}": full[min(len(full) - 1, int(q / 100 * len(full)))] for q in (10, 50, 90, 99)
+            }
+            | {"max": full[-1]},
         }
     return stats
 
@@ -265,8 +326,9 @@ def check_and_count(model_dir: str, train: list[dict], val: list[dict], override
 def _split_variant(text: str) -> tuple[str, list[str]]:
     name, sep, body = text.partition(":")
     if not sep or not name or not body or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise _fail(f"{text!r} is not NAME:key=value[,key=value...]", "e.g. --variant packing:data.packing=true",
-                    "--variant")
+        raise _fail(
+            f"{text!r} is not NAME:key=value[,key=value...]", "e.g. --variant packing:data.packing=true", "--variant"
+        )
     # Split on commas that start a new key=, so a value may itself hold commas ([a, b]).
     return name, [part.strip() for part in re.split(r",(?=\s*[A-Za-z_][\w.]*=)", body)]
 
@@ -275,8 +337,11 @@ def _warn_unfair(sets: list[str], where: str) -> None:
     for text in sets:
         key = text.split("=", 1)[0].strip()
         if key in SHARED_KEYS:
-            print(f"warning: {where} sets {key}, which the baselines keep at the shared value: "
-                  "that runner is no longer compared like for like", flush=True)
+            print(
+                f"warning: {where} sets {key}, which the baselines keep at the shared value: "
+                "that runner is no longer compared like for like",
+                flush=True,
+            )
 
 
 def _env(args) -> dict:
@@ -292,31 +357,52 @@ def run_worker(spec: dict, spec_path: Path, args) -> dict:
     spec_path.write_text(json.dumps(spec, indent=1))
     started = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "bench.sft", "--worker", str(spec_path)], cwd=ROOT, env=_env(args),
-                              capture_output=True, text=True, timeout=args.timeout)
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.sft", "--worker", str(spec_path)],
+            cwd=ROOT,
+            env=_env(args),
+            capture_output=True,
+            text=True,
+            timeout=args.timeout,
+        )
     except subprocess.TimeoutExpired:
         return {"status": "failed", "error": f"timed out after {args.timeout:.0f} s"}
     wall = time.perf_counter() - started
     Path(spec["scratch"], "output.log").write_text(proc.stdout + proc.stderr)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("BENCH_RESULT "):
-            return dict(json.loads(line[len("BENCH_RESULT "):]), status="ok", wall_seconds=wall)
+            return dict(json.loads(line[len("BENCH_RESULT ") :]), status="ok", wall_seconds=wall)
         if line.startswith("BENCH_SKIP "):
-            return {"status": "skipped", "error": line[len("BENCH_SKIP "):]}
-    why = (" (SIGKILL: most often the kernel's out-of-memory killer; this runner's peak and whatever else runs "
-           "did not fit in RAM)" if proc.returncode == -9 else "")
-    return {"status": "failed", "error": f"exit {proc.returncode}{why}; log: {spec['scratch']}/output.log",
-            "log_tail": (proc.stdout + proc.stderr)[-3000:]}
+            return {"status": "skipped", "error": line[len("BENCH_SKIP ") :]}
+    why = (
+        " (SIGKILL: most often the kernel's out-of-memory killer; this runner's peak and whatever else runs "
+        "did not fit in RAM)"
+        if proc.returncode == -9
+        else ""
+    )
+    return {
+        "status": "failed",
+        "error": f"exit {proc.returncode}{why}; log: {spec['scratch']}/output.log",
+        "log_tail": (proc.stdout + proc.stderr)[-3000:],
+    }
 
 
 def machine() -> dict:
     import torch
 
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
     try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                           if line.startswith("model name"))
+        info["cpu"] = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         info["cpu"] = platform.processor()
     if torch.cuda.is_available():
@@ -357,14 +443,32 @@ def summarise(results: list[dict]) -> dict[str, dict]:
     for r in results:
         if r["status"] == "ok":
             groups.setdefault(f"{r['runner']}/{r['method']}", []).append(r)
-    keys = ("trained_tokens", "trained_tokens_per_s", "tokens_per_s", "train_seconds", "train_cpu_seconds", "wall_seconds",
-            "peak_rss_bytes",
-            "cuda_max_allocated_bytes", "peak_bytes", "val_loss", "base_weight_bytes", "steps")
-    return {name: {"runs": len(rows), "runner": rows[0]["runner"], "method": rows[0]["method"],
-                   "device": rows[0].get("device"), "precision": rows[0].get("precision"),
-                   "same_examples": all(r.get("same_examples", True) for r in rows),
-                   **{k: _median(rows, k) for k in keys}}
-            for name, rows in groups.items()}
+    keys = (
+        "trained_tokens",
+        "trained_tokens_per_s",
+        "tokens_per_s",
+        "train_seconds",
+        "train_cpu_seconds",
+        "wall_seconds",
+        "peak_rss_bytes",
+        "cuda_max_allocated_bytes",
+        "peak_bytes",
+        "val_loss",
+        "base_weight_bytes",
+        "steps",
+    )
+    return {
+        name: {
+            "runs": len(rows),
+            "runner": rows[0]["runner"],
+            "method": rows[0]["method"],
+            "device": rows[0].get("device"),
+            "precision": rows[0].get("precision"),
+            "same_examples": all(r.get("same_examples", True) for r in rows),
+            **{k: _median(rows, k) for k in keys},
+        }
+        for name, rows in groups.items()
+    }
 
 
 def _gib(value) -> str:
@@ -376,34 +480,51 @@ def _num(value, fmt: str) -> str:
 
 
 def report(medians: dict[str, dict], meta: dict) -> str:
-    lines = [f"# SFT speed: {meta['model']} on {meta['device']}", "",
-             f"`{meta['command']}`", "",
-             f"{meta['date']}; {meta['machine'].get('gpu') or meta['machine'].get('cpu')}; "
-             f"{meta['steps']} steps x {meta['effective_batch']} examples, max_length {meta['max_length']}; "
-             f"{meta['data']['train']['trained_tokens']} trained / {meta['data']['train']['tokens']} tokens per run; "
-             f"medians of {meta['repeats']} repeat(s)", "",
-             "| runner | method | precision | runs | trained tokens | trained tok/s | all tok/s | train s | train CPU s "
-             "| wall s | peak RSS GiB | CUDA max GiB | base weights GiB | val loss |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# SFT speed: {meta['model']} on {meta['device']}",
+        "",
+        f"`{meta['command']}`",
+        "",
+        f"{meta['date']}; {meta['machine'].get('gpu') or meta['machine'].get('cpu')}; "
+        f"{meta['steps']} steps x {meta['effective_batch']} examples, max_length {meta['max_length']}; "
+        f"{meta['data']['train']['trained_tokens']} trained / {meta['data']['train']['tokens']} tokens per run; "
+        f"medians of {meta['repeats']} repeat(s)",
+        "",
+        "| runner | method | precision | runs | trained tokens | trained tok/s | all tok/s | train s | train CPU s "
+        "| wall s | peak RSS GiB | CUDA max GiB | base weights GiB | val loss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for m in medians.values():
         consumed = _num(m["trained_tokens"], ".0f") + ("" if m["same_examples"] else " *")
-        lines.append(f"| {m['runner']} | {m['method']} | {m['precision']} | {m['runs']} | {consumed} "
-                     f"| {_num(m['trained_tokens_per_s'], '.1f')} "
-                     f"| {_num(m['tokens_per_s'], '.1f')} | {_num(m['train_seconds'], '.1f')} | {_num(m['train_cpu_seconds'], '.1f')} "
-                     f"| {_num(m['wall_seconds'], '.1f')} "
-                     f"| {_gib(m['peak_rss_bytes'])} | {_gib(m['cuda_max_allocated_bytes'])} | {_gib(m['base_weight_bytes'])} "
-                     f"| {_num(m['val_loss'], '.4f')} |")
+        lines.append(
+            f"| {m['runner']} | {m['method']} | {m['precision']} | {m['runs']} | {consumed} "
+            f"| {_num(m['trained_tokens_per_s'], '.1f')} "
+            f"| {_num(m['tokens_per_s'], '.1f')} | {_num(m['train_seconds'], '.1f')} | {_num(m['train_cpu_seconds'], '.1f')} "
+            f"| {_num(m['wall_seconds'], '.1f')} "
+            f"| {_gib(m['peak_rss_bytes'])} | {_gib(m['cuda_max_allocated_bytes'])} | {_gib(m['base_weight_bytes'])} "
+            f"| {_num(m['val_loss'], '.4f')} |"
+        )
     if not all(m["same_examples"] for m in medians.values()):
-        lines += ["", "\\* trained on other examples than the baselines (e.g. data.packing puts more examples in a step, "
-                  "so max_steps goes past one epoch): tok/s uses its own count; its val loss is not comparable."]
+        lines += [
+            "",
+            "\\* trained on other examples than the baselines (e.g. data.packing puts more examples in a step, "
+            "so max_steps goes past one epoch): tok/s uses its own count; its val loss is not comparable.",
+        ]
     ratios = ratio_rows(medians)
     if ratios:
-        lines += ["", "Ratios, tunesmith runner / baseline (speed: higher is better; time, memory: lower is better; "
-                  "peak memory is CUDA max allocated on GPU, RSS on CPU):", "",
-                  "| runner | method | vs | trained tok/s | wall time | peak memory | val loss |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Ratios, tunesmith runner / baseline (speed: higher is better; time, memory: lower is better; "
+            "peak memory is CUDA max allocated on GPU, RSS on CPU):",
+            "",
+            "| runner | method | vs | trained tok/s | wall time | peak memory | val loss |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in ratios:
-            lines.append(f"| {r['runner']} | {r['method']} | {r['baseline']} | {_num(r['speed'], '.2f')}x | {_num(r['wall'], '.2f')}x "
-                         f"| {_num(r['memory'], '.2f')}x | {_num(r['loss_change'], '+.1%')} |")
+            lines.append(
+                f"| {r['runner']} | {r['method']} | {r['baseline']} | {_num(r['speed'], '.2f')}x | {_num(r['wall'], '.2f')}x "
+                f"| {_num(r['memory'], '.2f')}x | {_num(r['loss_change'], '+.1%')} |"
+            )
     lines += [""] + targets(medians)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -421,16 +542,23 @@ def ratio_rows(medians: dict[str, dict]) -> list[dict]:
                 return None if a is None or not b else a / b
 
             loss = ratio(ours["val_loss"], base["val_loss"])
-            rows.append({"runner": ours["runner"], "method": ours["method"], "baseline": base["runner"],
-                         "speed": ratio(ours["trained_tokens_per_s"], base["trained_tokens_per_s"]),
-                         "wall": ratio(ours["wall_seconds"], base["wall_seconds"]),
-                         "memory": ratio(ours["peak_bytes"], base["peak_bytes"]),
-                         "loss_change": None if loss is None else loss - 1})
+            rows.append(
+                {
+                    "runner": ours["runner"],
+                    "method": ours["method"],
+                    "baseline": base["runner"],
+                    "speed": ratio(ours["trained_tokens_per_s"], base["trained_tokens_per_s"]),
+                    "wall": ratio(ours["wall_seconds"], base["wall_seconds"]),
+                    "memory": ratio(ours["peak_bytes"], base["peak_bytes"]),
+                    "loss_change": None if loss is None else loss - 1,
+                }
+            )
     return rows
 
 
 def targets(medians: dict[str, dict]) -> list[str]:
     """The issue's targets, each with its measured value: met or missed, and by how much."""
+
     def get(runner, method):
         return medians.get(f"{runner}/{method}")
 
@@ -453,45 +581,88 @@ def targets(medians: dict[str, dict]) -> list[str]:
     q = get("tunesmith", "qlora")
     if ours and q:
         weights = q["base_weight_bytes"] / ours["base_weight_bytes"]
-        line("QLoRA base weights vs tunesmith LoRA", f"{weights:.2f}x ({_gib(q['base_weight_bytes'])} vs "
-             f"{_gib(ours['base_weight_bytes'])} GiB)", "<= 0.35x", weights <= 0.35)
+        line(
+            "QLoRA base weights vs tunesmith LoRA",
+            f"{weights:.2f}x ({_gib(q['base_weight_bytes'])} vs {_gib(ours['base_weight_bytes'])} GiB)",
+            "<= 0.35x",
+            weights <= 0.35,
+        )
         peak = q["peak_bytes"] / ours["peak_bytes"]
-        line("QLoRA peak memory vs tunesmith LoRA", f"{peak:.2f}x ({_gib(q['peak_bytes'])} vs {_gib(ours['peak_bytes'])} GiB)",
-             "< 1.0x", peak < 1.0)
+        line(
+            "QLoRA peak memory vs tunesmith LoRA",
+            f"{peak:.2f}x ({_gib(q['peak_bytes'])} vs {_gib(ours['peak_bytes'])} GiB)",
+            "< 1.0x",
+            peak < 1.0,
+        )
     return (["Targets (issue 6):", ""] + out) if out else []
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.sft", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m-instruct",
-                        help="packaged starter name or a Hugging Face model directory (every runner loads the same one)")
-    parser.add_argument("--model-shape", choices=sorted(SHAPES),
-                        help="instead of --model: a randomly initialised model of this published shape (GPU machines)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.sft",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="packaged starter name or a Hugging Face model directory (every runner loads the same one)",
+    )
+    parser.add_argument(
+        "--model-shape",
+        choices=sorted(SHAPES),
+        help="instead of --model: a randomly initialised model of this published shape (GPU machines)",
+    )
     parser.add_argument("--tokenizer", help="with --model-shape: tokenizer directory (default: the packaged SmolLM2's)")
     parser.add_argument("--method", default="lora", help="lora, qlora, or lora,qlora")
     parser.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated among {', '.join(RUNNERS)}")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME:key=value,...",
-                        help="an extra tunesmith runner 'tunesmith+NAME' with these --set overrides (repeatable)")
-    parser.add_argument("--tunesmith-set", action="append", default=[], metavar="key=value",
-                        help="a tunesmith --set override for every tunesmith runner (repeatable)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:key=value,...",
+        help="an extra tunesmith runner 'tunesmith+NAME' with these --set overrides (repeatable)",
+    )
+    parser.add_argument(
+        "--tunesmith-set",
+        action="append",
+        default=[],
+        metavar="key=value",
+        help="a tunesmith --set override for every tunesmith runner (repeatable)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs of each runner, alternating")
-    parser.add_argument("--steps", type=int, default=5,
-                        help="optimizer steps per run (= one epoch of the training records); 4 runners x 3 repeats x 5 steps take "
-                             "about an hour on a quiet 2-core CPU; the loss comparison wants 30+ (bench/README.md)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=5,
+        help="optimizer steps per run (= one epoch of the training records); 4 runners x 3 repeats x 5 steps take "
+        "about an hour on a quiet 2-core CPU; the loss comparison wants 30+ (bench/README.md)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="examples per micro-batch")
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     parser.add_argument("--max-length", type=int, default=512, help="sequence cap (truncation length) in tokens")
-    parser.add_argument("--val-count", type=int, default=32,
-                        help="validation records (the first of bench/data/chat.jsonl); each run scores them in fp32")
+    parser.add_argument(
+        "--val-count",
+        type=int,
+        default=32,
+        help="validation records (the first of bench/data/chat.jsonl); each run scores them in fp32",
+    )
     parser.add_argument("--seed", type=int, default=None, help="default: tunesmith's default seed")
-    parser.add_argument("--vary-seed", action="store_true",
-                        help="repeat r uses seed + r (every runner of it the same): the losses' spread then shows seed noise")
+    parser.add_argument(
+        "--vary-seed",
+        action="store_true",
+        help="repeat r uses seed + r (every runner of it the same): the losses' spread then shows seed noise",
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda when available")
-    parser.add_argument("--out", type=Path, help="folder for the per-run JSON, table.md and summary.json "
-                                                 "(default: $TMPDIR/tunesmith-bench/sft/<time>)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="folder for the per-run JSON, table.md and summary.json (default: $TMPDIR/tunesmith-bench/sft/<time>)",
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per run")
-    parser.add_argument("--keep", action="store_true", help="keep each run's scratch folder (run directory, adapter, log)")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep each run's scratch folder (run directory, adapter, log)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--make-model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -538,10 +709,13 @@ def drive(args, argv: list[str]) -> int:
     records, digest = load_records()
     val, pool = records[: args.val_count], records[args.val_count :]
     if args.steps * effective > len(pool):
-        raise _fail(f"{args.steps} steps x {effective} examples need {args.steps * effective} training records; "
-                    f"bench/data/chat.jsonl has {len(pool)} after {args.val_count} for validation",
-                    f"lower --steps to {len(pool) // effective} or less, or generate more records "
-                    "(python bench/data/make_chat.py --count N)", "--steps")
+        raise _fail(
+            f"{args.steps} steps x {effective} examples need {args.steps * effective} training records; "
+            f"bench/data/chat.jsonl has {len(pool)} after {args.val_count} for validation",
+            f"lower --steps to {len(pool) // effective} or less, or generate more records "
+            "(python bench/data/make_chat.py --count N)",
+            "--steps",
+        )
     train = pool[: args.steps * effective]
     model_dir = resolve_model_dir(args)
     out = args.out or WORK / "sft" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -551,44 +725,85 @@ def drive(args, argv: list[str]) -> int:
 
     # 3. The shared hyperparameters: tunesmith's defaults and the options above, the same for every runner.
     tcfg, mcfg = defaults.train, defaults.method
+    from tunesmith.methods import get_method
+
+    qcfg = get_method("qlora").Config()  # the 4-bit settings the baselines' QLoRA runs copy
     warmup_steps = int(round(tcfg.warmup_ratio * args.steps))  # tunesmith's rule (train/schedule.py)
     shared = dict(
-        model_dir=model_dir, train_file=str(out / "data" / "train.jsonl"), val_file=str(out / "data" / "validation.jsonl"),
-        max_length=args.max_length, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
-        learning_rate=tcfg.learning_rate, scheduler=tcfg.scheduler, warmup_ratio=tcfg.warmup_ratio,
-        warmup_steps=warmup_steps, weight_decay=tcfg.weight_decay, max_grad_norm=tcfg.max_grad_norm, seed=seed,
+        model_dir=model_dir,
+        train_file=str(out / "data" / "train.jsonl"),
+        val_file=str(out / "data" / "validation.jsonl"),
+        max_length=args.max_length,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        learning_rate=tcfg.learning_rate,
+        scheduler=tcfg.scheduler,
+        warmup_ratio=tcfg.warmup_ratio,
+        warmup_steps=warmup_steps,
+        weight_decay=tcfg.weight_decay,
+        max_grad_norm=tcfg.max_grad_norm,
+        seed=seed,
         lora=dict(r=mcfg.r, alpha=mcfg.alpha, dropout=mcfg.dropout, target_modules=mcfg.target_modules),
-        qlora=dict(quant_type=mcfg.quant_type, double_quant=mcfg.double_quant, compute_dtype=mcfg.compute_dtype),
+        qlora=dict(quant_type=qcfg.quant_type, double_quant=qcfg.double_quant, compute_dtype=qcfg.compute_dtype),
         val_batch_size=8,
     )
 
     def tunesmith_overrides(method: str, scratch: Path, extra: list[str], run_seed: int) -> list[str]:
         return [
-            "task=chat", f"model.name={model_dir}", f"method.name={method}", f"seed={run_seed}",
-            f"data.train={shared['train_file']}", f"data.validation={shared['val_file']}", "data.split=[1.0, 0.0, 0.0]",
-            f"data.max_length={args.max_length}", "data.train_on=assistant",
-            f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}", f"train.grad_accum={args.grad_accum}",
-            "train.eval_every=0", f"train.log_every={max(1, args.steps // 4)}", "train.load_best_at_end=false",
-            "eval.compare_base=false", f"output.dir={scratch / 'runs'}", "name=bench-sft",
-            *args.tunesmith_set, *extra,
+            "task=chat",
+            f"model.name={model_dir}",
+            f"method.name={method}",
+            f"seed={run_seed}",
+            f"data.train={shared['train_file']}",
+            f"data.validation={shared['val_file']}",
+            "data.split=[1.0, 0.0, 0.0]",
+            f"data.max_length={args.max_length}",
+            "data.train_on=assistant",
+            f"train.max_steps={args.steps}",
+            f"train.batch_size={args.batch_size}",
+            f"train.grad_accum={args.grad_accum}",
+            "train.eval_every=0",
+            f"train.log_every={max(1, args.steps // 4)}",
+            "train.load_best_at_end=false",
+            "eval.compare_base=false",
+            f"output.dir={scratch / 'runs'}",
+            "name=bench-sft",
+            *args.tunesmith_set,
+            *extra,
         ]
 
     print(f"model: {model_dir}; device: {device}; data: {DATA.name} ({digest})", flush=True)
     counts = check_and_count(model_dir, train, val, tunesmith_overrides(methods[0], out, [], seed))
     for name, s in counts.items():
         p = s["length_percentiles"]
-        print(f"{name}: {s['examples']} conversations, {s['tokens']} tokens ({s['trained_tokens']} trained) after the "
-              f"{args.max_length}-token cap, {s['truncated']} cut; length p10 {p['p10']}, p50 {p['p50']}, p90 {p['p90']}, "
-              f"p99 {p['p99']}, max {p['max']}", flush=True)
+        print(
+            f"{name}: {s['examples']} conversations, {s['tokens']} tokens ({s['trained_tokens']} trained) after the "
+            f"{args.max_length}-token cap, {s['truncated']} cut; length p10 {p['p10']}, p50 {p['p50']}, p90 {p['p90']}, "
+            f"p99 {p['p99']}, max {p['max']}",
+            flush=True,
+        )
 
     # 4. The schedule: every (runner, method) once per repeat, in the same order each time.
     slots = [(r, m, []) for m in methods for r in runners]
     slots += [(f"tunesmith+{name}", m, sets) for m in methods for name, sets in variants.items()]
-    meta = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), command="python -m bench.sft " + " ".join(argv),
-                machine=machine(), model=model_dir, device=device, data={"file": str(DATA), "sha256": digest, **counts},
-                steps=args.steps, effective_batch=effective, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                max_length=args.max_length, repeats=args.repeats, shared=shared, variants=variants,
-                tunesmith_set=args.tunesmith_set)
+    meta = dict(
+        date=datetime.datetime.now().isoformat(timespec="seconds"),
+        command="python -m bench.sft " + " ".join(argv),
+        machine=machine(),
+        model=model_dir,
+        device=device,
+        data={"file": str(DATA), "sha256": digest, **counts},
+        steps=args.steps,
+        effective_batch=effective,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        max_length=args.max_length,
+        repeats=args.repeats,
+        shared=shared,
+        variants=variants,
+        tunesmith_set=args.tunesmith_set,
+    )
     results: list[dict] = []
     skipped: set[str] = set()
     started = time.perf_counter()
@@ -600,17 +815,29 @@ def drive(args, argv: list[str]) -> int:
             scratch = out / "scratch" / label
             scratch.mkdir(parents=True, exist_ok=True)
             run_seed = seed + repeat if args.vary_seed else seed
-            spec = dict(shared, runner=runner.split("+")[0], method=method, scratch=str(scratch), seed=run_seed,
-                        tunesmith_overrides=tunesmith_overrides(method, scratch, extra, run_seed))
+            spec = dict(
+                shared,
+                runner=runner.split("+")[0],
+                method=method,
+                scratch=str(scratch),
+                seed=run_seed,
+                tunesmith_overrides=tunesmith_overrides(method, scratch, extra, run_seed),
+            )
             result = run_worker(spec, scratch / "spec.json", args)
             result.update(runner=runner, method=method, repeat=repeat, seed=run_seed, overrides=extra)
             if result["status"] == "ok":
                 add_rates(result, counts["train"])
-                print(f"[{time.perf_counter() - started:6.0f} s] {label}: {result['trained_tokens_per_s']:.1f} trained tok/s, "
-                      f"train {result['train_seconds']:.1f} s, wall {result['wall_seconds']:.1f} s, "
-                      f"peak {_gib(result['peak_bytes'])} GiB, val loss {result['val_loss']:.4f}", flush=True)
+                print(
+                    f"[{time.perf_counter() - started:6.0f} s] {label}: {result['trained_tokens_per_s']:.1f} trained tok/s, "
+                    f"train {result['train_seconds']:.1f} s, wall {result['wall_seconds']:.1f} s, "
+                    f"peak {_gib(result['peak_bytes'])} GiB, val loss {result['val_loss']:.4f}",
+                    flush=True,
+                )
             else:
-                print(f"[{time.perf_counter() - started:6.0f} s] {label}: {result['status']}: {result['error']}", flush=True)
+                print(
+                    f"[{time.perf_counter() - started:6.0f} s] {label}: {result['status']}: {result['error']}",
+                    flush=True,
+                )
                 if result["status"] == "skipped":
                     skipped.add(runner)
             (out / f"{label}.json").write_text(json.dumps(dict(result, meta={"command": meta["command"]}), indent=1))
@@ -623,8 +850,9 @@ def drive(args, argv: list[str]) -> int:
     table = report(medians, meta)
     print("\n" + table, flush=True)
     (out / "table.md").write_text(table)
-    (out / "summary.json").write_text(json.dumps({"meta": meta, "medians": medians, "ratios": ratio_rows(medians),
-                                                  "runs": results}, indent=1))
+    (out / "summary.json").write_text(
+        json.dumps({"meta": meta, "medians": medians, "ratios": ratio_rows(medians), "runs": results}, indent=1)
+    )
     print(f"wrote {out / 'table.md'}, {out / 'summary.json'} and one JSON per run in {out}", flush=True)
     return 1 if any(r["status"] == "failed" for r in results) else 0
 

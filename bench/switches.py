@@ -92,8 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     print(padding_free.enable(model, config.train.padding_free, config.task, getattr(task, "packable", False)))
     model.train()
     # Both dropouts of every adapter, so a switch can swap them in and out.
-    dropouts = [(d, name, m) for d in model.modules() if isinstance(getattr(d, "lora_dropout", None), torch.nn.ModuleDict)
-                for name, m in d.lora_dropout.items() if isinstance(m, FastDropout)]
+    dropouts = [
+        (d, name, m)
+        for d in model.modules()
+        if isinstance(getattr(d, "lora_dropout", None), torch.nn.ModuleDict)
+        for name, m in d.lora_dropout.items()
+        if isinstance(m, FastDropout)
+    ]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.train.learning_rate)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed)).tolist()
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     enabled = padding_free.is_enabled(model)
     seen = {name: {"steps": [], "tokens": [], "peak": [], "warmup": []} for name in names}
     for round_ in range(args.warmup + args.rounds):
-        picked = order[(round_ * size) % len(order):][:size]
+        picked = order[(round_ * size) % len(order) :][:size]
         batch = task.collate([train[i] for i in picked], tokenizer.pad_token_id)
         for name in names:
             switch = SWITCHES[name]
@@ -136,29 +141,49 @@ def main(argv: list[str] | None = None) -> int:
                 record["tokens"].append(int(count))
                 record["peak"].append(_hwm())
             padding_free.set_enabled(model, enabled)
-            print(f"round {round_} {name}: {seconds:.2f} s, {int(count)} trained tokens, shape {tuple(batch['input_ids'].shape)}",
-                  flush=True)
+            print(
+                f"round {round_} {name}: {seconds:.2f} s, {int(count)} trained tokens, shape {tuple(batch['input_ids'].shape)}",
+                flush=True,
+            )
     torch.set_num_threads(threads)
 
     # 3. Report.
     base = seen.get("default")
     base_rate = sum(base["tokens"]) / sum(base["steps"]) if base else None
-    lines = [f"{note}; {args.rounds} measured rounds after {args.warmup} warm-up", "",
-             "| switch | median step s | trained tok/s | vs default | peak RSS GiB (step) | warm-up steps s |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"{note}; {args.rounds} measured rounds after {args.warmup} warm-up",
+        "",
+        "| switch | median step s | trained tok/s | vs default | peak RSS GiB (step) | warm-up steps s |",
+        "|---|---|---|---|---|---|",
+    ]
     rows = {}
     for name, record in seen.items():
         rate = sum(record["tokens"]) / sum(record["steps"])
-        rows[name] = {"median_step_s": statistics.median(record["steps"]), "trained_tok_per_s": rate,
-                      "peak_rss_bytes": max(record["peak"]), "warmup_s": record["warmup"], "steps_s": record["steps"]}
+        rows[name] = {
+            "median_step_s": statistics.median(record["steps"]),
+            "trained_tok_per_s": rate,
+            "peak_rss_bytes": max(record["peak"]),
+            "warmup_s": record["warmup"],
+            "steps_s": record["steps"],
+        }
         ratio = f"{rate / base_rate:.2f}x" if base_rate else "-"
-        lines.append(f"| {name} | {rows[name]['median_step_s']:.2f} | {rate:.1f} | {ratio} | "
-                     f"{max(record['peak']) / 2**30:.2f} | {', '.join(f'{s:.1f}' for s in record['warmup'])} |")
+        lines.append(
+            f"| {name} | {rows[name]['median_step_s']:.2f} | {rate:.1f} | {ratio} | "
+            f"{max(record['peak']) / 2**30:.2f} | {', '.join(f'{s:.1f}' for s in record['warmup'])} |"
+        )
     print("\n".join(lines))
     if args.json:
-        Path(args.json).write_text(json.dumps({"date": datetime.datetime.now().isoformat(timespec="seconds"),
-                                               "command": " ".join(["python -m bench.switches", *(argv or sys.argv[1:])]),
-                                               "threads": note, "rows": rows}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                    "command": " ".join(["python -m bench.switches", *(argv or sys.argv[1:])]),
+                    "threads": note,
+                    "rows": rows,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

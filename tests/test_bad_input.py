@@ -20,8 +20,10 @@ def config_file(tmp_path, tiny_llama_dir):
         if data_line_or_lines is not None:
             data.write_text("\n".join(data_line_or_lines) + "\n")
         path = tmp_path / "run.yaml"
-        path.write_text(f"model:\n  name: {tiny_llama_dir}\ndata:\n  train: {data}\n  max_length: 256\n"
-                        f"output:\n  dir: {tmp_path / 'runs'}\n{extra}")
+        path.write_text(
+            f"model:\n  name: {tiny_llama_dir}\ndata:\n  train: {data}\n  max_length: 256\n"
+            f"output:\n  dir: {tmp_path / 'runs'}\n{extra}"
+        )
         return str(path)
 
     return write
@@ -68,7 +70,9 @@ def test_max_length_shorter_than_prompt(config_file, capsys):
 
 
 def test_method_that_does_not_fit_the_model(config_file, capsys):
-    path = config_file([good(i) for i in range(12)], "method:\n  name: freeze\n  freeze_train_top: 9\ntrain:\n  max_steps: 1\n")
+    path = config_file(
+        [good(i) for i in range(12)], "method:\n  name: freeze\n  freeze_train_top: 9\ntrain:\n  max_steps: 1\n"
+    )
     assert run_cli("train", path) == 2
     err = capsys.readouterr().err
     assert "method.freeze_train_top" in err and "2 blocks" in err

@@ -14,9 +14,9 @@ import json
 
 import pytest
 import torch
+from conftest import _save_tiny, read_jsonl
 from safetensors.torch import load_file
 
-from conftest import _save_tiny, read_jsonl
 from tunesmith import pipeline
 
 
@@ -24,15 +24,32 @@ from tunesmith import pipeline
 def family_dirs(tmp_path_factory, tokenizer):
     from transformers import BitNetConfig, DbrxConfig, MistralConfig
 
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    decoder = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, **ids)
+    ids = dict(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    decoder = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        **ids,
+    )
     configs = {
         "mistral": MistralConfig(**decoder, tie_word_embeddings=True),
         "bitnet": BitNetConfig(**decoder),
-        "dbrx": DbrxConfig(vocab_size=len(tokenizer), d_model=64, n_heads=4, n_layers=2, max_seq_len=512,
-                           attn_config={"kv_n_heads": 2, "clip_qkv": 8, "rope_theta": 10000.0},
-                           ffn_config={"ffn_hidden_size": 128, "moe_num_experts": 4, "moe_top_k": 2}, **ids),
+        "dbrx": DbrxConfig(
+            vocab_size=len(tokenizer),
+            d_model=64,
+            n_heads=4,
+            n_layers=2,
+            max_seq_len=512,
+            attn_config={"kv_n_heads": 2, "clip_qkv": 8, "rope_theta": 10000.0},
+            ffn_config={"ffn_hidden_size": 128, "moe_num_experts": 4, "moe_top_k": 2},
+            **ids,
+        ),
     }
     return {name: _save_tiny(tmp_path_factory.mktemp(name), config, tokenizer) for name, config in configs.items()}
 
@@ -47,8 +64,9 @@ def test_lora_chat_trains_evaluates_predicts_and_reloads(family, family_dirs, ma
     from transformers import AutoModelForCausalLM
 
     model_dir = family_dirs[family]
-    run = pipeline.train(make_config("method.name=lora", "method.r=4", "train.load_best_at_end=false",
-                                     model=model_dir)).run_dir
+    run = pipeline.train(
+        make_config("method.name=lora", "method.r=4", "train.load_best_at_end=false", model=model_dir)
+    ).run_dir
     curve = _losses(run)
     assert curve[-1] < curve[0], curve
     assert {"rougeL", "exact_match"} <= set(json.loads((run / "summary.json").read_text())["tuned"])

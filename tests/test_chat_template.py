@@ -19,8 +19,11 @@ def trained_text(encoded, tokenizer) -> list[str]:
 
 
 def test_only_assistant_turns_carry_loss_and_end_with_eos(tokenizer):
-    encoded = encode_chat(chat(("s", "Be brief."), ("u", "Hi"), ("a", "Hello!"), ("u", "Bye"), ("a", "Goodbye.")),
-                          tokenizer, max_length=256)
+    encoded = encode_chat(
+        chat(("s", "Be brief."), ("u", "Hi"), ("a", "Hello!"), ("u", "Bye"), ("a", "Goodbye.")),
+        tokenizer,
+        max_length=256,
+    )
     assert trained_text(encoded, tokenizer) == ["Hello!<|im_end|>", "Goodbye.<|im_end|>"]
     assert encoded.labels[encoded.assistant_spans[0][1] - 1] == tokenizer.eos_token_id
     # Everything outside the spans is ignored.
@@ -48,8 +51,10 @@ def test_fallback_template_when_tokenizer_has_none(tokenizer):
 
 
 def test_template_without_end_of_turn_token_is_refused(tokenizer):
-    template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}" \
-               "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    template = (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    )
     with pytest.raises(TunesmithError, match="would not learn to stop") as info:
         encode_chat(chat(("u", "Hi"), ("a", "Hello!")), tokenizer, max_length=256, template=template)
     assert "t.jsonl:1" in str(info.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from conftest import EXAMPLES, read_jsonl
+
 from tunesmith import pipeline
 from tunesmith.config import DataConfig, load_config
 
@@ -28,11 +29,23 @@ def test_documents_are_packed_into_full_blocks(tokenizer):
 def test_tiny_model_adapts_and_perplexity_falls(tmp_path, tiny_llama_dir):
     data = tmp_path / "licences.jsonl"
     data.write_text("\n".join(LICENCES.read_text().splitlines()[:120]) + "\n")
-    config = load_config(None, [
-        "task=continued-pretraining", f"model.name={tiny_llama_dir}", f"data.train={data}", "data.max_length=64",
-        f"output.dir={tmp_path / 'runs'}", "method.name=full", "train.batch_size=8", "train.max_steps=12",
-        "train.learning_rate=3e-3", "train.eval_every=6", "train.log_every=1", "train.precision=fp32",
-    ])
+    config = load_config(
+        None,
+        [
+            "task=continued-pretraining",
+            f"model.name={tiny_llama_dir}",
+            f"data.train={data}",
+            "data.max_length=64",
+            f"output.dir={tmp_path / 'runs'}",
+            "method.name=full",
+            "train.batch_size=8",
+            "train.max_steps=12",
+            "train.learning_rate=3e-3",
+            "train.eval_every=6",
+            "train.log_every=1",
+            "train.precision=fp32",
+        ],
+    )
     result = pipeline.train(config)
     base, tuned = result.summary["base"], result.summary["tuned"]
     assert tuned["perplexity"] < 0.5 * base["perplexity"], (base, tuned)

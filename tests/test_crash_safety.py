@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SUPPORT_DATA, read_jsonl
 from safetensors.torch import load_file
 
-from conftest import SUPPORT_DATA, read_jsonl
 from tunesmith import pipeline
 from tunesmith.config import dump_config, load_config
 from tunesmith.errors import TunesmithError
@@ -34,10 +34,23 @@ from tunesmith.runs.index import RunIndex
 from tunesmith.train.checkpoint import checkpoint_problem, resume_checkpoint, step_checkpoints
 
 # Steps 1-6; validation at 3 and 6; checkpoints at 2, 4, 6; dropout on, so restored RNG states matter.
-SETTINGS = ["method.name=lora", "method.r=4", "method.dropout=0.1", "data.max_length=256", "train.batch_size=4",
-            "train.max_steps=6", "train.eval_every=3", "train.save_every=2", "train.log_every=1",
-            "train.learning_rate=1e-2", "train.precision=fp32", "eval.compare_base=false", "eval.max_new_tokens=4",
-            "eval.max_samples=2", "eval.report_samples=1"]
+SETTINGS = [
+    "method.name=lora",
+    "method.r=4",
+    "method.dropout=0.1",
+    "data.max_length=256",
+    "train.batch_size=4",
+    "train.max_steps=6",
+    "train.eval_every=3",
+    "train.save_every=2",
+    "train.log_every=1",
+    "train.learning_rate=1e-2",
+    "train.precision=fp32",
+    "eval.compare_base=false",
+    "eval.max_new_tokens=4",
+    "eval.max_samples=2",
+    "eval.report_samples=1",
+]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -166,8 +179,13 @@ def crash_run(tmp_path_factory, tiny_llama_dir):
 
     def config_file(name: str) -> Path:
         path = tmp / f"{name}.yaml"
-        path.write_text(dump_config(load_config(None, [f"model.name={tiny_llama_dir}", f"data.train={data}",
-                                                       f"output.dir={tmp / name}", *SETTINGS])))
+        path.write_text(
+            dump_config(
+                load_config(
+                    None, [f"model.name={tiny_llama_dir}", f"data.train={data}", f"output.dir={tmp / name}", *SETTINGS]
+                )
+            )
+        )
         return path
 
     reference = train_child(tmp, [str(config_file("reference"))], tag="reference")
@@ -187,7 +205,9 @@ def run_until_done(config: Path, root: Path, tmp: Path, kills: list[str | float 
 
 def one_kill(config: Path, root: Path, tmp: Path, kill: str | float | None, log: list[dict]) -> dict:
     runs = run_dirs(root)
-    child = train_child(tmp, ["--resume", str(runs[0])] if runs else [str(config)], kill if isinstance(kill, str) else None)
+    child = train_child(
+        tmp, ["--resume", str(runs[0])] if runs else [str(config)], kill if isinstance(kill, str) else None
+    )
     if isinstance(kill, float):
         child.kill_after(kill)
     code = child.wait()
@@ -214,8 +234,9 @@ def _outcome(kill, code: int, output: str, run: Path | None) -> dict:
         "exit": code,
         "resumed_from_step": int(resumed.group(1)) if resumed else None,
         "cleaned": len(re.findall(r"removed .*: an unfinished write", output)),
-        "complete_checkpoints": [p.name for p in step_checkpoints(run / "checkpoints")
-                                 if checkpoint_problem(p) is None] if run else [],
+        "complete_checkpoints": [p.name for p in step_checkpoints(run / "checkpoints") if checkpoint_problem(p) is None]
+        if run
+        else [],
         "partial_left": partials(run) if run else [],
         "run_folder": run is not None,
         "finished": bool(run and (run / "summary.json").exists()),
@@ -227,10 +248,10 @@ def _outcome(kill, code: int, output: str, run: Path | None) -> dict:
 
 
 KILL_POINTS = [
-    "step-3",                # inside step 3: backward done, optimizer step not taken
-    "eval-3",                # inside the validation pass at step 3: its record logged, nothing else saved
-    "checkpoint-4-file-2",   # inside checkpoint step-4: two of its three files written, no manifest
-    "adapter-before-rename", # inside the final save: adapter/ staged with all its files, not yet renamed
+    "step-3",  # inside step 3: backward done, optimizer step not taken
+    "eval-3",  # inside the validation pass at step 3: its record logged, nothing else saved
+    "checkpoint-4-file-2",  # inside checkpoint step-4: two of its three files written, no manifest
+    "adapter-before-rename",  # inside the final save: adapter/ staged with all its files, not yet renamed
 ]
 
 
@@ -262,7 +283,7 @@ def test_damaged_checkpoint_is_reported_and_skipped(crash_run, tmp_path):
     newest, older = run / "checkpoints" / "step-6", run / "checkpoints" / "step-4"
     assert verify_manifest(newest) is None and verify_manifest(older) is None
 
-    states = newest / "states.pt"
+    states = newest / "optimizer.bin"
     data = bytearray(states.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte: same size, wrong hash
     states.write_bytes(bytes(data))
@@ -332,7 +353,9 @@ def test_disk_full_while_saving_a_checkpoint(make_config, tmp_path, limit):
     if limit == "tmpfs":
         mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(root)], capture_output=True)
         if mounted.returncode != 0:
-            pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip()}); the ulimit case covers it")
+            pytest.skip(
+                f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip()}); the ulimit case covers it"
+            )
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     previous_xfsz = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     filled = []
@@ -376,8 +399,9 @@ def test_disk_full_while_saving_a_checkpoint(make_config, tmp_path, limit):
 def test_nan_loss_stops_at_its_step_and_keeps_the_last_checkpoint(make_config):
     """A real divergence: AdamW moves each weight by ~lr per step, so at lr 1e30 the first step leaves
     weights near 1e30 and the second forward overflows to inf/NaN."""
-    config = make_config(*SETTINGS, "train.learning_rate=1e30", "train.save_every=1", "train.warmup_ratio=0",
-                         "train.scheduler=constant")
+    config = make_config(
+        *SETTINGS, "train.learning_rate=1e30", "train.save_every=1", "train.warmup_ratio=0", "train.scheduler=constant"
+    )
     with pytest.raises(TunesmithError) as raised:
         pipeline.train(config)
     message = raised.value.message
@@ -422,8 +446,11 @@ def test_skip_nonfinite_drops_a_poisoned_batch_and_counts_it(make_config):
 
 def _limit_address_space(extra: int) -> None:
     """RLIMIT_AS at this process's current size + `extra` bytes: allocations past it fail for real."""
-    size = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
-                if line.startswith("VmSize:"))
+    size = next(
+        int(line.split()[1]) * 1024
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("VmSize:")
+    )
     resource.setrlimit(resource.RLIMIT_AS, (size + extra, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
 
@@ -440,10 +467,27 @@ def test_out_of_memory_leaves_a_consistent_run_directory(crash_run, tiny_llama_d
     for name, rows in (("oom-train.jsonl", short), ("oom-val.jsonl", long)):
         (tmp / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = tmp / "oom.yaml"
-    config.write_text(dump_config(load_config(None, [
-        f"model.name={tiny_llama_dir}", f"data.train={tmp / 'oom-train.jsonl'}", f"data.validation={tmp / 'oom-val.jsonl'}",
-        "data.split=[0.75,0,0.25]", f"output.dir={tmp / 'oom'}", *SETTINGS, "data.max_length=512", "data.train_on=all",
-        "train.batch_size=16", "train.loss_chunk_tokens=0", "train.save_every=1", "train.eval_every=2"])))
+    config.write_text(
+        dump_config(
+            load_config(
+                None,
+                [
+                    f"model.name={tiny_llama_dir}",
+                    f"data.train={tmp / 'oom-train.jsonl'}",
+                    f"data.validation={tmp / 'oom-val.jsonl'}",
+                    "data.split=[0.75,0,0.25]",
+                    f"output.dir={tmp / 'oom'}",
+                    *SETTINGS,
+                    "data.max_length=512",
+                    "data.train_on=all",
+                    "train.batch_size=16",
+                    "train.loss_chunk_tokens=0",
+                    "train.save_every=1",
+                    "train.eval_every=2",
+                ],
+            )
+        )
+    )
     child = Child(["train", str(config), "--force"], tmp / "oom.log", before=lambda: _limit_address_space(3 * 2**29))
     code = child.wait()
     output = child.output()
@@ -515,9 +559,23 @@ def test_ctrl_c_saves_at_the_step_boundary_and_a_second_aborts(crash_run):
 
 # Kill points of this config in the order a run meets them; a run resumed from step-N meets only those
 # after `step-N-before-rename`.
-ORDER = ["step-1", "step-2", *[f"checkpoint-2-file-{k}" for k in (1, 2, 3)], "step-2-before-rename", "step-3", "eval-3",
-         "step-4", *[f"checkpoint-4-file-{k}" for k in (1, 2, 3)], "step-4-before-rename", "step-5", "step-6", "eval-6",
-         *[f"checkpoint-6-file-{k}" for k in (1, 2, 3)], "step-6-before-rename", "adapter-before-rename"]
+ORDER = [
+    "step-1",
+    "step-2",
+    *[f"checkpoint-2-file-{k}" for k in (1, 2, 3)],
+    "step-2-before-rename",
+    "step-3",
+    "eval-3",
+    "step-4",
+    *[f"checkpoint-4-file-{k}" for k in (1, 2, 3)],
+    "step-4-before-rename",
+    "step-5",
+    "step-6",
+    "eval-6",
+    *[f"checkpoint-6-file-{k}" for k in (1, 2, 3)],
+    "step-6-before-rename",
+    "adapter-before-rename",
+]
 
 
 @pytest.mark.slow
@@ -539,8 +597,13 @@ def test_soak_many_random_kills(crash_run):
         # One of the next few points still ahead, so the kills spread over the whole run rather than
         # piling up at the end; every other kill at a random time of the child's life instead. A run
         # killed twice with only its final phase left is finished, and a fresh one started.
-        kill = (None if kills_at_the_end > 2 else rng.choice(ORDER[after:after + 5]) if len(log) % 2 == 0
-                else rng.uniform(0.05, seconds))
+        kill = (
+            None
+            if kills_at_the_end > 2
+            else rng.choice(ORDER[after : after + 5])
+            if len(log) % 2 == 0
+            else rng.uniform(0.05, seconds)
+        )
         outcome = one_kill(config_file(f"soak-{runs_done}"), root, tmp, kill, log)
         if outcome["finished"]:
             assert_same_result(run_dirs(root)[0], reference)
@@ -557,8 +620,10 @@ def test_soak_many_random_kills(crash_run):
     kinds: dict[str, int] = {}
     for entry in log:
         kinds[_kind(entry)] = kinds.get(_kind(entry), 0) + 1
-    print(f"\nsoak: {sum(e['exit'] == -9 for e in log)} kills over {runs_done} runs, all equal to the reference; "
-          f"outcomes: {json.dumps(kinds, indent=1)}\n" + "\n".join(json.dumps(e) for e in log))
+    print(
+        f"\nsoak: {sum(e['exit'] == -9 for e in log)} kills over {runs_done} runs, all equal to the reference; "
+        f"outcomes: {json.dumps(kinds, indent=1)}\n" + "\n".join(json.dumps(e) for e in log)
+    )
 
 
 def _kind(entry: dict) -> str:

@@ -49,7 +49,11 @@ def test_detect_by_columns(row, expected):
     [
         ({"dialog": USER_ASSISTANT}, {"messages": "dialog"}, "messages"),
         ({"turns": [{"from": "human", "value": "hi"}]}, {"conversations": "turns"}, "sharegpt"),
-        ({"task": "t", "context": "", "response": "r"}, {"instruction": "task", "input": "context", "output": "response"}, "alpaca"),
+        (
+            {"task": "t", "context": "", "response": "r"},
+            {"instruction": "task", "input": "context", "output": "response"},
+            "alpaca",
+        ),
         ({"question": "q", "answer": "a"}, {"prompt": "question", "completion": "answer"}, "prompt_completion"),
         ({"body": "b"}, {"text": "body"}, "text"),
     ],
@@ -155,7 +159,10 @@ def test_normalise_does_not_mutate_records():
         (chat(("user", ["a", "b"]), ("assistant", "a")), r"messages\[0\]\.content is a list"),
         (chat(("user", "hi")), "nothing to learn from"),
         ([], "nothing to learn from"),
-        (chat(("user", "hi"), ("system", "s"), ("assistant", "a")), r"messages\[1\] is a system turn but is not the first"),
+        (
+            chat(("user", "hi"), ("system", "s"), ("assistant", "a")),
+            r"messages\[1\] is a system turn but is not the first",
+        ),
         ([{"role": "user"}, {"role": "assistant", "content": "a"}], r"messages\[0\] is not a \{role, content\}"),
         (["hi", "there"], r"messages\[0\] is not a \{role, content\}"),
     ],
@@ -212,7 +219,15 @@ def test_sharegpt_roles_are_mapped():
     ]
     [example] = normalise(recs({"conversations": conv}))
     assert [t["role"] for t in example.messages] == [
-        "system", "user", "assistant", "user", "assistant", "user", "assistant", "user", "assistant",
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
     ]
     assert [t["content"] for t in example.messages][:3] == ["sys", "q1", "a1"]
 
@@ -238,7 +253,10 @@ def test_sharegpt_unknown_from_lists_accepted_values():
     [
         ([{"from": "human", "value": None}, {"from": "gpt", "value": "a"}], r"conversations\[0\]\.value is null"),
         ([{"from": "human", "value": "q"}], "nothing to learn from"),
-        ([{"from": "human", "value": "q"}, {"from": "system", "value": "s"}, {"from": "gpt", "value": "a"}], "not the first"),
+        (
+            [{"from": "human", "value": "q"}, {"from": "system", "value": "s"}, {"from": "gpt", "value": "a"}],
+            "not the first",
+        ),
         ([{"speaker": "human", "text": "q"}], r"not a \{from, value\}"),
     ],
 )

@@ -16,7 +16,9 @@ def prepare_splits(cfg, seed):
 
 
 def write_jsonl(path, n, offset=0):
-    path.write_text("".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(offset, offset + n)))
+    path.write_text(
+        "".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(offset, offset + n))
+    )
     return str(path)
 
 
@@ -31,8 +33,11 @@ def test_one_file_is_carved_by_ratios_and_seed(tmp_path):
 
 
 def test_separate_files_are_used_as_given(tmp_path):
-    cfg = DataConfig(train=write_jsonl(tmp_path / "t.jsonl", 20), validation=write_jsonl(tmp_path / "v.jsonl", 3, 100),
-                     test=write_jsonl(tmp_path / "s.jsonl", 4, 200))
+    cfg = DataConfig(
+        train=write_jsonl(tmp_path / "t.jsonl", 20),
+        validation=write_jsonl(tmp_path / "v.jsonl", 3, 100),
+        test=write_jsonl(tmp_path / "s.jsonl", 4, 200),
+    )
     splits = prepare_splits(cfg, seed=0)
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (20, 3, 4)
 
@@ -46,9 +51,15 @@ def test_missing_test_file_is_carved_from_train_only(tmp_path):
 
 def test_csv_with_column_mapping_and_system_prompt(tmp_path):
     path = tmp_path / "qa.csv"
-    pd.DataFrame({"question": [f"q{i}" for i in range(10)], "answer": [f"a{i}" for i in range(10)]}).to_csv(path, index=False)
-    cfg = DataConfig(train=str(path), columns={"prompt": "question", "completion": "answer"}, system_prompt="Be brief.",
-                     split=(1.0, 0.0, 0.0))
+    pd.DataFrame({"question": [f"q{i}" for i in range(10)], "answer": [f"a{i}" for i in range(10)]}).to_csv(
+        path, index=False
+    )
+    cfg = DataConfig(
+        train=str(path),
+        columns={"prompt": "question", "completion": "answer"},
+        system_prompt="Be brief.",
+        split=(1.0, 0.0, 0.0),
+    )
     splits = prepare_splits(cfg, seed=0)
     assert len(splits.train) == 10 and not splits.validation and not splits.test
     roles = [m["role"] for m in splits.train[0].messages]

@@ -105,7 +105,9 @@ def test_ratios_within_tolerance_are_accepted():
 
 def test_find_duplicates_counts_repeats_of_earlier_content():
     def chat(user: str, assistant: str, where: str) -> Example:
-        return Example(where=where, messages=[{"role": "user", "content": user}, {"role": "assistant", "content": assistant}])
+        return Example(
+            where=where, messages=[{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+        )
 
     examples = [
         chat("hi", "hello", "a:1"),

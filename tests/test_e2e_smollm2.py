@@ -10,9 +10,9 @@ import json
 
 import pytest
 import torch
+from conftest import SUPPORT_DATA, read_jsonl
 from safetensors.torch import load_file
 
-from conftest import SUPPORT_DATA, read_jsonl
 from tunesmith import pipeline
 from tunesmith.config import load_config
 
@@ -25,12 +25,26 @@ def real_config(tmp_path, starter_dir):
     data.write_text("\n".join(SUPPORT_DATA.read_text().splitlines()[:12]) + "\n")
 
     def build(*overrides: str):
-        return load_config(None, [
-            "model.name=smollm2-135m-instruct", f"data.train={data}", "data.split=[0.67, 0.165, 0.165]",
-            "data.max_length=256", f"output.dir={tmp_path / 'runs'}", "train.batch_size=4", "train.max_steps=6",
-            "train.log_every=1", "train.eval_every=0", "train.warmup_ratio=0", "train.scheduler=constant",
-            "eval.compare_base=false", "eval.max_samples=2", "eval.max_new_tokens=8", *overrides,
-        ])
+        return load_config(
+            None,
+            [
+                "model.name=smollm2-135m-instruct",
+                f"data.train={data}",
+                "data.split=[0.67, 0.165, 0.165]",
+                "data.max_length=256",
+                f"output.dir={tmp_path / 'runs'}",
+                "train.batch_size=4",
+                "train.max_steps=6",
+                "train.log_every=1",
+                "train.eval_every=0",
+                "train.warmup_ratio=0",
+                "train.scheduler=constant",
+                "eval.compare_base=false",
+                "eval.max_samples=2",
+                "eval.max_new_tokens=8",
+                *overrides,
+            ],
+        )
 
     return build
 
@@ -75,7 +89,9 @@ def test_full_on_smollm2(real_config):
 
 
 def test_freeze_on_smollm2_keeps_lower_blocks_bit_identical(real_config, starter_dir):
-    run = pipeline.train(real_config("method.name=freeze", "method.freeze_train_top=2", "train.learning_rate=1e-4")).run_dir
+    run = pipeline.train(
+        real_config("method.name=freeze", "method.freeze_train_top=2", "train.learning_rate=1e-4")
+    ).run_dir
     assert_loss_fell(run)
     before = load_file(str(starter_dir / "model.safetensors"))
     after = load_file(str(run / "model" / "model.safetensors"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLES
+
 from tunesmith.config import TASKS, load_config
 
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))

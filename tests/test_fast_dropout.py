@@ -44,15 +44,21 @@ def test_every_adapter_gets_it_and_the_saved_adapter_is_stock(tiny_llama_dir, tm
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tunesmith.config import MethodConfig
     from tunesmith.methods import lora
+    from tunesmith.methods.lora import Config as LoraConfig
 
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
-    model = lora.apply(base, MethodConfig(name="lora", dropout=0.1))
-    dropouts = [d for m in model.modules() if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict)
-                for d in m.lora_dropout.values()]
+    model = lora.apply(base, LoraConfig(dropout=0.1))
+    dropouts = [
+        d
+        for m in model.modules()
+        if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict)
+        for d in m.lora_dropout.values()
+    ]
     assert dropouts and all(isinstance(d, FastDropout) and d.p == 0.1 for d in dropouts)
-    plain = lora.apply(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), MethodConfig(name="lora", dropout=0.1, fast_dropout=False))
+    plain = lora.apply(
+        AutoModelForCausalLM.from_pretrained(tiny_llama_dir), LoraConfig(dropout=0.1, fast_dropout=False)
+    )
     assert not any(isinstance(m, FastDropout) for m in plain.modules())
     model.save_pretrained(tmp_path / "adapter")
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["lora_dropout"] == 0.1

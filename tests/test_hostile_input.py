@@ -30,8 +30,12 @@ from tunesmith.data.bad_records import BadRecords, normalise_skipping
 from tunesmith.data.readers import RawRecord, read_records
 from tunesmith.errors import TunesmithError
 
-FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-SMALL = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+SMALL = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 COUNTS: dict[str, Counter] = defaultdict(Counter)
 _names = itertools.count()
@@ -42,7 +46,9 @@ def fuzz_counts(tmp_path_factory):
     yield
     total = sum(sum(c.values()) for c in COUNTS.values())
     table = {reader: dict(sorted(c.items(), key=lambda kv: -kv[1])) for reader, c in sorted(COUNTS.items())}
-    (tmp_path_factory.getbasetemp() / "fuzz_counts.json").write_text(json.dumps({"total": total, "readers": table}, indent=2))
+    (tmp_path_factory.getbasetemp() / "fuzz_counts.json").write_text(
+        json.dumps({"total": total, "readers": table}, indent=2)
+    )
     print(f"\nfuzz cases: {total}")
     for reader, outcomes in table.items():
         print(f"  {reader}: {sum(outcomes.values())} -> " + ", ".join(f"{k} {v}" for k, v in outcomes.items()))
@@ -70,9 +76,22 @@ def _new_file(folder: Path, suffix: str, data: bytes) -> Path:
 
 _LOCATOR = re.compile(r":(\d+|\[\d+\]|row \d+)$")
 # Errors about a whole file (or a whole source), which have no line to name.
-_WHOLE_FILE = ("no records", "no sentences", "file holds a JSON", "file holds a single record", "top-level JSON object",
-               "could not read the Parquet", "no prompts", "every record is bad", "not an IDX file", "the IDX file",
-               "cannot read the IDX", "no labels file", "the IDX files hold", "label ")
+_WHOLE_FILE = (
+    "no records",
+    "no sentences",
+    "file holds a JSON",
+    "file holds a single record",
+    "top-level JSON object",
+    "could not read the Parquet",
+    "no prompts",
+    "every record is bad",
+    "not an IDX file",
+    "the IDX file",
+    "cannot read the IDX",
+    "no labels file",
+    "the IDX files hold",
+    "label ",
+)
 
 
 def _line_count(data: bytes) -> int:
@@ -94,7 +113,7 @@ def check_located(exc: TunesmithError, path: Path, data: bytes | None = None) ->
     """The error names the file, and a line inside it (or is one of the whole-file errors)."""
     where = exc.where or ""
     assert where.startswith(str(path)), exc.render()
-    found = _LOCATOR.search(where[len(str(path)):])
+    found = _LOCATOR.search(where[len(str(path)) :])
     if found is None:
         assert exc.message.startswith(_WHOLE_FILE), exc.render()
     elif found.group(1).isdigit() and data is not None:
@@ -118,8 +137,11 @@ def run_reader(reader: str, call, path: Path, data: bytes | None = None):
 
 _NO_BREAKS = st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",))
 json_leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=12)
-json_value = st.recursive(json_leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-                          max_leaves=8)
+json_value = st.recursive(
+    json_leaf,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
 json_object = st.dictionaries(st.text(max_size=8), json_value, max_size=4)
 line_end = st.sampled_from(["\n", "\r\n", "\r"])
 
@@ -160,16 +182,20 @@ def test_jsonl_lines_are_read_or_the_first_bad_line_is_named(folder, lines, bom,
         assert isinstance(outcome, TunesmithError) and "every one was bad" in outcome.message
     else:
         assert [r.where for r in outcome] == [f"{path}:{i}" for i in good]
-        assert bad.count == len(broken) and bad.first == [f"{path}:{i}: " + f.split(": ", 1)[1] for i, f in
-                                                          zip(broken, bad.first)]
+        assert bad.count == len(broken) and bad.first == [
+            f"{path}:{i}: " + f.split(": ", 1)[1] for i, f in zip(broken, bad.first)
+        ]
 
 
 _ENCODINGS = ["utf-8", "latin-1", "utf-16", "utf-16-le", "utf-8-sig"]
 
 
 @FUZZ
-@given(lines=st.lists(st.tuples(jsonl_line, line_end), max_size=8), encoding=st.sampled_from(_ENCODINGS),
-       suffix=st.sampled_from([".jsonl", ".json", ".csv", ".tsv"]))
+@given(
+    lines=st.lists(st.tuples(jsonl_line, line_end), max_size=8),
+    encoding=st.sampled_from(_ENCODINGS),
+    suffix=st.sampled_from([".jsonl", ".json", ".csv", ".tsv"]),
+)
 def test_wrong_encodings_are_named(folder, lines, encoding, suffix):
     text = "".join(body + end for (body, _), end in lines if len(body) < 2000)
     data = text.encode(encoding, errors="replace")
@@ -189,8 +215,12 @@ def test_wrong_encodings_are_named(folder, lines, encoding, suffix):
 
 
 @FUZZ
-@given(items=st.lists(st.one_of(json_object.map(lambda o: (o, True)), json_leaf.map(lambda v: (v, False))), max_size=8),
-       wrap=st.sampled_from([None, "data", "rows"]), cut=st.integers(0, 40), skip=st.booleans())
+@given(
+    items=st.lists(st.one_of(json_object.map(lambda o: (o, True)), json_leaf.map(lambda v: (v, False))), max_size=8),
+    wrap=st.sampled_from([None, "data", "rows"]),
+    cut=st.integers(0, 40),
+    skip=st.booleans(),
+)
 def test_json_files_whole_truncated_or_wrapped(folder, items, wrap, cut, skip):
     value = [v for v, _ in items]
     text = json.dumps({wrap: value} if wrap else value)
@@ -217,10 +247,14 @@ _CELL = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=
 
 
 @FUZZ
-@given(header=st.lists(st.text("abcdefgh", min_size=1, max_size=4), min_size=1, max_size=4, unique=True),
-       rows=st.lists(st.tuples(st.lists(_CELL, max_size=6), st.booleans()), max_size=8),
-       terminator=st.sampled_from(["\r\n", "\n"]), delimiter=st.sampled_from([",", "\t"]), skip=st.booleans(),
-       cut=st.integers(0, 30))
+@given(
+    header=st.lists(st.text("abcdefgh", min_size=1, max_size=4), min_size=1, max_size=4, unique=True),
+    rows=st.lists(st.tuples(st.lists(_CELL, max_size=6), st.booleans()), max_size=8),
+    terminator=st.sampled_from(["\r\n", "\n"]),
+    delimiter=st.sampled_from([",", "\t"]),
+    skip=st.booleans(),
+    cut=st.integers(0, 30),
+)
 def test_csv_rows_are_read_or_the_first_bad_row_is_named(folder, header, rows, terminator, delimiter, skip, cut):
     # A row either has the header's width (padded or cut to it) or keeps its own width (bad when it differs).
     shaped = [(cells + [""] * len(header))[: len(header)] if fit else cells for cells, fit in rows]
@@ -228,8 +262,12 @@ def test_csv_rows_are_read_or_the_first_bad_row_is_named(folder, header, rows, t
     buffer, starts = io.StringIO(), []
     # Python's writer quotes a field only for characters of *its* line terminator: with "\n" a lone "\r"
     # would go out bare and read back as a line end. So "\n" files quote every field.
-    writer = csv.writer(buffer, lineterminator=terminator, delimiter=delimiter,
-                        quoting=csv.QUOTE_MINIMAL if terminator == "\r\n" else csv.QUOTE_ALL)
+    writer = csv.writer(
+        buffer,
+        lineterminator=terminator,
+        delimiter=delimiter,
+        quoting=csv.QUOTE_MINIMAL if terminator == "\r\n" else csv.QUOTE_ALL,
+    )
     writer.writerow(header)
     for cells in shaped:
         starts.append(_line_count(buffer.getvalue().encode()))
@@ -244,13 +282,19 @@ def test_csv_rows_are_read_or_the_first_bad_row_is_named(folder, header, rows, t
     if broken and not skip:
         assert isinstance(outcome, TunesmithError) and outcome.where == f"{path}:{broken[0]}", outcome
     elif good:
-        assert [(r.where, r.fields) for r in outcome] == [(f"{path}:{s}", dict(zip(header, cells))) for s, cells in good]
+        assert [(r.where, r.fields) for r in outcome] == [
+            (f"{path}:{s}", dict(zip(header, cells))) for s, cells in good
+        ]
         assert bad.count == len(broken)
     else:
         assert isinstance(outcome, TunesmithError)
     truncated = _new_file(folder, path.suffix, data[: max(0, len(data) - cut)])
-    run_reader("csv/tsv truncated", lambda: read_records(str(truncated), bad=BadRecords("skip" if skip else "error")),
-               truncated, data)
+    run_reader(
+        "csv/tsv truncated",
+        lambda: read_records(str(truncated), bad=BadRecords("skip" if skip else "error")),
+        truncated,
+        data,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -284,8 +328,11 @@ def _idx(path):
 
 
 @FUZZ
-@given(data=st.binary(max_size=600), suffix=st.sampled_from([*_READERS, ".conll", ".txt (prompts)", "-idx3-ubyte"]),
-       prefix=st.sampled_from([b"", b"\xef\xbb\xbf", b"\xff\xfe", b"\x00\x00\x08\x03", b"PAR1", b'{"text": "a"}\n']))
+@given(
+    data=st.binary(max_size=600),
+    suffix=st.sampled_from([*_READERS, ".conll", ".txt (prompts)", "-idx3-ubyte"]),
+    prefix=st.sampled_from([b"", b"\xef\xbb\xbf", b"\xff\xfe", b"\x00\x00\x08\x03", b"PAR1", b'{"text": "a"}\n']),
+)
 def test_random_bytes_never_crash_a_reader(folder, data, suffix, prefix):
     data = prefix + data
     if suffix == ".conll":
@@ -303,7 +350,7 @@ def test_huge_lines_and_deep_nesting_in_every_text_reader(folder):
     long = "word " * 400_000  # 2 MB in one field
     path = _new_file(folder, ".jsonl", (json.dumps({"text": long}) + "\n").encode())
     assert read_records(str(path))[0].fields["text"] == long
-    path = _new_file(folder, ".csv", f"text,label\n\"{long}\",a\n".encode())
+    path = _new_file(folder, ".csv", f'text,label\n"{long}",a\n'.encode())
     assert read_records(str(path))[0].fields["text"] == long
     deep = "[" * 200_000 + "]" * 200_000
     path = _new_file(folder, ".json", deep.encode())
@@ -320,8 +367,13 @@ def test_parquet_with_odd_columns_reads_as_plain_python(folder):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({"text": pa.array([b"\xff\x00bytes", None]), "label": pa.array([[1, 2], None]),
-                      "extra": pa.array([{"a": 1}, {"a": None}])})
+    table = pa.table(
+        {
+            "text": pa.array([b"\xff\x00bytes", None]),
+            "label": pa.array([[1, 2], None]),
+            "extra": pa.array([{"a": 1}, {"a": None}]),
+        }
+    )
     path = folder / "odd.parquet"
     pq.write_table(table, path)
     records = read_records(str(path))
@@ -337,13 +389,18 @@ def test_parquet_with_odd_columns_reads_as_plain_python(folder):
 # CoNLL: exact answers
 
 _WORD = st.text(st.characters(whitelist_categories=("L", "N", "P", "S")), min_size=1, max_size=6).filter(
-    lambda w: w != "-DOCSTART-")
+    lambda w: w != "-DOCSTART-"
+)
 _conll_line = st.tuples(_WORD, _WORD, st.booleans())  # word, tag, whether the line keeps its tag
 
 
 @FUZZ
-@given(sentences=st.lists(st.lists(_conll_line, min_size=1, max_size=4), max_size=5), docstart=st.booleans(),
-       ends=st.lists(line_end, min_size=1, max_size=3), skip=st.booleans())
+@given(
+    sentences=st.lists(st.lists(_conll_line, min_size=1, max_size=4), max_size=5),
+    docstart=st.booleans(),
+    ends=st.lists(line_end, min_size=1, max_size=3),
+    skip=st.booleans(),
+)
 def test_conll_sentences_or_the_first_bad_line(folder, sentences, docstart, ends, skip):
     lines, expected, broken_lines = (["-DOCSTART- -X- O O", ""] if docstart else []), [], []
     for sentence in sentences:
@@ -363,7 +420,8 @@ def test_conll_sentences_or_the_first_bad_line(folder, sentences, docstart, ends
         assert isinstance(outcome, TunesmithError) and outcome.where == f"{path}:{broken_lines[0]}"
     elif expected:
         assert [(r.where, r.fields["tokens"], r.fields["tags"]) for r in outcome] == [
-            (f"{path}:{s}", words, tags) for s, words, tags in expected]
+            (f"{path}:{s}", words, tags) for s, words, tags in expected
+        ]
     else:
         assert isinstance(outcome, TunesmithError) and outcome.message.startswith("no sentences")
 
@@ -374,12 +432,49 @@ def test_conll_sentences_or_the_first_bad_line(folder, sentences, docstart, ends
 ROLES = st.sampled_from(["user", "assistant", "system", "human", "gpt", "bot", "customer", "", "USER", None, 3])
 turn = st.fixed_dictionaries({}, optional={"role": ROLES, "content": json_value, "from": ROLES, "value": json_value})
 turns = st.lists(turn | json_value, max_size=4)
-_COLUMNS = ["messages", "conversations", "instruction", "input", "output", "prompt", "completion", "text", "system",
-            "label", "labels", "score", "text_pair", "tokens", "tags", "ner_tags", "entities", "source", "target",
-            "summary", "document", "image", "file_name", "seed", "other"]
-field_value = st.one_of(json_value, turns, st.lists(st.text(max_size=6), max_size=5), st.text(max_size=20),
-                        st.lists(st.fixed_dictionaries({"start": st.integers(-2, 12), "end": st.integers(-2, 14),
-                                                        "label": st.sampled_from(["PER", "B-X", "O", "", 5])}), max_size=3))
+_COLUMNS = [
+    "messages",
+    "conversations",
+    "instruction",
+    "input",
+    "output",
+    "prompt",
+    "completion",
+    "text",
+    "system",
+    "label",
+    "labels",
+    "score",
+    "text_pair",
+    "tokens",
+    "tags",
+    "ner_tags",
+    "entities",
+    "source",
+    "target",
+    "summary",
+    "document",
+    "image",
+    "file_name",
+    "seed",
+    "other",
+]
+field_value = st.one_of(
+    json_value,
+    turns,
+    st.lists(st.text(max_size=6), max_size=5),
+    st.text(max_size=20),
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "start": st.integers(-2, 12),
+                "end": st.integers(-2, 14),
+                "label": st.sampled_from(["PER", "B-X", "O", "", 5]),
+            }
+        ),
+        max_size=3,
+    ),
+)
 record_fields = st.dictionaries(st.sampled_from(_COLUMNS), field_value, max_size=4)
 
 
@@ -422,26 +517,41 @@ def _check_examples(task: str, examples: list) -> None:
 # and unknown roles mixed in; plus records of random columns.
 good_text = st.text(min_size=1, max_size=10).filter(str.strip)
 # Three in four values are usable text, so whole records often pass and the oracle sees examples too.
-text_or_odd = st.one_of(good_text, good_text, good_text,
-                        st.one_of(st.sampled_from(["", "  "]), json_leaf, st.lists(st.text(max_size=4), max_size=2)))
+text_or_odd = st.one_of(
+    good_text,
+    good_text,
+    good_text,
+    st.one_of(st.sampled_from(["", "  "]), json_leaf, st.lists(st.text(max_size=4), max_size=2)),
+)
 role = st.sampled_from(["user", "assistant", "system", "user", "assistant", "customer", "", "Assistant"]) | json_leaf
 chat_turn = st.fixed_dictionaries({"role": role, "content": text_or_odd})
-share_turn = st.fixed_dictionaries({"from": st.sampled_from(["human", "gpt", "system", "bot", "robot", "HUMAN"]) | json_leaf,
-                                    "value": text_or_odd})
+share_turn = st.fixed_dictionaries(
+    {"from": st.sampled_from(["human", "gpt", "system", "bot", "robot", "HUMAN"]) | json_leaf, "value": text_or_odd}
+)
 extra = st.dictionaries(st.sampled_from(["other", "id", "meta"]), json_value, max_size=1)
 
 
 def _shape(required: dict, optional: dict | None = None):
     """A record with these columns, each sometimes missing, plus sometimes an extra column."""
-    missing = st.one_of(st.just(set()), st.just(set()), st.just(set()), st.sets(st.sampled_from(list(required)), min_size=1, max_size=1))
+    missing = st.one_of(
+        st.just(set()), st.just(set()), st.just(set()), st.sets(st.sampled_from(list(required)), min_size=1, max_size=1)
+    )
     return st.tuples(st.fixed_dictionaries(required, optional=optional or {}), extra, missing).map(
-        lambda t: {**{k: v for k, v in t[0].items() if k not in t[2]}, **t[1]})
+        lambda t: {**{k: v for k, v in t[0].items() if k not in t[2]}, **t[1]}
+    )
 
 
 _WORDS = st.lists(st.text("abcXYZ", min_size=1, max_size=4) | text_or_odd, min_size=0, max_size=4)
-_TAGS = st.lists(st.sampled_from(["O", "B-PER", "I-PER", "E-LOC", "S-LOC", "PER", "I-ORG", "B-"]) | text_or_odd, max_size=4)
-ENTITY = st.fixed_dictionaries({"start": st.integers(-1, 12) | json_leaf, "end": st.integers(0, 14) | json_leaf,
-                                "label": st.sampled_from(["PER", "ORG", "B-PER", "O", ""]) | json_leaf})
+_TAGS = st.lists(
+    st.sampled_from(["O", "B-PER", "I-PER", "E-LOC", "S-LOC", "PER", "I-ORG", "B-"]) | text_or_odd, max_size=4
+)
+ENTITY = st.fixed_dictionaries(
+    {
+        "start": st.integers(-1, 12) | json_leaf,
+        "end": st.integers(0, 14) | json_leaf,
+        "label": st.sampled_from(["PER", "ORG", "B-PER", "O", ""]) | json_leaf,
+    }
+)
 TASK_RECORDS = {
     "chat": st.one_of(
         _shape({"messages": st.lists(chat_turn | json_leaf, max_size=4)}, {"system": text_or_odd}),
@@ -449,21 +559,39 @@ TASK_RECORDS = {
         _shape({"instruction": text_or_odd, "output": text_or_odd}, {"input": text_or_odd, "system": text_or_odd}),
         _shape({"prompt": text_or_odd, "completion": text_or_odd}, {"system": text_or_odd}),
         _shape({"text": text_or_odd}),
-        _shape({"messages": st.text(max_size=30).map(lambda t: json.dumps([{"role": "user", "content": t},
-                                                                            {"role": "assistant", "content": t}]))})),
+        _shape(
+            {
+                "messages": st.text(max_size=30).map(
+                    lambda t: json.dumps([{"role": "user", "content": t}, {"role": "assistant", "content": t}])
+                )
+            }
+        ),
+    ),
     "continued-pretraining": _shape({"text": text_or_odd}),
     "text-classification": st.one_of(
-        _shape({"text": text_or_odd, "label": text_or_odd | st.integers() | st.lists(text_or_odd, max_size=3)},
-               {"text_pair": text_or_odd}),
-        _shape({"text": text_or_odd, "text_pair": text_or_odd, "score": st.floats(-1, 2) | text_or_odd | st.integers()})),
+        _shape(
+            {"text": text_or_odd, "label": text_or_odd | st.integers() | st.lists(text_or_odd, max_size=3)},
+            {"text_pair": text_or_odd},
+        ),
+        _shape(
+            {"text": text_or_odd, "text_pair": text_or_odd, "score": st.floats(-1, 2) | text_or_odd | st.integers()}
+        ),
+    ),
     "token-classification": st.one_of(
         _shape({"tokens": _WORDS, "tags": _TAGS}),
         _shape({"words": _WORDS, "ner_tags": _TAGS}),
-        _shape({"text": st.text("ab cd.\t", max_size=14) | text_or_odd, "entities": st.lists(ENTITY | json_leaf, max_size=3)})),
+        _shape(
+            {
+                "text": st.text("ab cd.\t", max_size=14) | text_or_odd,
+                "entities": st.lists(ENTITY | json_leaf, max_size=3),
+            }
+        ),
+    ),
     "summarization": st.one_of(
         _shape({"source": text_or_odd, "target": text_or_odd}),
         _shape({"document": text_or_odd, "summary": text_or_odd}),
-        _shape({"text": text_or_odd})),
+        _shape({"text": text_or_odd}),
+    ),
 }
 
 
@@ -472,7 +600,9 @@ TASK_RECORDS = {
 @given(data=st.data(), skip=st.booleans())
 def test_record_normalisers_give_examples_or_name_the_record(task, data, skip):
     rows = data.draw(st.lists(TASK_RECORDS[task] | record_fields, min_size=1, max_size=5))
-    fmt = data.draw(st.sampled_from(["auto", "auto", "auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"]))
+    fmt = data.draw(
+        st.sampled_from(["auto", "auto", "auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"])
+    )
     records = _records(rows)
     cfg = DataConfig(format=fmt if task == "chat" else "auto", on_bad_record="skip" if skip else "error")
     bad = BadRecords(cfg.on_bad_record)
@@ -490,8 +620,12 @@ def test_record_normalisers_give_examples_or_name_the_record(task, data, skip):
 
 
 @FUZZ
-@given(conversations=st.lists(st.lists(st.tuples(ROLES, st.text(max_size=8) | json_leaf), max_size=4), min_size=1, max_size=4),
-       key=st.sampled_from(["messages", "conversations"]))
+@given(
+    conversations=st.lists(
+        st.lists(st.tuples(ROLES, st.text(max_size=8) | json_leaf), max_size=4), min_size=1, max_size=4
+    ),
+    key=st.sampled_from(["messages", "conversations"]),
+)
 def test_chat_turns_with_unknown_roles_and_odd_content(conversations, key):
     speaker, text = ("role", "content") if key == "messages" else ("from", "value")
     records = _records([{key: [{speaker: r, text: c} for r, c in conv]} for conv in conversations])
@@ -508,8 +642,11 @@ def test_chat_turns_with_unknown_roles_and_odd_content(conversations, key):
 
 # Labels seen only in validation or test: the record is named, never a crash in the head or the metrics.
 @FUZZ
-@given(train=st.lists(st.sampled_from("abcd"), max_size=8), test=st.lists(st.sampled_from("abcde"), max_size=4),
-       validation=st.lists(st.sampled_from("abcde"), max_size=3))
+@given(
+    train=st.lists(st.sampled_from("abcd"), max_size=8),
+    test=st.lists(st.sampled_from("abcde"), max_size=4),
+    validation=st.lists(st.sampled_from("abcde"), max_size=3),
+)
 def test_labels_only_in_test_or_validation_are_named(train, test, validation):
     from tunesmith.data.prepare import DataSplits
 
@@ -517,10 +654,17 @@ def test_labels_only_in_test_or_validation_are_named(train, test, validation):
     config = RunConfig(task="text-classification")
 
     def examples(split, labels):
-        return task.normalise(_records([{"text": f"{split} {i}", "label": x} for i, x in enumerate(labels)]), config.data)[0] \
-            if labels else []
+        return (
+            task.normalise(_records([{"text": f"{split} {i}", "label": x} for i, x in enumerate(labels)]), config.data)[
+                0
+            ]
+            if labels
+            else []
+        )
 
-    splits = DataSplits(examples("train", train), examples("validation", validation), examples("test", test), "single-label")
+    splits = DataSplits(
+        examples("train", train), examples("validation", validation), examples("test", test), "single-label"
+    )
     for e, split in [(e, "validation") for e in splits.validation] + [(e, "test") for e in splits.test]:
         e.where = f"{split}:{e.where}"
     try:
@@ -540,8 +684,24 @@ def test_labels_only_in_test_or_validation_are_named(train, test, validation):
 # ---------------------------------------------------------------------------------------------------
 # Image paths from tables: never out of the data folder unless allowed
 
-_PATHS = ["a.png", "sub/b.png", "../outside.png", "../../etc/passwd", "/etc/passwd", "link.png", "sub/../a.png",
-          "~/x.png", "a.png#3", "", "  ", "a\x00b.png", "loop.png", "sub/", "C:\\x.png", "x" * 300 + ".png"]
+_PATHS = [
+    "a.png",
+    "sub/b.png",
+    "../outside.png",
+    "../../etc/passwd",
+    "/etc/passwd",
+    "link.png",
+    "sub/../a.png",
+    "~/x.png",
+    "a.png#3",
+    "",
+    "  ",
+    "a\x00b.png",
+    "loop.png",
+    "sub/",
+    "C:\\x.png",
+    "x" * 300 + ".png",
+]
 
 
 @pytest.fixture(scope="module")
@@ -560,10 +720,19 @@ def image_root(tmp_path_factory) -> Path:
 
 
 @FUZZ
-@given(rows=st.lists(st.fixed_dictionaries({"image": st.sampled_from(_PATHS) | json_leaf},
-                                           optional={"label": json_value, "text": json_value, "file_name": st.sampled_from(_PATHS),
-                                                     "seed": json_leaf}), min_size=1, max_size=4),
-       reader=st.sampled_from(["image-classification", "text-to-image"]), allow=st.booleans(), skip=st.booleans())
+@given(
+    rows=st.lists(
+        st.fixed_dictionaries(
+            {"image": st.sampled_from(_PATHS) | json_leaf},
+            optional={"label": json_value, "text": json_value, "file_name": st.sampled_from(_PATHS), "seed": json_leaf},
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    reader=st.sampled_from(["image-classification", "text-to-image"]),
+    allow=st.booleans(),
+    skip=st.booleans(),
+)
 def test_image_tables_never_lead_out_of_the_data_folder(image_root, rows, reader, allow, skip):
     from tunesmith.data import captions, images
 
@@ -629,9 +798,14 @@ def test_symlinks_and_sidecars_may_not_lead_out(tmp_path, capsys):
 
 
 @SMALL
-@given(dims=st.lists(st.integers(0, 4), min_size=3, max_size=3) | st.lists(st.integers(0, 4), max_size=4),
-       cut=st.sampled_from([0, 0, 0, 1, 5]), forged=st.integers(0, 2**32 - 1), data=st.data(), gz=st.booleans(),
-       garbage=st.binary(max_size=8))
+@given(
+    dims=st.lists(st.integers(0, 4), min_size=3, max_size=3) | st.lists(st.integers(0, 4), max_size=4),
+    cut=st.sampled_from([0, 0, 0, 1, 5]),
+    forged=st.integers(0, 2**32 - 1),
+    data=st.data(),
+    gz=st.booleans(),
+    garbage=st.binary(max_size=8),
+)
 def test_idx_files_with_forged_headers_and_labels_are_named(folder, dims, cut, forged, data, gz, garbage):
     import gzip
     import math
@@ -675,10 +849,17 @@ def test_on_bad_record_skip_counts_and_names_the_first(tmp_path, capsys):
     from tunesmith.data.prepare import prepare_splits
     from tunesmith.tasks import chat
 
-    good = [json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]})
-            for i in range(20)]
-    lines = good[:5] + ["{not json", json.dumps({"messages": [{"role": "customer", "content": "q"}]})] + good[5:] \
-        + [json.dumps({"prompt": "other format", "completion": "x"}), "[1, 2]"] + [json.dumps({"messages": 3})] * 4
+    good = [
+        json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]})
+        for i in range(20)
+    ]
+    lines = (
+        good[:5]
+        + ["{not json", json.dumps({"messages": [{"role": "customer", "content": "q"}]})]
+        + good[5:]
+        + [json.dumps({"prompt": "other format", "completion": "x"}), "[1, 2]"]
+        + [json.dumps({"messages": 3})] * 4
+    )
     path = tmp_path / "mixed.jsonl"
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(TunesmithError) as err:
@@ -702,8 +883,13 @@ def test_on_bad_record_in_a_run_and_in_validate(make_config, tmp_path, capsys):
     data = tmp_path / "chat.jsonl"
     source = Path(make_config().data.train).read_text().splitlines()
     data.write_text("\n".join(source[:20] + ["{broken", '{"messages": []}'] + source[20:40]) + "\n")
-    config = make_config(f"data.train={data}", "data.on_bad_record=skip", "train.max_steps=2", "train.eval_every=2",
-                         "eval.compare_base=false")
+    config = make_config(
+        f"data.train={data}",
+        "data.on_bad_record=skip",
+        "train.max_steps=2",
+        "train.eval_every=2",
+        "eval.compare_base=false",
+    )
     result = train(config)
     report = json.loads((result.run_dir / "data_report.json").read_text())
     assert report["skipped"] == 2 and report["first"][0].startswith(f"{data}:21: line is not valid JSON")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import read_jsonl
+
 from tunesmith.config import load_config
 from tunesmith.errors import TunesmithError
 
@@ -43,13 +43,27 @@ def _tiny(kind: str):
     from transformers import ResNetConfig, SegformerConfig, ViTConfig
 
     if kind == "vit":
-        return ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64)
+        return ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
     if kind == "resnet":
         return ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic")
-    return SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
-                           patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
-                           decoder_hidden_size=32)
+    return SegformerConfig(
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=[16, 32],
+        patch_sizes=[7, 3],
+        strides=[4, 2],
+        num_attention_heads=[1, 2],
+        mlp_ratios=[2, 2],
+        decoder_hidden_size=32,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,17 +76,34 @@ def tiny_dirs(tmp_path_factory) -> dict:
         path = tmp_path_factory.mktemp(f"tiny-{kind}")
         torch.manual_seed(0)
         AutoModelForImageClassification.from_config(_tiny(kind)).save_pretrained(path)
-        ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(path)
+        ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+            path
+        )
         out[kind] = path
     return out
 
 
 def _config(tmp_path, model, train, *overrides):
-    return load_config(None, [
-        "task=image-classification", f"model.name={model}", f"data.train={train}", f"output.dir={tmp_path / 'runs'}",
-        "data.split=[0.6,0.2,0.2]", "train.batch_size=6", "train.max_steps=8", "train.eval_every=4",
-        "train.log_every=1", "train.learning_rate=3e-3", "train.precision=fp32", "train.warmup_ratio=0",
-        "method.dropout=0.0", "eval.batch_size=16", *overrides])
+    return load_config(
+        None,
+        [
+            "task=image-classification",
+            f"model.name={model}",
+            f"data.train={train}",
+            f"output.dir={tmp_path / 'runs'}",
+            "data.split=[0.6,0.2,0.2]",
+            "train.batch_size=6",
+            "train.max_steps=8",
+            "train.eval_every=4",
+            "train.log_every=1",
+            "train.learning_rate=3e-3",
+            "train.precision=fp32",
+            "train.warmup_ratio=0",
+            "method.dropout=0.0",
+            "eval.batch_size=16",
+            *overrides,
+        ],
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -89,9 +120,9 @@ def test_class_folders_read_and_split_stratified(tmp_path, image_folder, tiny_di
 
 
 def test_csv_paths_are_relative_to_the_csv_and_may_not_escape(tmp_path, image_folder):
+    from tunesmith.config import DataConfig
     from tunesmith.data.images import read_image_source
     from tunesmith.data.readers import read_records
-    from tunesmith.config import DataConfig
 
     table = image_folder / "labels.csv"
     table.write_text("image,label\nred/0.png,red\nblue/1.png,blue\n")
@@ -148,7 +179,9 @@ def test_idx_files_with_fashion_mnist_names(tmp_path):
 
     again, _ = task.normalise([RawRecord(task.to_record(examples[2]), str(tmp_path / "test.jsonl:1"))], DataConfig())
     assert again[0].image == examples[2].image and again[0].label == "Dress"
-    (tmp_path / "fashion-mnist" / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01" + struct.pack(">I", 3) + bytes(3))
+    (tmp_path / "fashion-mnist" / "train-labels-idx1-ubyte").write_bytes(
+        b"\x00\x00\x08\x01" + struct.pack(">I", 3) + bytes(3)
+    )
     from tunesmith.data.images import read_idx
 
     read_idx.cache_clear()
@@ -195,7 +228,9 @@ def test_augmentation_only_on_training_examples(tmp_path, image_folder, tiny_dir
     plain = task.collate([type(e)(**{**e.__dict__, "augment": False}) for e in encoded["train"][:4]])
     assert a["pixel_values"].shape == (4, 3, 32, 32) and torch.equal(a["pixel_values"], b["pixel_values"])
     assert not torch.equal(a["pixel_values"], plain["pixel_values"])
-    assert torch.equal(task.collate(encoded["test"][:2])["pixel_values"], task.collate(encoded["test"][:2])["pixel_values"])
+    assert torch.equal(
+        task.collate(encoded["test"][:2])["pixel_values"], task.collate(encoded["test"][:2])["pixel_values"]
+    )
     assert "[[" in task.describe(encoded["train"][0], processor)
 
     config = _config(tmp_path, tiny_dirs["vit"], image_folder, "data.augment=false")
@@ -262,7 +297,8 @@ def test_mixed_sizes_and_colour_modes_make_one_batch(tmp_path, tiny_dirs, image_
         (tmp_path / "mixed" / label).mkdir(parents=True)
         for i, (size, mode) in enumerate(shapes):
             Image.new(mode, size, color=i * 40 if mode in ("L", "P") else (i * 40, 10, 200, 255)[: len(mode)]).save(
-                tmp_path / "mixed" / label / f"{i}.png")
+                tmp_path / "mixed" / label / f"{i}.png"
+            )
     overrides = [f"data.image_size={image_size}"] if image_size else []
     config = _config(tmp_path, tiny_dirs["vit"], tmp_path / "mixed", "data.split=[1.0,0.0,0.0]", *overrides)
     _, processor = load_tokenizer_for(config)
@@ -279,7 +315,9 @@ def test_image_size_overrides_the_processor(tmp_path, image_folder, tiny_dirs, k
     from tunesmith.pipeline import encode_splits, load_tokenizer_for, read_splits, train
     from tunesmith.tasks import image_classification as task
 
-    config = _config(tmp_path, tiny_dirs[kind], image_folder, "data.image_size=48", "train.max_steps=2", f"method.name={method}")
+    config = _config(
+        tmp_path, tiny_dirs[kind], image_folder, "data.image_size=48", "train.max_steps=2", f"method.name={method}"
+    )
     _, processor = load_tokenizer_for(config)
     splits = read_splits(config)
     encoded = encode_splits(config, splits, processor, task.setup(splits, config))
@@ -303,11 +341,21 @@ def _lite0_reference(sd: dict, x):
         return F.pad(t, (total // 2, total - total // 2, total // 2, total - total // 2))
 
     def bn(t, p):
-        return F.batch_norm(t, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"], sd[p + ".bias"], False, 0.0, 1e-3)
+        return F.batch_norm(
+            t, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"], sd[p + ".bias"], False, 0.0, 1e-3
+        )
 
     x = F.relu6(bn(F.conv2d(pad(x, 3, 2), sd["_conv_stem.weight"], stride=2), "_bn0"))
     i = 0
-    for k, s, e, r in [(3, 1, 1, 1), (3, 2, 6, 2), (5, 2, 6, 2), (3, 2, 6, 3), (5, 1, 6, 3), (5, 2, 6, 4), (3, 1, 6, 1)]:
+    for k, s, e, r in [
+        (3, 1, 1, 1),
+        (3, 2, 6, 2),
+        (5, 2, 6, 2),
+        (3, 2, 6, 3),
+        (5, 1, 6, 3),
+        (5, 2, 6, 4),
+        (3, 1, 6, 1),
+    ]:
         for j in range(r):
             stride, p, inp = (s if j == 0 else 1), f"_blocks.{i}.", x
             if e != 1:
@@ -370,8 +418,10 @@ def _fashion_subset(folder: Path, split: str, n: int) -> Path:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").exists(),
-                    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not (FASHION / "train-images-idx3-ubyte.gz").exists(),
+    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
+)
 def test_fashion_mnist_pretrained_beats_random(tmp_path, lite0_dir):
     import shutil
 
@@ -398,10 +448,25 @@ def test_fashion_mnist_pretrained_beats_random(tmp_path, lite0_dir):
     accuracy = {}
     for name, model in (("pretrained", pretrained), ("random", random_init)):
         # the CSV points into Debian's dataset folder, outside its own: allowed explicitly
-        config = _config(tmp_path / name, model, train_csv, f"data.test={test_csv}", "data.split=[1.0,0.0,0.0]",
-                         "data.allow_outside_paths=true", "method.name=full", "train.epochs=1", "train.max_steps=null", "train.batch_size=32",
-                         "train.learning_rate=2e-3", "train.eval_every=0", "train.warmup_ratio=0.1",
-                         "train.precision=auto", "eval.compare_base=false", "eval.max_samples=null", "eval.batch_size=64")
+        config = _config(
+            tmp_path / name,
+            model,
+            train_csv,
+            f"data.test={test_csv}",
+            "data.split=[1.0,0.0,0.0]",
+            "data.allow_outside_paths=true",
+            "method.name=full",
+            "train.epochs=1",
+            "train.max_steps=null",
+            "train.batch_size=32",
+            "train.learning_rate=2e-3",
+            "train.eval_every=0",
+            "train.warmup_ratio=0.1",
+            "train.precision=auto",
+            "eval.compare_base=false",
+            "eval.max_samples=null",
+            "eval.batch_size=64",
+        )
         accuracy[name] = train(config).summary["tuned"]["accuracy"]
     print(f"Fashion-MNIST 480 train / 200 test, 1 epoch (15 steps) at 64 px: {accuracy}")
     assert accuracy["pretrained"] > accuracy["random"] + 0.05, accuracy

@@ -11,14 +11,14 @@ import warnings
 
 import pytest
 import torch
+from conftest import read_jsonl
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from conftest import read_jsonl
+from tunesmith.models.unwrap import innermost_model
 from tunesmith.train.loss import (
     causal_lm_loss_sum,
     configure_loss,
-    innermost_model,
     loss_positions,
     output_head,
     token_loss_sum,
@@ -58,7 +58,7 @@ def loss_and_grads(model, fn, ids, mask, labels):
 def assert_same_loss_and_grads(model, ids, mask, labels, chunk: int):
     configure_loss(model, chunk)
     chunked = loss_and_grads(model, causal_lm_loss_sum, ids, mask, labels)
-    assert getattr(innermost_model(model), "_tunesmith_chunked_loss_verified") is True  # the chunked path ran
+    assert innermost_model(model)._tunesmith_chunked_loss_verified is True  # the chunked path ran
     plain = loss_and_grads(model, plain_loss, ids, mask, labels)
     assert chunked[1] == plain[1] == int((labels[:, 1:] != -100).sum())
     assert chunked[0] == pytest.approx(plain[0], rel=1e-5)
@@ -70,9 +70,17 @@ def assert_same_loss_and_grads(model, ids, mask, labels, chunk: int):
 def tiny(config_cls, seed: int = 0, **extra):
     from transformers import AutoModelForCausalLM
 
-    config = config_cls(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0,
-                        **extra)
+    config = config_cls(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        **extra,
+    )
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, attn_implementation="eager").float()
 
@@ -99,24 +107,32 @@ def test_lora_through_peft_matches_the_plain_path():
     ids, mask, labels = mixed_batch()
     assert_same_loss_and_grads(model, ids, mask, labels, chunk=7)
     # LoRA on the output layer itself (a PEFT-wrapped lm_head) also runs chunked.
-    model = get_peft_model(tiny(LlamaConfig, tie_word_embeddings=False),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"], lora_dropout=0.0))
+    model = get_peft_model(
+        tiny(LlamaConfig, tie_word_embeddings=False),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"], lora_dropout=0.0),
+    )
     for name, param in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.05)
     assert_same_loss_and_grads(model, ids, mask, labels, chunk=7)
 
 
-@pytest.mark.parametrize("family, extra", [
-    ("gemma2", {"final_logit_softcapping": 0.5, "head_dim": 16}),  # Gemma 2: cap * tanh(logits / cap)
-    ("cohere", {"logit_scale": 3.0}),  # Cohere: logits * logit_scale
-    ("granite", {"logits_scaling": 0.25}),  # Granite: logits / logits_scaling
-])
+@pytest.mark.parametrize(
+    "family, extra",
+    [
+        ("gemma2", {"final_logit_softcapping": 0.5, "head_dim": 16}),  # Gemma 2: cap * tanh(logits / cap)
+        ("cohere", {"logit_scale": 3.0}),  # Cohere: logits * logit_scale
+        ("granite", {"logits_scaling": 0.25}),  # Granite: logits / logits_scaling
+    ],
+)
 def test_logit_transforms_are_applied(family, extra):
     import transformers
 
-    config_cls = {"gemma2": transformers.Gemma2Config, "cohere": transformers.CohereConfig,
-                  "granite": transformers.GraniteConfig}[family]
+    config_cls = {
+        "gemma2": transformers.Gemma2Config,
+        "cohere": transformers.CohereConfig,
+        "granite": transformers.GraniteConfig,
+    }[family]
     model = tiny(config_cls, **extra)
     ids, mask, labels = mixed_batch()
     head = output_head(model)
@@ -131,9 +147,19 @@ def test_a_model_whose_logits_are_not_reproduced_falls_back():
     know: the first call's check against the model's own logits catches it and the loss stays right."""
     from transformers import RecurrentGemmaConfig
 
-    config = RecurrentGemmaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=1, lru_width=64, attention_window_size=16,
-                                  logits_soft_cap=0.5, pad_token_id=0, block_types=["recurrent", "attention"])
+    config = RecurrentGemmaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        lru_width=64,
+        attention_window_size=16,
+        logits_soft_cap=0.5,
+        pad_token_id=0,
+        block_types=["recurrent", "attention"],
+    )
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -177,7 +203,9 @@ class LargestTensor(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        inputs = {
+            t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)
+        }
         for item in tree_flatten(out)[0]:
             if isinstance(item, torch.Tensor) and item.untyped_storage().data_ptr() not in inputs:
                 self.largest = max(self.largest, item.untyped_storage().nbytes())
@@ -227,8 +255,15 @@ def test_training_with_and_without_chunks_follows_the_same_curve(make_config):
 
     curves = []
     for chunk in (0, 8):
-        config = make_config("method.name=lora", "method.r=4", "train.max_steps=3", "train.eval_every=0",
-                             "eval.compare_base=false", f"train.loss_chunk_tokens={chunk}", f"name=chunk{chunk}")
+        config = make_config(
+            "method.name=lora",
+            "method.r=4",
+            "train.max_steps=3",
+            "train.eval_every=0",
+            "eval.compare_base=false",
+            f"train.loss_chunk_tokens={chunk}",
+            f"name=chunk{chunk}",
+        )
         run = pipeline.train(config).run_dir
         curves.append([r["loss"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r])
     assert len(curves[0]) == 3

@@ -60,6 +60,7 @@ def test_auto_batch_is_probed_saved_and_leaves_no_trace(make_config, capsys):
     """batch_size: auto -> the estimate's batch, confirmed by a probe step; the run then matches one
     started with that number (the probe restores RNG and leaves no gradients)."""
     from conftest import read_jsonl
+
     from tunesmith import pipeline
     from tunesmith.config import load_saved_config
 
@@ -69,7 +70,9 @@ def test_auto_batch_is_probed_saved_and_leaves_no_trace(make_config, capsys):
     batch = load_saved_config(auto.run_dir / "config.yaml").train.batch_size
     assert isinstance(batch, int) and batch >= 1
     fixed = pipeline.train(make_config(f"train.batch_size={batch}", *quick))
-    losses = [[r["loss"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r] for run in (auto.run_dir, fixed.run_dir)]
+    losses = [
+        [r["loss"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r] for run in (auto.run_dir, fixed.run_dir)
+    ]
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
 
 
@@ -80,8 +83,14 @@ def test_out_of_memory_in_training_is_a_clear_error(make_config, tmp_path):
     from tunesmith.config import dump_config
 
     # loss_chunk_tokens=0: the whole logits tensor, which the chunked loss (the default) never makes
-    config = make_config("train.batch_size=64", "data.train_on=all", "train.max_steps=2", "eval.compare_base=false",
-                         "train.eval_every=0", "train.loss_chunk_tokens=0")
+    config = make_config(
+        "train.batch_size=64",
+        "data.train_on=all",
+        "train.max_steps=2",
+        "eval.compare_base=false",
+        "train.eval_every=0",
+        "train.loss_chunk_tokens=0",
+    )
     path = tmp_path / "oom.yaml"
     path.write_text(dump_config(config))
     limit = 3 * GIB
@@ -90,8 +99,14 @@ def test_out_of_memory_in_training_is_a_clear_error(make_config, tmp_path):
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-m", "tunesmith.cli", "train", str(path), "--force"], capture_output=True,
-                          text=True, env=env, preexec_fn=limit_memory, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", "train", str(path), "--force"],
+        capture_output=True,
+        text=True,
+        env=env,
+        preexec_fn=limit_memory,
+        timeout=600,
+    )
     assert done.returncode == 2, done.stderr[-3000:]
     assert "out of memory while training" in done.stderr and "train.batch_size=32" in done.stderr
     assert "Traceback" not in done.stderr

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import read_jsonl
 from safetensors.torch import load_file
 
-from conftest import read_jsonl
 from tunesmith import pipeline
 from tunesmith.config import dump_config
 from tunesmith.data.chat_template import IGNORE_INDEX, EncodedExample
@@ -78,7 +78,9 @@ def _chat_examples(make_config, tokenizer, n: int, **overrides):
 def test_packed_example_logits_and_loss_equal_the_example_alone(attn, tiny_llama_dir, tokenizer, make_config):
     # Real chat examples (every token labelled) cut to mixed lengths, so rows hold 1 to 5 examples.
     full, _ = _chat_examples(make_config, tokenizer, 12, **{"data.train_on": "all"})
-    examples = [EncodedExample(e.input_ids[: 20 + 17 * i], e.labels[: 20 + 17 * i], e.where) for i, e in enumerate(full)]
+    examples = [
+        EncodedExample(e.input_ids[: 20 + 17 * i], e.labels[: 20 + 17 * i], e.where) for i, e in enumerate(full)
+    ]
     rows = pack_examples(examples, 256)
     assert any(len(r.lengths) >= 3 for r in rows), [r.lengths for r in rows]
     model = _tiny(tiny_llama_dir, attn)
@@ -140,8 +142,13 @@ def test_packing_is_refused_for_tasks_that_do_not_pack(make_config, tmp_path):
 
 
 def test_training_with_packing_trains_the_same_tokens_in_fewer_steps(make_config, capsys):
-    common = ("train.max_steps=null", "train.epochs=1", "train.eval_every=0", "eval.compare_base=false",
-              "train.load_best_at_end=false")
+    common = (
+        "train.max_steps=null",
+        "train.epochs=1",
+        "train.eval_every=0",
+        "eval.compare_base=false",
+        "train.load_best_at_end=false",
+    )
     # The support tickets are 170-190 tokens: rows of 512 hold two or three.
     common += ("data.max_length=512",)
     plain = pipeline.train(make_config(*common)).summary
@@ -185,9 +192,18 @@ def _train_cli(args: list[str], env_extra: dict | None = None) -> subprocess.Com
 def test_resume_with_group_by_length_and_packing_matches_an_uninterrupted_run(make_config, tmp_path):
     # Batch 4 of ~19 packed rows (two or three tickets in 512 tokens): 7 steps cross into epoch 1, whose
     # grouped order differs from epoch 0's.
-    config = make_config("data.max_length=512", "method.name=lora", "method.r=4", "method.dropout=0.1", "train.save_every=2",
-                         "train.eval_every=2", "eval.compare_base=false", "train.max_steps=7",
-                         "train.group_by_length=true", "data.packing=true")
+    config = make_config(
+        "data.max_length=512",
+        "method.name=lora",
+        "method.r=4",
+        "method.dropout=0.1",
+        "train.save_every=2",
+        "train.eval_every=2",
+        "eval.compare_base=false",
+        "train.max_steps=7",
+        "train.group_by_length=true",
+        "data.packing=true",
+    )
     path = tmp_path / "run.yaml"
     path.write_text(dump_config(config))
     straight = _train_cli(["train", str(path)])
@@ -207,5 +223,7 @@ def test_resume_with_group_by_length_and_packing_matches_an_uninterrupted_run(ma
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6), name
     curve = [r["loss"] for r in read_jsonl(finished / "metrics.jsonl") if "loss" in r]
-    assert curve == pytest.approx([r["loss"] for r in read_jsonl(interrupted / "metrics.jsonl") if "loss" in r], rel=1e-5)
+    assert curve == pytest.approx(
+        [r["loss"] for r in read_jsonl(interrupted / "metrics.jsonl") if "loss" in r], rel=1e-5
+    )
     assert max(r["epoch"] for r in read_jsonl(finished / "metrics.jsonl") if "loss" in r) >= 1

@@ -8,19 +8,22 @@ import json
 
 import pytest
 import torch
-
 from conftest import read_jsonl
+
 from tunesmith import pipeline
 from tunesmith.data.chat_template import IGNORE_INDEX, EncodedExample
 from tunesmith.errors import TunesmithError
-from tunesmith.models.attention import VARLEN_SDPA
+from tunesmith.models.attention import VARLEN_SDPA, varlen_kwargs
 from tunesmith.tasks import chat
 from tunesmith.train import padding_free
 
 
 def test_flatten_keeps_real_tokens_restarts_positions_and_labels_no_boundary():
-    examples = [EncodedExample([5, 6, 7], [5, 6, 7], "a"), EncodedExample([8, 9], [IGNORE_INDEX, 9], "b"),
-                EncodedExample([10, 11, 12, 13], [IGNORE_INDEX, IGNORE_INDEX, 12, 13], "c")]
+    examples = [
+        EncodedExample([5, 6, 7], [5, 6, 7], "a"),
+        EncodedExample([8, 9], [IGNORE_INDEX, 9], "b"),
+        EncodedExample([10, 11, 12, 13], [IGNORE_INDEX, IGNORE_INDEX, 12, 13], "c"),
+    ]
     batch = chat.collate(examples, 0)
     row = padding_free.flatten(batch)
     assert row["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10, 11, 12, 13]]
@@ -29,20 +32,30 @@ def test_flatten_keeps_real_tokens_restarts_positions_and_labels_no_boundary():
     # the row has exactly the padded batch's targets.
     assert row["labels"].tolist() == [[IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9, IGNORE_INDEX, IGNORE_INDEX, 12, 13]]
     assert chat.count_targets(row) == chat.count_targets(batch) == 5
-    kwargs = padding_free.varlen_kwargs(row["position_ids"])
+    kwargs = varlen_kwargs(row["position_ids"])
     assert kwargs["cu_seq_lens_q"].tolist() == [0, 3, 5, 9] and kwargs["max_length_q"] == 4
 
 
 def _tiny_model(kind: str, tokenizer):
     from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
-    common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                  pad_token_id=tokenizer.pad_token_id, attn_implementation="sdpa")
-    config = {"llama": lambda: LlamaConfig(**common),
-              "qwen2": lambda: Qwen2Config(**common),
-              # A window shorter than the examples: attention inside each example must also be local.
-              "mistral-window": lambda: MistralConfig(sliding_window=16, **common)}[kind]()
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        attn_implementation="sdpa",
+    )
+    config = {
+        "llama": lambda: LlamaConfig(**common),
+        "qwen2": lambda: Qwen2Config(**common),
+        # A window shorter than the examples: attention inside each example must also be local.
+        "mistral-window": lambda: MistralConfig(sliding_window=16, **common),
+    }[kind]()
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     model.config.use_cache = False
@@ -57,7 +70,9 @@ def test_padding_free_loss_and_gradients_equal_the_padded_batch(kind, tokenizer,
     splits = prepare_splits(config.data, config.seed, chat.normalise)
     encoded = chat.encode(splits.train[:6], tokenizer, config)
     # Mixed lengths (20 to 105 tokens), so the padded batch is mostly padding in its short rows.
-    examples = [EncodedExample(e.input_ids[: 20 + 17 * i], e.labels[: 20 + 17 * i], e.where) for i, e in enumerate(encoded)]
+    examples = [
+        EncodedExample(e.input_ids[: 20 + 17 * i], e.labels[: 20 + 17 * i], e.where) for i, e in enumerate(encoded)
+    ]
     batch = chat.collate(examples, tokenizer.pad_token_id)
     model = _tiny_model(kind, tokenizer)
 
@@ -75,7 +90,11 @@ def test_padding_free_loss_and_gradients_equal_the_padded_batch(kind, tokenizer,
     assert flat[1] == padded[1] == chat.count_targets(batch)
     assert flat[0] == pytest.approx(padded[0], rel=1e-5)
     for name, grad in padded[2].items():
-        assert torch.allclose(flat[2][name], grad, atol=1e-5, rtol=1e-4), (kind, name, float((flat[2][name] - grad).abs().max()))
+        assert torch.allclose(flat[2][name], grad, atol=1e-5, rtol=1e-4), (
+            kind,
+            name,
+            float((flat[2][name] - grad).abs().max()),
+        )
     # Padded batches (generation, a user's own call) still get SDPA with their mask: the same logits.
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

@@ -18,18 +18,43 @@ from tunesmith.plan.estimate import UnsupportedModel, model_shape
 from tunesmith.plan.hardware import PROFILES, Hardware, cpu_profile, get_hardware
 
 REQUIRED_IDS = [
-    "ProsusAI/finbert", "FacebookAI/roberta-base", "FacebookAI/roberta-large", "facebook/bart-large",
-    "facebook/bart-large-cnn", "google-t5/t5-small", "csebuetnlp/mT5_multilingual_XLSum",
-    "Falconsai/medical_summarization", "meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-13b-hf",
-    "mistralai/Mistral-7B-v0.1", "microsoft/bitnet-b1.58-2B-4T", "databricks/dbrx-base",
-    "google/vit-base-patch16-224", "microsoft/resnet-50", "nvidia/segformer-b5-finetuned-ade-640-640",
-    "stable-diffusion-v1-5/stable-diffusion-v1-5", "stabilityai/stable-diffusion-xl-base-1.0",
-    "ByteDance/SDXL-Lightning", "h94/IP-Adapter-FaceID", "BAAI/bge-reranker-base", "openlm-research/open_llama_7b",
-    "HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-360M-Instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct",
-    "Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-7B-Instruct",
-    "meta-llama/Llama-3.2-1B-Instruct", "meta-llama/Llama-3.2-3B-Instruct", "meta-llama/Llama-3.1-8B-Instruct",
-    "microsoft/Phi-3.5-mini-instruct", "google/gemma-2-2b-it", "microsoft/deberta-v3-base",
-    "google-bert/bert-base-uncased", "sentence-transformers/all-MiniLM-L6-v2", "timm/efficientnet_lite0.ra_in1k",
+    "ProsusAI/finbert",
+    "FacebookAI/roberta-base",
+    "FacebookAI/roberta-large",
+    "facebook/bart-large",
+    "facebook/bart-large-cnn",
+    "google-t5/t5-small",
+    "csebuetnlp/mT5_multilingual_XLSum",
+    "Falconsai/medical_summarization",
+    "meta-llama/Llama-2-7b-hf",
+    "meta-llama/Llama-2-13b-hf",
+    "mistralai/Mistral-7B-v0.1",
+    "microsoft/bitnet-b1.58-2B-4T",
+    "databricks/dbrx-base",
+    "google/vit-base-patch16-224",
+    "microsoft/resnet-50",
+    "nvidia/segformer-b5-finetuned-ade-640-640",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "stabilityai/stable-diffusion-xl-base-1.0",
+    "ByteDance/SDXL-Lightning",
+    "h94/IP-Adapter-FaceID",
+    "BAAI/bge-reranker-base",
+    "openlm-research/open_llama_7b",
+    "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "HuggingFaceTB/SmolLM2-360M-Instruct",
+    "HuggingFaceTB/SmolLM2-1.7B-Instruct",
+    "Qwen/Qwen2.5-0.5B-Instruct",
+    "Qwen/Qwen2.5-1.5B-Instruct",
+    "Qwen/Qwen2.5-7B-Instruct",
+    "meta-llama/Llama-3.2-1B-Instruct",
+    "meta-llama/Llama-3.2-3B-Instruct",
+    "meta-llama/Llama-3.1-8B-Instruct",
+    "microsoft/Phi-3.5-mini-instruct",
+    "google/gemma-2-2b-it",
+    "microsoft/deberta-v3-base",
+    "google-bert/bert-base-uncased",
+    "sentence-transformers/all-MiniLM-L6-v2",
+    "timm/efficientnet_lite0.ra_in1k",
 ]
 
 
@@ -68,8 +93,15 @@ def test_estimator_counts_match_published_parameter_counts(catalog):
 
 def test_well_known_parameter_counts(catalog):
     # Published counts (model cards / torchvision / PEFT print-outs), independent of the catalog text.
-    known = {"llama-2-7b": 6_738_415_616, "bert-base-uncased": 109_482_240, "roberta-base": 124_645_632,
-             "t5-small": 60_506_624, "vit-base": 86_567_656, "resnet-50": 25_557_032, "mt5-xlsum": 582_401_280}
+    known = {
+        "llama-2-7b": 6_738_415_616,
+        "bert-base-uncased": 109_482_240,
+        "roberta-base": 124_645_632,
+        "t5-small": 60_506_624,
+        "vit-base": 86_567_656,
+        "resnet-50": 25_557_032,
+        "mt5-xlsum": 582_401_280,
+    }
     for name, count in known.items():
         assert model_shape(catalog.get(name).config).parameters == count, name
 
@@ -88,19 +120,42 @@ def test_unknown_model_lists_closest_names(catalog):
 
 
 def test_licences_and_tasks_are_validated(tmp_path):
-    good = {"tasks": {"chat": "x"}, "licenses": {"mit": {"kind": "permissive", "note": "n"}},
-            "models": [{"id": "a/b", "name": "b", "tasks": ["chat"], "architecture": "x", "parameters": 1,
-                        "context_length": 1, "languages": ["en"], "domain": "general", "license": "mit",
-                        "pretraining_data": "x", "source": "official", "fine_tuning_docs": True, "notes": "x",
-                        "metrics": ["m"], "config": {"model_type": "llama"}}]}
+    good = {
+        "tasks": {"chat": "x"},
+        "licenses": {"mit": {"kind": "permissive", "note": "n"}},
+        "models": [
+            {
+                "id": "a/b",
+                "name": "b",
+                "tasks": ["chat"],
+                "architecture": "x",
+                "parameters": 1,
+                "context_length": 1,
+                "languages": ["en"],
+                "domain": "general",
+                "license": "mit",
+                "pretraining_data": "x",
+                "source": "official",
+                "fine_tuning_docs": True,
+                "notes": "x",
+                "metrics": ["m"],
+                "config": {"model_type": "llama"},
+            }
+        ],
+    }
+
     def load(data) -> None:
         path = tmp_path / f"c{len(list(tmp_path.iterdir()))}.yaml"
         path.write_text(yaml.safe_dump(data))
         load_catalog(path)
 
     load(good)
-    for field, value, message in (("tasks", ["summarise"], "unknown task"), ("license", "gpl", "licence"),
-                                  ("colour", "red", "colour"), ("source", "blog", "source")):
+    for field, value, message in (
+        ("tasks", ["summarise"], "unknown task"),
+        ("license", "gpl", "licence"),
+        ("colour", "red", "colour"),
+        ("source", "blog", "source"),
+    ):
         bad = json.loads(json.dumps(good))
         bad["models"][0][field] = value
         with pytest.raises(TunesmithError, match=message):
@@ -108,8 +163,20 @@ def test_licences_and_tasks_are_validated(tmp_path):
 
 
 def test_hardware_profiles_and_aliases():
-    for name in ("A100-40GB", "A100-80GB", "H100-80GB", "H200-141GB", "L4-24GB", "A10G-24GB", "V100-16GB",
-                 "V100-32GB", "T4-16GB", "RTX4090-24GB", "M2-Max-96GB", "M3-Max-128GB"):
+    for name in (
+        "A100-40GB",
+        "A100-80GB",
+        "H100-80GB",
+        "H200-141GB",
+        "L4-24GB",
+        "A10G-24GB",
+        "V100-16GB",
+        "V100-32GB",
+        "T4-16GB",
+        "RTX4090-24GB",
+        "M2-Max-96GB",
+        "M3-Max-128GB",
+    ):
         hw = PROFILES[name]
         assert hw.memory_bytes > 10 * 2**30 and hw.bf16_tflops > 0 and hw.fp32_tflops > 0 and hw.bandwidth_gbs
     assert get_hardware("t4").name == "T4-16GB"

@@ -9,11 +9,11 @@ import math
 import pytest
 
 from tunesmith.errors import TunesmithError
+from tunesmith.methods.qlora import NF4_BITS
 from tunesmith.plan.catalog import load_catalog
 from tunesmith.plan.estimate import (
     LOGIT_BYTES,
     MFU,
-    NF4_BITS,
     UnsupportedModel,
     activation_bytes,
     estimate,
@@ -75,7 +75,9 @@ def test_checkpointing_and_attention_kernels():
     assert ckpt.breakdown["activations"] < plain.breakdown["activations"] / 10
     assert ckpt.flops_per_example > plain.flops_per_example  # the recomputed forward
     eager = estimate("llama-2-7b", attention="eager", **kwargs)
-    assert estimate("llama-2-7b", attention="flash", **kwargs).breakdown["activations"] == plain.breakdown["activations"]
+    assert (
+        estimate("llama-2-7b", attention="flash", **kwargs).breakdown["activations"] == plain.breakdown["activations"]
+    )
     # eager keeps B x heads x S^2 scores per layer: the fp32 softmax and its bf16 copy (6 bytes)
     extra = eager.breakdown["activations"] - plain.breakdown["activations"]
     assert extra == 32 * 4 * 32 * 2048**2 * 6
@@ -83,8 +85,14 @@ def test_checkpointing_and_attention_kernels():
 
 def test_korthikanti_formula_for_a_gpt_like_block():
     """Dropout, a*d = h, ffn = 4h, 16-bit: sbh(34 + 5as/h) per layer (Korthikanti et al. 2022, eq. 1)."""
-    cfg = {"model_type": "bert", "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 2,
-           "num_attention_heads": 16, "vocab_size": 1000}
+    cfg = {
+        "model_type": "bert",
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 16,
+        "vocab_size": 1000,
+    }
     shape = model_shape(cfg)
     s, h, a = 512, 1024, 16
     per_layer = activation_bytes(shape, s, 1, act=2, attention="eager", checkpointing=False) / 2
@@ -113,8 +121,12 @@ def test_largest_batch_is_consistent_and_monotonic_in_memory():
     at = estimate("qwen2.5-1.5b-instruct", method="lora", seq_len=1024, batch=est.max_batch, hardware="L4")
     assert at.fits and not over.fits and at.total_bytes <= at.device_bytes < over.total_bytes
     l4 = get_hardware("L4")
-    batches = [estimate("qwen2.5-1.5b-instruct", seq_len=1024, hardware=dataclasses.replace(l4, memory_bytes=gib * 2**30)).max_batch
-               for gib in (4, 8, 16, 24, 48, 96, 192)]
+    batches = [
+        estimate(
+            "qwen2.5-1.5b-instruct", seq_len=1024, hardware=dataclasses.replace(l4, memory_bytes=gib * 2**30)
+        ).max_batch
+        for gib in (4, 8, 16, 24, 48, 96, 192)
+    ]
     assert batches == sorted(batches) and batches[0] == 0 and batches[-1] > 20
 
 
@@ -138,12 +150,27 @@ def test_cpu_calibration_reproduces_the_quickstart_run():
 
 
 def test_epoch_time_and_cost():
-    est = estimate("llama-3.1-8b-instruct", method="qlora", seq_len=1024, batch=4, grad_checkpointing=True,
-                   hardware="L4", epoch_tokens=10_000_000)
+    est = estimate(
+        "llama-3.1-8b-instruct",
+        method="qlora",
+        seq_len=1024,
+        batch=4,
+        grad_checkpointing=True,
+        hardware="L4",
+        epoch_tokens=10_000_000,
+    )
     assert est.seconds_per_epoch == pytest.approx(1e7 / est.tokens_per_second)
     assert est.cost_per_epoch_usd == pytest.approx(est.seconds_per_epoch / 3600 * 0.8)
-    eight = estimate("llama-3.1-8b-instruct", method="qlora", seq_len=1024, batch=4, hardware="L4", gpus=8,
-                     epoch_tokens=10_000_000, price_per_hour=1.0)
+    eight = estimate(
+        "llama-3.1-8b-instruct",
+        method="qlora",
+        seq_len=1024,
+        batch=4,
+        hardware="L4",
+        gpus=8,
+        epoch_tokens=10_000_000,
+        price_per_hour=1.0,
+    )
     one = estimate("llama-3.1-8b-instruct", method="qlora", seq_len=1024, batch=4, hardware="L4")
     assert eight.tokens_per_second == pytest.approx(8 * one.tokens_per_second)  # data parallel: linear scaling
     assert one.tokens_per_second > est.tokens_per_second  # checkpointing recomputes the forward
@@ -153,8 +180,10 @@ def test_epoch_time_and_cost():
 
 def test_model_dir_raw_dict_and_entry_agree(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(LLAMA2_7B))
-    results = {estimate(ref, hardware="T4", method="qlora").total_bytes
-               for ref in (tmp_path, str(tmp_path), dict(LLAMA2_7B), load_catalog().get("llama-2-7b"), "llama-2-7b")}
+    results = {
+        estimate(ref, hardware="T4", method="qlora").total_bytes
+        for ref in (tmp_path, str(tmp_path), dict(LLAMA2_7B), load_catalog().get("llama-2-7b"), "llama-2-7b")
+    }
     assert len(results) == 1
 
 
@@ -230,7 +259,18 @@ def test_encoder_decoder_of_two_berts_counts_like_the_real_model():
     lora = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="SEQ_2_SEQ_LM"))
     assert lora_parameters(shape, 4) == sum(p.numel() for p in lora.parameters() if p.requires_grad)
     # CPU SDPA with dropout falls back to the math path and keeps 12 bytes per attention score; flash keeps none.
-    sdpa, flash = (estimate(config.to_dict(), method="full", seq_len=256, target_len=64, batch=8, hardware="cpu",
-                            precision="fp32", attention=a) for a in ("sdpa", "flash"))
+    sdpa, flash = (
+        estimate(
+            config.to_dict(),
+            method="full",
+            seq_len=256,
+            target_len=64,
+            batch=8,
+            hardware="cpu",
+            precision="fp32",
+            attention=a,
+        )
+        for a in ("sdpa", "flash")
+    )
     scores = 2 * (256 * 4 * 256) + 2 * (64 * 4 * 64 + 64 * 4 * 256)  # encoder self; decoder self + cross
     assert sdpa.breakdown["activations"] - flash.breakdown["activations"] == 8 * scores * 12

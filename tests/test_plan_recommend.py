@@ -7,13 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tunesmith.config import load_config
 from tunesmith.errors import TunesmithError
+from tunesmith.methods import methods_for
 from tunesmith.plan.cli import build_parser, parse_cost, parse_count, parse_duration
 from tunesmith.plan.hardware import Hardware
 from tunesmith.plan.recommend import data_stats, recommend, run_config, write_config
+from tunesmith.taskcards import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 TICKETS = ROOT / "examples" / "data" / "support_tickets.jsonl"
@@ -81,7 +82,7 @@ def test_tasks_without_shape_builders_use_parameter_counts():
 
 
 def test_unknown_task_and_nothing_fits():
-    with pytest.raises(TunesmithError, match="closest: summarization"):
+    with pytest.raises(TunesmithError, match="did you mean .summarization."):
         recommend("summarisation")
     tiny = Hardware("tiny", "consumer-gpu", 256 * 2**20, 10, 5, True, 100, 0.1)
     with pytest.raises(TunesmithError, match="fits"):
@@ -106,12 +107,24 @@ def test_written_chat_config_is_a_valid_run_config(tmp_path):
         write_config(rec, tmp_path / "cpu.yaml")
 
 
-def test_other_tasks_write_yaml_for_their_future_task(tmp_path):
-    rec = recommend("summarization", hardware="A10G", top=1)[0]
-    text = write_config(rec, tmp_path / "s.yaml").read_text()
-    data = yaml.safe_load(text)
-    assert data["task"] == "summarization" and data["model"]["name"] == rec.entry.id
-    assert "trains task 'chat' only" in text
+@pytest.mark.parametrize("task", list(TASKS))
+def test_every_registered_task_gets_a_config_that_validates(task, tmp_path):
+    rec = recommend(task, hardware="A100-80GB", top=1)[0]
+    path = write_config(rec, tmp_path / f"{task}.yaml")
+    text = path.read_text()
+    assert "trains task 'chat' only" not in text  # the stale note of the chat-only days is gone
+    config = load_config(path)
+    assert config.task == task and config.method.name == rec.method
+    assert config.method.name in methods_for(TASKS[task].model_kind)
+
+
+def test_recommend_offers_only_registered_tasks_and_honours_method():
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["recommend", "--task", "image-segmentation"])
+    (rec,) = recommend("chat", hardware="A100-80GB", top=1, method="lora-8bit")
+    assert rec.method == "lora-8bit" and rec.lora_r == 16
+    with pytest.raises(TunesmithError, match="cannot train task chat"):
+        recommend("chat", hardware="A100-80GB", top=1, method="nope")
 
 
 def test_value_parsers():
@@ -130,17 +143,56 @@ def run_cli(argv):
 
 
 def test_estimate_command_prints_the_breakdown(capsys):
-    est = run_cli(["estimate", "llama-2-7b", "--method", "qlora", "--seq-len", "1024", "--batch", "2",
-                   "--grad-checkpointing", "--hardware", "T4", "--tokens", "5M"])
+    est = run_cli(
+        [
+            "estimate",
+            "llama-2-7b",
+            "--method",
+            "qlora",
+            "--seq-len",
+            "1024",
+            "--batch",
+            "2",
+            "--grad-checkpointing",
+            "--hardware",
+            "T4",
+            "--tokens",
+            "5M",
+        ]
+    )
     out = capsys.readouterr().out
     assert est.fits and est.grad_checkpointing and est.seconds_per_epoch
-    for text in ("weights", "activations", "total", "device (T4-16GB)", "fits", "largest batch", "tokens/s",
-                 "time per epoch", "cost per epoch"):
+    for text in (
+        "weights",
+        "activations",
+        "total",
+        "device (T4-16GB)",
+        "fits",
+        "largest batch",
+        "tokens/s",
+        "time per epoch",
+        "cost per epoch",
+    ):
         assert text in out
     big = run_cli(["estimate", "llama-2-7b", "--method", "full", "--hardware", "A100-40GB"])
     assert not big.fits and "does not fit" in capsys.readouterr().out
-    sharded = run_cli(["estimate", "llama-2-7b", "--method", "full", "--hardware", "A100-80GB", "--gpus", "8", "--zero", "3",
-                       "--batch", "1", "--grad-checkpointing"])
+    sharded = run_cli(
+        [
+            "estimate",
+            "llama-2-7b",
+            "--method",
+            "full",
+            "--hardware",
+            "A100-80GB",
+            "--gpus",
+            "8",
+            "--zero",
+            "3",
+            "--batch",
+            "1",
+            "--grad-checkpointing",
+        ]
+    )
     assert sharded.fits and sharded.zero_stage == 3
 
 
@@ -149,13 +201,31 @@ def test_estimate_command_reads_a_run_config(capsys):
     config = load_config(ROOT / "examples" / "quickstart.yaml")
     assert est.seq_len == config.data.max_length and est.batch == config.train.batch_size
     assert est.method == config.method.name and est.seconds_per_epoch is not None
-    assert run_cli(["estimate", str(ROOT / "examples" / "quickstart.yaml"), "--batch", "2", "--hardware", "cpu"]).batch == 2
+    assert (
+        run_cli(["estimate", str(ROOT / "examples" / "quickstart.yaml"), "--batch", "2", "--hardware", "cpu"]).batch
+        == 2
+    )
 
 
 def test_recommend_command_writes_a_config(tmp_path, capsys):
     target = tmp_path / "run.yaml"
-    recs = run_cli(["recommend", "--task", "chat", "--hardware", "L4", "--data", str(TICKETS), "--budget", "2h",
-                    "--max-cost", "$20", "--write", str(target)])
+    recs = run_cli(
+        [
+            "recommend",
+            "--task",
+            "chat",
+            "--hardware",
+            "L4",
+            "--data",
+            str(TICKETS),
+            "--budget",
+            "2h",
+            "--max-cost",
+            "$20",
+            "--write",
+            str(target),
+        ]
+    )
     out = capsys.readouterr().out
     assert recs[0].entry.name in out and "licence:" in out and f"wrote {target}" in out
     assert load_config(target).model.name in (recs[0].entry.id, recs[0].entry.name)
@@ -166,8 +236,13 @@ def test_recommend_command_writes_a_config(tmp_path, capsys):
 
 
 def test_bad_input_exits_with_code_2():
-    result = subprocess.run([sys.executable, "-m", "tunesmith.plan.cli", "estimate", "lama-2-7b"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "tunesmith.plan.cli", "estimate", "lama-2-7b"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "closest: llama-2-7b" in result.stderr
 
 

@@ -54,8 +54,15 @@ def test_lora_weights_grads_and_optimizer_states_stay_fp32_under_bf16_autocast(m
 
 
 def test_a_bf16_run_saves_fp32_adapters_and_optimizer_states(make_config):
-    config = make_config("method.name=lora", "method.r=4", "train.precision=bf16", "train.max_steps=2",
-                         "train.eval_every=0", "train.save_every=2", "eval.compare_base=false")
+    config = make_config(
+        "method.name=lora",
+        "method.r=4",
+        "train.precision=bf16",
+        "train.max_steps=2",
+        "train.eval_every=0",
+        "train.save_every=2",
+        "eval.compare_base=false",
+    )
     run = pipeline.train(config).run_dir
     assert json.loads((run / "summary.json").read_text())["precision"] == "bf16"
     adapter = load_file(str(run / "adapter" / "adapter_model.safetensors"))
@@ -63,7 +70,7 @@ def test_a_bf16_run_saves_fp32_adapters_and_optimizer_states(make_config):
     checkpoint = run / "checkpoints" / "step-2"
     trainable = load_file(str(checkpoint / "trainable.safetensors"))
     assert all(t.dtype == torch.float32 for t in trainable.values())
-    states = torch.load(checkpoint / "states.pt", weights_only=False)["optimizer"]["state"]
+    states = torch.load(checkpoint / "optimizer.bin", weights_only=True)["state"]
     assert len(states) == len(trainable)
     for state in states.values():
         assert state["exp_avg"].dtype == state["exp_avg_sq"].dtype == torch.float32

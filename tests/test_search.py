@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLES, postgres_bin
+
 from tunesmith.config import dump_config, load_config
 from tunesmith.errors import TunesmithError
 
@@ -36,8 +36,16 @@ def tiny_bert(tmp_path_factory) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-minilm-l6-v2").path)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny-bert")
-    AutoModel.from_config(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, max_position_embeddings=128)).save_pretrained(path)
+    AutoModel.from_config(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        )
+    ).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
@@ -57,11 +65,27 @@ def sections(tmp_path_factory) -> Path:
 @pytest.fixture()
 def search_config(tmp_path, tiny_bert, sections):
     def build(*overrides: str):
-        return load_config(None, [
-            "task=text-classification", f"model.name={tiny_bert}", f"data.train={sections}", "data.max_length=48",
-            f"output.dir={tmp_path / 'runs'}", "train.batch_size=16", "train.max_steps=4", "train.eval_every=1",
-            "train.log_every=1", "train.learning_rate=1e-3", "train.precision=fp32", "method.name=full",
-            "search.n_trials=3", "search.pruner=none", *overrides])
+        return load_config(
+            None,
+            [
+                "task=text-classification",
+                f"model.name={tiny_bert}",
+                f"data.train={sections}",
+                "data.max_length=48",
+                f"output.dir={tmp_path / 'runs'}",
+                "train.batch_size=16",
+                "train.max_steps=4",
+                "train.eval_every=1",
+                "train.log_every=1",
+                "train.learning_rate=1e-3",
+                "train.precision=fp32",
+                "method.name=full",
+                "search.n_trials=3",
+                "search.pruner=none",
+                *overrides,
+            ],
+        )
+
     return build
 
 
@@ -79,28 +103,85 @@ LR_WD = "search.space={train.learning_rate: {type: log-float, low: 1.0e-4, high:
 # Bad input: one message each, before any trial runs
 
 
-@pytest.mark.parametrize("overrides, where, says, fix", [
-    (["search.space={train.learning_rat: {type: log-float, low: 1.0e-5, high: 1.0e-3}}"],
-     "search.space.train.learning_rat", "no such config key", "did you mean 'train.learning_rate'"),
-    (["search.space={learning_rate: {type: log-float, low: 1.0e-5, high: 1.0e-3}}"],
-     "search.space.learning_rate", "no such config key", "train.learning_rate"),
-    (["search.space={train.learning_rate: {type: log-float, low: 1.0e-3, high: 1.0e-5}}"],
-     "search.space.train.learning_rate", "empty range", "swap"),
-    (["search.space={method.r: {type: int, low: 8, high: 8}}"], "search.space.method.r", "empty range", "method.r: 8"),
-    (["search.space={method.r: {type: categorical, choices: [8]}}"], "search.space.method.r", "one choice", "two or more"),
-    (["search.space={train.learning_rate: {type: log-float, low: 0, high: 1.0e-3}}"],
-     "search.space.train.learning_rate", "low > 0", "type: float"),
-    (["search.space={method.dropout: {type: float, low: 0, high: 1.5}}"], "search.space.method.dropout", "does not fit", "accepts"),
-    (["search.space={output.dir: {type: categorical, choices: [a, b]}}"], "search.space.output.dir", "cannot be searched", ""),
-    (["search.objectives={acuracy: maximize}"], "search.objectives", "does not produce the metric 'acuracy'", "did you mean 'accuracy'"),
-    (["search.objectives={rougeL: maximize}"], "search.objectives", "does not produce", "f1_macro"),
-    (["search.objectives={eval_loss: minimize, trainable_parameters: minimize}", "search.pruner=median"],
-     "search.pruner", "single objective", "pruner: none"),
-    (["search.objectives={eval_loss: minimize, train_seconds: minimize}", "search.sampler=cmaes"],
-     "search.sampler", "single objective", "nsga2"),
-    ([LR_WD, "search.sampler=grid"], "search.space.train.learning_rate", "grid sampler needs a finite set", "add a step"),
-    (["data.split=[0.9, 0.0, 0.1]"], "data.split", "validation split", "data.validation"),
-])
+@pytest.mark.parametrize(
+    "overrides, where, says, fix",
+    [
+        (
+            ["search.space={train.learning_rat: {type: log-float, low: 1.0e-5, high: 1.0e-3}}"],
+            "search.space.train.learning_rat",
+            "no such config key",
+            "did you mean 'train.learning_rate'",
+        ),
+        (
+            ["search.space={learning_rate: {type: log-float, low: 1.0e-5, high: 1.0e-3}}"],
+            "search.space.learning_rate",
+            "no such config key",
+            "train.learning_rate",
+        ),
+        (
+            ["search.space={train.learning_rate: {type: log-float, low: 1.0e-3, high: 1.0e-5}}"],
+            "search.space.train.learning_rate",
+            "empty range",
+            "swap",
+        ),
+        (
+            ["search.space={method.r: {type: int, low: 8, high: 8}}"],
+            "search.space.method.r",
+            "empty range",
+            "method.r: 8",
+        ),
+        (
+            ["search.space={method.r: {type: categorical, choices: [8]}}"],
+            "search.space.method.r",
+            "one choice",
+            "two or more",
+        ),
+        (
+            ["search.space={train.learning_rate: {type: log-float, low: 0, high: 1.0e-3}}"],
+            "search.space.train.learning_rate",
+            "low > 0",
+            "type: float",
+        ),
+        (
+            ["search.space={method.dropout: {type: float, low: 0, high: 1.5}}"],
+            "search.space.method.dropout",
+            "does not fit",
+            "accepts",
+        ),
+        (
+            ["search.space={output.dir: {type: categorical, choices: [a, b]}}"],
+            "search.space.output.dir",
+            "cannot be searched",
+            "",
+        ),
+        (
+            ["search.objectives={acuracy: maximize}"],
+            "search.objectives",
+            "does not produce the metric 'acuracy'",
+            "did you mean 'accuracy'",
+        ),
+        (["search.objectives={rougeL: maximize}"], "search.objectives", "does not produce", "f1_macro"),
+        (
+            ["search.objectives={eval_loss: minimize, trainable_parameters: minimize}", "search.pruner=median"],
+            "search.pruner",
+            "single objective",
+            "pruner: none",
+        ),
+        (
+            ["search.objectives={eval_loss: minimize, train_seconds: minimize}", "search.sampler=cmaes"],
+            "search.sampler",
+            "single objective",
+            "nsga2",
+        ),
+        (
+            [LR_WD, "search.sampler=grid"],
+            "search.space.train.learning_rate",
+            "grid sampler needs a finite set",
+            "add a step",
+        ),
+        (["data.split=[0.9, 0.0, 0.1]"], "data.split", "validation split", "data.validation"),
+    ],
+)
 def test_bad_search_input_is_one_clear_message(search_config, overrides, where, says, fix):
     from tunesmith.search.space import check_search
 
@@ -179,9 +260,12 @@ def test_single_objective_samplers_run_real_trials(search_config, sampler):
 def test_grid_visits_every_point_once_and_stops(search_config):
     from tunesmith.search.study import run_search
 
-    config = search_config("search.sampler=grid", "search.n_trials=20",
-                           "search.space={train.learning_rate: {type: categorical, choices: [1.0e-3, 1.0e-2]}, "
-                           "train.weight_decay: {type: float, low: 0, high: 0.1, step: 0.1}}")
+    config = search_config(
+        "search.sampler=grid",
+        "search.n_trials=20",
+        "search.space={train.learning_rate: {type: categorical, choices: [1.0e-3, 1.0e-2]}, "
+        "train.weight_decay: {type: float, low: 0, high: 0.1, step: 0.1}}",
+    )
     result = run_search(config)
     trials = trials_of(result.study_dir)
     points = {(t.params["train.learning_rate"], t.params["train.weight_decay"]) for t in trials}
@@ -192,10 +276,15 @@ def test_grid_visits_every_point_once_and_stops(search_config):
 def test_nsga2_two_objectives_give_a_pareto_front(search_config):
     from tunesmith.search.study import run_search
 
-    config = search_config("method.name=lora", "method.target_modules=[query, value]", "search.sampler=nsga2",
-                           "search.n_trials=4", "search.objectives={eval_loss: minimize, trainable_parameters: minimize}",
-                           "search.space={method.r: {type: categorical, choices: [1, 16]}, "
-                           "train.learning_rate: {type: log-float, low: 1.0e-3, high: 3.0e-2}}")
+    config = search_config(
+        "method.name=lora",
+        "method.target_modules=[query, value]",
+        "search.sampler=nsga2",
+        "search.n_trials=4",
+        "search.objectives={eval_loss: minimize, trainable_parameters: minimize}",
+        "search.space={method.r: {type: categorical, choices: [1, 16]}, "
+        "train.learning_rate: {type: log-float, low: 1.0e-3, high: 3.0e-2}}",
+    )
     result = run_search(config)
     trials = trials_of(result.study_dir)
     assert len(trials) == 4 and all(len(t.values) == 2 for t in trials)
@@ -209,14 +298,16 @@ def test_nsga2_two_objectives_give_a_pareto_front(search_config):
 def test_median_pruner_stops_a_trial_behind_the_first(search_config, tmp_path):
     from optuna.trial import TrialState
 
-    from tunesmith.search.study import run_search
-
-    from tunesmith.search.study import load_study, start_study
+    from tunesmith.search.study import load_study, run_search, start_study
 
     # Trial 0 runs the config's lr 1e-3; trial 1, queued with lr 1e-7, barely moves, so its first
     # validation loss is behind trial 0's at that step.
-    config = search_config("search.n_trials=2", "search.pruner=median", "search.pruner_startup_trials=1",
-                           "search.space={train.learning_rate: {type: log-float, low: 1.0e-7, high: 1.0e-2}}")
+    config = search_config(
+        "search.n_trials=2",
+        "search.pruner=median",
+        "search.pruner_startup_trials=1",
+        "search.space={train.learning_rate: {type: log-float, low: 1.0e-7, high: 1.0e-2}}",
+    )
     study_dir = start_study(config, tmp_path / "study")
     load_study(study_dir)[0].enqueue_trial({"train.learning_rate": 1e-7})
     result = run_search(study_dir=study_dir, resume=True)
@@ -251,8 +342,11 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(search_config):
 
     from tunesmith.search.study import run_search
 
-    config = search_config("search.sampler=grid", "train.max_grad_norm=null",
-                           "search.space={train.learning_rate: {type: categorical, choices: [1.0e-3, 1.0e+30]}}")
+    config = search_config(
+        "search.sampler=grid",
+        "train.max_grad_norm=null",
+        "search.space={train.learning_rate: {type: categorical, choices: [1.0e-3, 1.0e+30]}}",
+    )
     result = run_search(config)
     trials = {t.params["train.learning_rate"]: t for t in trials_of(result.study_dir)}
     failed = trials[1e30]
@@ -265,8 +359,8 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(search_config):
 
 
 def test_task_metric_objective_report_plots_and_final_training(search_config, tmp_path):
-    from tunesmith.search.space import TASK_METRICS
     from tunesmith.search.study import run_search
+    from tunesmith.taskcards import TASKS
 
     config = search_config(LR_WD, "search.objectives={f1_macro: maximize}", "search.final_train=true")
     result = run_search(config, study_dir=tmp_path / "study")
@@ -276,7 +370,7 @@ def test_task_metric_objective_report_plots_and_final_training(search_config, tm
         assert t.values[0] == pytest.approx(scored["f1_macro"])
         # The table of metrics the objectives may name matches what the task really reports.
         produced = {k for k, v in scored.items() if isinstance(v, float)}
-        assert produced == set(TASK_METRICS["text-classification"]) - {"pearson", "spearman", "ndcg@10", "mrr@10"}
+        assert produced == set(TASKS["text-classification"].metrics) - {"pearson", "spearman", "ndcg@10", "mrr@10"}
     best = max(trials, key=lambda t: t.values[0])
     best_yaml = load_config(result.best_config)
     assert best_yaml.train.learning_rate == pytest.approx(best.params["train.learning_rate"])
@@ -288,20 +382,32 @@ def test_task_metric_objective_report_plots_and_final_training(search_config, tm
     final = json.loads((result.final_run / "summary.json").read_text())
     data = json.loads((Path(best.user_attrs["run_dir"]) / "summary.json").read_text())["data"]
     assert final["data"] == {"train": data["train"] + data["validation"], "validation": 0, "test": data["test"]}
-    assert final["tuned"]["accuracy"] >= 0 and final["base"]
+    # The final run's test accuracy, tuned and base, is the share of right answers in the predictions it wrote.
+    written = json.loads((result.final_run / "test_predictions.json").read_text())
+    for side in ("tuned", "base"):
+        rows = written[side]
+        assert len(rows) == data["test"] == final[side]["test_samples"], side
+        right = sum(r["prediction"] == r["reference"] for r in rows)
+        assert final[side]["accuracy"] == pytest.approx(right / len(rows)), side
 
 
 def test_task_metrics_of_chat_match_the_table(make_config, tmp_path):
-    from tunesmith.search.space import TASK_METRICS
     from tunesmith.search.study import run_search
+    from tunesmith.taskcards import TASKS
 
-    config = make_config("search.objectives={rougeL: maximize}", "search.n_trials=1", "search.pruner=none",
-                         "train.max_steps=2", "eval.max_samples=2", "eval.max_new_tokens=4",
-                         "search.space={train.learning_rate: {type: log-float, low: 1.0e-3, high: 1.0e-2}}")
+    config = make_config(
+        "search.objectives={rougeL: maximize}",
+        "search.n_trials=1",
+        "search.pruner=none",
+        "train.max_steps=2",
+        "eval.max_samples=2",
+        "eval.max_new_tokens=4",
+        "search.space={train.learning_rate: {type: log-float, low: 1.0e-3, high: 1.0e-2}}",
+    )
     result = run_search(config, study_dir=tmp_path / "study")
     (trial,) = trials_of(result.study_dir)
     scored = json.loads((Path(trial.user_attrs["run_dir"]) / "validation_metrics.json").read_text())
-    assert {k for k, v in scored.items() if isinstance(v, float)} == set(TASK_METRICS["chat"])
+    assert {k for k, v in scored.items() if isinstance(v, float)} == set(TASKS["chat"].metrics)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -310,8 +416,14 @@ def test_task_metrics_of_chat_match_the_table(make_config, tmp_path):
 
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "tunesmith.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tunesmith.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        **kwargs,
+    )
 
 
 def test_two_workers_killed_then_resumed_lose_no_trial_and_repeat_none(search_config, tmp_path):
@@ -320,7 +432,9 @@ def test_two_workers_killed_then_resumed_lose_no_trial_and_repeat_none(search_co
     import optuna
     from optuna.trial import TrialState
 
-    config = search_config(LR_WD, "search.sampler=random", "search.n_trials=4", "train.max_steps=20", "train.eval_every=10")
+    config = search_config(
+        LR_WD, "search.sampler=random", "search.n_trials=4", "train.max_steps=20", "train.eval_every=10"
+    )
     path = tmp_path / "search.yaml"
     path.write_text(dump_config(config))
     study_dir = tmp_path / "study"
@@ -393,8 +507,17 @@ def postgres_url():
     data = folder / "data"
     run = lambda *cmd: subprocess.run(prefix + list(cmd), check=True, capture_output=True, text=True, cwd=folder)  # noqa: E731
     run(str(bindir / "initdb"), "-D", str(data), "-U", "tuner", "--auth=trust", "-E", "UTF8")
-    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w", "start",
-        "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1")
+    run(
+        str(bindir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(folder / "server.log"),
+        "-w",
+        "start",
+        "-o",
+        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1",
+    )
     try:
         run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tuner", "optuna")
         yield f"postgresql+psycopg://tuner@127.0.0.1:{port}/optuna"

@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import postgres_bin
 import yaml
+from conftest import postgres_bin
 
 from tunesmith.cli import main
 from tunesmith.errors import TunesmithError
@@ -64,11 +64,32 @@ def postgres_with_password():
         shutil.chown(pwfile, "nobody", "nogroup")
     data = folder / "data"
     env = {**os.environ, "PGPASSWORD": DB_PASSWORD}
-    run = lambda *cmd: subprocess.run(prefix + list(cmd), check=True, capture_output=True, text=True, cwd=folder, env=env)  # noqa: E731
-    run(str(bindir / "initdb"), "-D", str(data), "-U", "tuner", "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8")
+    run = lambda *cmd: subprocess.run(
+        prefix + list(cmd), check=True, capture_output=True, text=True, cwd=folder, env=env
+    )  # noqa: E731
+    run(
+        str(bindir / "initdb"),
+        "-D",
+        str(data),
+        "-U",
+        "tuner",
+        "--auth=scram-sha-256",
+        f"--pwfile={pwfile}",
+        "-E",
+        "UTF8",
+    )
     pwfile.unlink()
-    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w", "start",
-        "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1")
+    run(
+        str(bindir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(folder / "server.log"),
+        "-w",
+        "start",
+        "-o",
+        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1",
+    )
     try:
         for name in ("optuna", "mlflow"):
             run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tuner", name)
@@ -78,23 +99,40 @@ def postgres_with_password():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_planted_secrets_reach_no_file_log_report_index_or_tracker(make_config, tmp_path, monkeypatch, capfd,
-                                                                   postgres_with_password):
+def test_planted_secrets_reach_no_file_log_report_index_or_tracker(
+    make_config, tmp_path, monkeypatch, capfd, postgres_with_password
+):
     import optuna
     from mlflow.tracking import MlflowClient
 
     url = postgres_with_password
-    for name, value in (("HF_TOKEN", HF_TOKEN), ("WANDB_API_KEY", WANDB_KEY), ("MLFLOW_TRACKING_PASSWORD", MLFLOW_PASSWORD)):
+    for name, value in (
+        ("HF_TOKEN", HF_TOKEN),
+        ("WANDB_API_KEY", WANDB_KEY),
+        ("MLFLOW_TRACKING_PASSWORD", MLFLOW_PASSWORD),
+    ):
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("TUNESMITH_STUDY_STORAGE", raising=False)
-    fast = ["train.max_steps=2", "train.eval_every=2", "eval.compare_base=false", "eval.max_samples=2",
-            f"track.tags={{dataset: tickets, api_key: {TAG_KEY}, hub: {HF_TOKEN}}}",
-            f"data.system_prompt=You are a helpful assistant. (key {WANDB_KEY})"]
+    fast = [
+        "train.max_steps=2",
+        "train.eval_every=2",
+        "eval.compare_base=false",
+        "eval.max_samples=2",
+        f"track.tags={{dataset: tickets, api_key: {TAG_KEY}, hub: {HF_TOKEN}}}",
+        f"data.system_prompt=You are a helpful assistant. (key {WANDB_KEY})",
+    ]
 
     # 1. A run tracked in MLflow on the password-protected server, and in TensorBoard.
-    run_yaml = _yaml(make_config(*fast, "name=secret-run", "track.report_to=[tensorboard, mlflow]",
-                                 f"track.mlflow_tracking_uri={url('mlflow')}"), tmp_path / "run.yaml")
+    run_yaml = _yaml(
+        make_config(
+            *fast,
+            "name=secret-run",
+            "track.report_to=[tensorboard, mlflow]",
+            f"track.mlflow_tracking_uri={url('mlflow')}",
+        ),
+        tmp_path / "run.yaml",
+    )
     assert main(["train", str(run_yaml)]) == 0
     (run,) = _runs(tmp_path / "runs")
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -104,10 +142,19 @@ def test_planted_secrets_reach_no_file_log_report_index_or_tracker(make_config, 
     assert main(["train", str(run_yaml), "--resume", str(run)]) == 0
 
     # 2. A search whose study lives on the same server, two worker processes, one trial each.
-    search_yaml = _yaml(make_config(
-        *fast, "name=secret-search", f"search.storage={url('optuna')}", "search.n_trials=2", "search.pruner=none",
-        "search.workers=2", f"track.mlflow_tracking_uri={url('mlflow')}",
-        "search.space={train.learning_rate: {type: log-float, low: 1.0e-3, high: 1.0e-2}}"), tmp_path / "search.yaml")
+    search_yaml = _yaml(
+        make_config(
+            *fast,
+            "name=secret-search",
+            f"search.storage={url('optuna')}",
+            "search.n_trials=2",
+            "search.pruner=none",
+            "search.workers=2",
+            f"track.mlflow_tracking_uri={url('mlflow')}",
+            "search.space={train.learning_rate: {type: log-float, low: 1.0e-3, high: 1.0e-2}}",
+        ),
+        tmp_path / "search.yaml",
+    )
     assert main(["search", str(search_yaml), "--study-dir", str(tmp_path / "study")]) == 0
     study_file = json.loads((tmp_path / "study" / "study.json").read_text())
     assert study_file["storage"].startswith("postgresql+psycopg://tuner:***@")
@@ -166,9 +213,13 @@ def test_redaction_masks_what_sqlalchemy_would_read_as_the_password(monkeypatch)
     monkeypatch.setenv(STORAGE_ENV, "postgresql+psycopg://tuner:hunter2@db/optuna")
     assert storage_url({"storage": masked}) == "postgresql+psycopg://tuner:hunter2@db/optuna"
     config = load_config(None, ["track.mlflow_tracking_uri=postgresql://u:hunter2@h/mlflow"])
-    saved = load_config(None, [f"track.mlflow_tracking_uri={yaml.safe_load(dump_config(config))['track']['mlflow_tracking_uri']}"])
+    saved = load_config(
+        None, [f"track.mlflow_tracking_uri={yaml.safe_load(dump_config(config))['track']['mlflow_tracking_uri']}"]
+    )
     with pytest.raises(TunesmithError, match="masked") as err:
         mlflow_uri(saved)
     assert "--resume" in err.value.fix and "${" in err.value.fix
-    assert mlflow_uri(load_config(None, ["track.mlflow_tracking_uri=postgresql://u:${PGPASSWORD}@h/m"])) == \
-        f"postgresql://u:{DB_PASSWORD}@h/m"  # expanded at use
+    assert (
+        mlflow_uri(load_config(None, ["track.mlflow_tracking_uri=postgresql://u:${PGPASSWORD}@h/m"]))
+        == f"postgresql://u:{DB_PASSWORD}@h/m"
+    )  # expanded at use

@@ -88,7 +88,10 @@ def test_auto_attention_takes_flash_only_where_it_can_run():
     assert pick(torch.bfloat16, flash_installed=False) is None
     assert pick(torch.bfloat16, flash_supported=lambda: False) is None
     for explicit in ("sdpa", "eager"):
-        assert choose_attention(explicit, torch.float32, cuda=False, flash_installed=False, flash_supported=supported) == explicit
+        assert (
+            choose_attention(explicit, torch.float32, cuda=False, flash_installed=False, flash_supported=supported)
+            == explicit
+        )
 
 
 def test_flash_attention_asked_for_where_it_cannot_run_says_why():

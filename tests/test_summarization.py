@@ -9,8 +9,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import EXAMPLES, read_jsonl
+
 from tunesmith import pipeline
 from tunesmith.config import DataConfig, load_config
 from tunesmith.data.prepare import DataSplits, load_examples
@@ -40,30 +40,72 @@ def _save(path, model, tokenizer):
 def tiny_seq2seq(tmp_path_factory, minilm_tokenizer, tokenizer):
     """Two-layer models of each family, saved with their tokenizer. T5/mT5 start decoding from the pad
     token (their convention); BART from its end token; BERT2BERT from [CLS] and ends with [SEP]."""
-    from transformers import (AutoModelForSeq2SeqLM, BartConfig, BertConfig, EncoderDecoderConfig,
-                              EncoderDecoderModel, MT5Config, T5Config)
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        BartConfig,
+        BertConfig,
+        EncoderDecoderConfig,
+        EncoderDecoderModel,
+        MT5Config,
+        T5Config,
+    )
 
     bert = minilm_tokenizer
-    t5 = dict(vocab_size=len(bert), d_model=32, d_ff=64, d_kv=16, num_layers=2, num_heads=2,
-              pad_token_id=bert.pad_token_id, decoder_start_token_id=bert.pad_token_id, eos_token_id=bert.sep_token_id)
-    bart = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
-                      decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=256,
-                      pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                      eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.eos_token_id,
-                      forced_eos_token_id=tokenizer.eos_token_id)
+    t5 = dict(
+        vocab_size=len(bert),
+        d_model=32,
+        d_ff=64,
+        d_kv=16,
+        num_layers=2,
+        num_heads=2,
+        pad_token_id=bert.pad_token_id,
+        decoder_start_token_id=bert.pad_token_id,
+        eos_token_id=bert.sep_token_id,
+    )
+    bart = BartConfig(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.eos_token_id,
+        forced_eos_token_id=tokenizer.eos_token_id,
+    )
     out = {}
     for name, config, tok in (("bart", bart, tokenizer), ("t5", T5Config(**t5), bert), ("mt5", MT5Config(**t5), bert)):
         torch.manual_seed(0)
         out[name] = _save(tmp_path_factory.mktemp(name), AutoModelForSeq2SeqLM.from_config(config), tok)
-    small = dict(vocab_size=len(bert), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                 max_position_embeddings=256)
+    small = dict(
+        vocab_size=len(bert),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
     config = EncoderDecoderConfig.from_encoder_decoder_configs(
-        BertConfig(**small), BertConfig(**small, is_decoder=True, add_cross_attention=True))
-    config.decoder_start_token_id, config.eos_token_id, config.pad_token_id = bert.cls_token_id, bert.sep_token_id, bert.pad_token_id
+        BertConfig(**small), BertConfig(**small, is_decoder=True, add_cross_attention=True)
+    )
+    config.decoder_start_token_id, config.eos_token_id, config.pad_token_id = (
+        bert.cls_token_id,
+        bert.sep_token_id,
+        bert.pad_token_id,
+    )
     torch.manual_seed(0)
     model = EncoderDecoderModel(config=config)
     generation = model.generation_config
-    generation.decoder_start_token_id, generation.eos_token_id, generation.pad_token_id = bert.cls_token_id, bert.sep_token_id, 0
+    generation.decoder_start_token_id, generation.eos_token_id, generation.pad_token_id = (
+        bert.cls_token_id,
+        bert.sep_token_id,
+        0,
+    )
     out["bert2bert"] = _save(tmp_path_factory.mktemp("bert2bert"), model, bert)
     return out
 
@@ -76,13 +118,31 @@ def summaries(tmp_path):
 
 
 def s2s_config(tmp_path, model, data, *overrides):
-    return load_config(None, [
-        "task=summarization", f"model.name={model}", f"data.train={data}", "data.max_length=64",
-        "data.max_target_length=32", f"output.dir={tmp_path / 'runs'}", "train.batch_size=8", "train.max_steps=16",
-        "train.eval_every=8", "train.log_every=1", "train.learning_rate=1e-2", "train.warmup_ratio=0",
-        "train.precision=fp32", "method.dropout=0.0", "method.r=4", "eval.max_new_tokens=8", "eval.max_samples=3",
-        "eval.num_beams=2", "eval.report_samples=1", *overrides,
-    ])
+    return load_config(
+        None,
+        [
+            "task=summarization",
+            f"model.name={model}",
+            f"data.train={data}",
+            "data.max_length=64",
+            "data.max_target_length=32",
+            f"output.dir={tmp_path / 'runs'}",
+            "train.batch_size=8",
+            "train.max_steps=16",
+            "train.eval_every=8",
+            "train.log_every=1",
+            "train.learning_rate=1e-2",
+            "train.warmup_ratio=0",
+            "train.precision=fp32",
+            "method.dropout=0.0",
+            "method.r=4",
+            "eval.max_new_tokens=8",
+            "eval.max_samples=3",
+            "eval.num_beams=2",
+            "eval.report_samples=1",
+            *overrides,
+        ],
+    )
 
 
 def _batch(config, model_dir, n=8):
@@ -129,7 +189,9 @@ def test_family_trains_evaluates_and_predicts(family, method, tiny_seq2seq, summ
 
     # predict reads records without a summary and writes one per record.
     inputs = tmp_path / "in.jsonl"
-    inputs.write_text(json.dumps({"document": "A command-line utility to list open files of running processes."}) + "\n")
+    inputs.write_text(
+        json.dumps({"document": "A command-line utility to list open files of running processes."}) + "\n"
+    )
     assert pipeline.predict(run, str(inputs), str(tmp_path / "out.jsonl")) == 1
     (row,) = read_jsonl(tmp_path / "out.jsonl")
     assert isinstance(row["summary"], str) and "reference" not in row
@@ -169,9 +231,15 @@ def test_freeze_trains_the_top_block_of_encoder_and_decoder(family, tiny_seq2seq
         run = pipeline.train(config).run_dir
         before = load_file(str(tiny_seq2seq[family] / "model.safetensors"))
         after = load_file(str(run / "model" / "model.safetensors"))
-        for name in ("encoder.block.0.layer.0.SelfAttention.q.weight", "decoder.block.0.layer.1.EncDecAttention.k.weight"):
+        for name in (
+            "encoder.block.0.layer.0.SelfAttention.q.weight",
+            "decoder.block.0.layer.1.EncDecAttention.k.weight",
+        ):
             assert torch.equal(before[name], after[name]), name
-        for name in ("encoder.block.1.layer.1.DenseReluDense.wi.weight", "decoder.block.1.layer.0.SelfAttention.q.weight"):
+        for name in (
+            "encoder.block.1.layer.1.DenseReluDense.wi.weight",
+            "decoder.block.1.layer.0.SelfAttention.q.weight",
+        ):
             assert not torch.equal(before[name], after[name]), name
 
 
@@ -184,8 +252,9 @@ def test_block_stacks_of_single_stack_models_are_unchanged(tiny_llama_dir):
 
     ((name, blocks),) = block_stacks(AutoModelForCausalLM.from_pretrained(tiny_llama_dir))
     assert (name, len(blocks)) == ("model.layers", 2)
-    bert = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3,
-                                                    num_attention_heads=2, intermediate_size=64))
+    bert = BertForSequenceClassification(
+        BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64)
+    )
     assert [(n, len(b)) for n, b in block_stacks(bert)] == [("bert.encoder.layer", 3)]
 
 
@@ -244,8 +313,17 @@ def test_a_decoder_only_model_is_refused(tiny_llama_dir, summaries, tmp_path):
 # Records and their errors
 
 
-@pytest.mark.parametrize("source,target", [("document", "summary"), ("article", "highlights"), ("text", "summary"),
-                                           ("input", "output"), ("dialogue", "summary"), ("source", "target")])
+@pytest.mark.parametrize(
+    "source,target",
+    [
+        ("document", "summary"),
+        ("article", "highlights"),
+        ("text", "summary"),
+        ("input", "output"),
+        ("dialogue", "summary"),
+        ("source", "target"),
+    ],
+)
 def test_common_column_names(source, target, tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text(json.dumps({source: "A long text about things.", target: "things", "id": 3}) + "\n")
@@ -269,14 +347,17 @@ def test_columns_mapping_and_records_without_target(tmp_path):
     assert "bare.jsonl:1" in str(info.value) and "columns found: document" in str(info.value)
 
 
-@pytest.mark.parametrize("record,columns,message", [
-    ({"body": "x", "summary": "y"}, {}, "no source column"),
-    ({"document": "   ", "summary": "y"}, {}, "source ('document') is empty"),
-    ({"document": "x", "summary": 5}, {}, "target ('summary') is int, not a string"),
-    ({"document": "x", "summary": ""}, {}, "target ('summary') is empty"),
-    ({"document": "x", "summary": "y"}, {"target": "tldr"}, "no target column 'tldr'"),
-    ({"document": "x", "summary": "y"}, {"label": "summary"}, "does not read"),
-])
+@pytest.mark.parametrize(
+    "record,columns,message",
+    [
+        ({"body": "x", "summary": "y"}, {}, "no source column"),
+        ({"document": "   ", "summary": "y"}, {}, "source ('document') is empty"),
+        ({"document": "x", "summary": 5}, {}, "target ('summary') is int, not a string"),
+        ({"document": "x", "summary": ""}, {}, "target ('summary') is empty"),
+        ({"document": "x", "summary": "y"}, {"target": "tldr"}, "no target column 'tldr'"),
+        ({"document": "x", "summary": "y"}, {"label": "summary"}, "does not read"),
+    ],
+)
 def test_bad_records_are_clear_errors(record, columns, message, tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"document": "fine", "summary": "fine"}) + "\n" + json.dumps(record) + "\n")
@@ -309,7 +390,11 @@ def test_lead_baseline_and_rouge():
     scores = rouge(["utility to list open files"], ["Utilities for listing open files"])
     assert scores["rouge1"] == pytest.approx(0.8) and scores["rouge2"] == pytest.approx(0.5)  # stemmed
     assert rouge_l(["a b c"], ["a b c"]) == 1.0
-    assert length_stats(["a b", "c d e f"], ["a b c", "d e f"]) == {"gen_words": 3.0, "ref_words": 3.0, "length_ratio": 1.0}
+    assert length_stats(["a b", "c d e f"], ["a b c", "d e f"]) == {
+        "gen_words": 3.0,
+        "ref_words": 3.0,
+        "length_ratio": 1.0,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -329,7 +414,9 @@ def test_bert2bert_starter_is_minilm_on_both_sides(tmp_path):
     minilm = load_file(str(resolve_model("all-minilm-l6-v2").path) + "/model.safetensors")
     weights = model.state_dict()
     key = "encoder.layer.3.attention.self.query.weight"
-    assert torch.equal(weights[f"encoder.{key}"], minilm[key]) and torch.equal(weights[f"decoder.bert.{key}"], minilm[key])
+    assert torch.equal(weights[f"encoder.{key}"], minilm[key]) and torch.equal(
+        weights[f"decoder.bert.{key}"], minilm[key]
+    )
     assert model.generation_config.decoder_start_token_id == 101 and model.generation_config.eos_token_id == 102
     config = load_config(EXAMPLES / "summarization.yaml")
     facts = task.model_facts(config)

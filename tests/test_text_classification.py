@@ -9,8 +9,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import EXAMPLES, read_jsonl
+
 from tunesmith import pipeline
 from tunesmith.config import load_config
 from tunesmith.errors import TunesmithError
@@ -42,10 +42,24 @@ def tiny_encoders(tmp_path_factory, minilm_tokenizer):
     from transformers import BertConfig, DebertaV2Config, LlamaConfig, MistralConfig, RobertaConfig
 
     vocab = len(minilm_tokenizer)
-    small = dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                 max_position_embeddings=128)
-    decoder = dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                   intermediate_size=64, max_position_embeddings=128, pad_token_id=minilm_tokenizer.pad_token_id)
+    small = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    decoder = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=minilm_tokenizer.pad_token_id,
+    )
     configs = {
         "bert": BertConfig(**small),
         "roberta": RobertaConfig(**small, pad_token_id=minilm_tokenizer.pad_token_id),
@@ -70,11 +84,25 @@ def debian_subset(tmp_path):
 
 
 def classification_config(tmp_path, model, data, *overrides):
-    return load_config(None, [
-        "task=text-classification", f"model.name={model}", f"data.train={data}", "data.max_length=48",
-        f"output.dir={tmp_path / 'runs'}", "train.batch_size=16", "train.max_steps=20", "train.eval_every=10",
-        "train.log_every=1", "train.learning_rate=1e-2", "train.warmup_ratio=0", "train.precision=fp32", "method.name=full", *overrides,
-    ])
+    return load_config(
+        None,
+        [
+            "task=text-classification",
+            f"model.name={model}",
+            f"data.train={data}",
+            "data.max_length=48",
+            f"output.dir={tmp_path / 'runs'}",
+            "train.batch_size=16",
+            "train.max_steps=20",
+            "train.eval_every=10",
+            "train.log_every=1",
+            "train.learning_rate=1e-2",
+            "train.warmup_ratio=0",
+            "train.precision=fp32",
+            "method.name=full",
+            *overrides,
+        ],
+    )
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "deberta", "llama", "mistral"])
@@ -102,19 +130,31 @@ def test_every_family_trains_evaluates_and_predicts(family, tiny_encoders, debia
 
 
 def test_lora_classifier_trains_the_new_head_and_reloads(tiny_encoders, debian_subset, tmp_path):
-    config = classification_config(tmp_path, tiny_encoders["bert"], debian_subset, "method.name=lora", "method.r=4",
-                                   "train.learning_rate=2e-2")
+    config = classification_config(
+        tmp_path, tiny_encoders["bert"], debian_subset, "method.name=lora", "method.r=4", "train.learning_rate=2e-2"
+    )
     run = pipeline.train(config).run_dir
     tuned = pipeline.load_tuned(run)
     assert tuned.meta["labels"][0] == "database"
     names = [n for n, _ in tuned.model.named_parameters()]
     assert any("classifier" in n and "modules_to_save" in n for n in names)
+    # The reloaded adapter and head score the test split as the run did (a head lost on reload would not),
+    # and the accuracy is the share of right answers among the predictions the run wrote.
     result = pipeline.evaluate_run(run)
-    assert result["tuned"]["accuracy"] >= 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert result["tuned"]["accuracy"] == pytest.approx(summary["tuned"]["accuracy"], abs=1e-9)
+    assert result["tuned"]["f1_macro"] == pytest.approx(summary["tuned"]["f1_macro"], abs=1e-9)
+    rows = json.loads((run / "test_predictions.json").read_text())["tuned"]
+    assert len(rows) == summary["tuned"]["test_samples"] == summary["data"]["test"]
+    assert summary["tuned"]["accuracy"] == pytest.approx(
+        sum(r["prediction"] == r["reference"] for r in rows) / len(rows)
+    )
 
 
 @pytest.mark.parametrize("family", ["roberta", "llama"])
-def test_qlora_classifier_keeps_the_new_head_in_float(family, tmp_path_factory, minilm_tokenizer, debian_subset, tmp_path):
+def test_qlora_classifier_keeps_the_new_head_in_float(
+    family, tmp_path_factory, minilm_tokenizer, debian_subset, tmp_path
+):
     """QLoRA on an encoder (and a decoder) classifier: the blocks are 4-bit, the new head a float Linear
     trained in full; loss falls and the adapter predicts after reload. Hidden 64: bitsandbytes' CPU 4-bit
     kernels need in-features of at least its block size."""
@@ -122,17 +162,44 @@ def test_qlora_classifier_keeps_the_new_head_in_float(family, tmp_path_factory, 
     from transformers import LlamaConfig, RobertaConfig
 
     vocab, pad = len(minilm_tokenizer), minilm_tokenizer.pad_token_id
-    config = (RobertaConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=128, max_position_embeddings=128, pad_token_id=pad) if family == "roberta"
-              else LlamaConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                               num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128, pad_token_id=pad))
+    config = (
+        RobertaConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=128,
+            pad_token_id=pad,
+        )
+        if family == "roberta"
+        else LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=128,
+            pad_token_id=pad,
+        )
+    )
     model_dir = _tiny(tmp_path_factory, minilm_tokenizer, f"{family}64", config)
     # A random 64-wide 4-bit encoder learns little beyond the label prior, and its per-batch loss swings by
     # +-0.15 around it; 40 steps and quarter means make "the loss fell" a statement about training, not
     # about which batches came first or which dropout masks were drawn (it held for seeds 0-2).
-    run = pipeline.train(classification_config(tmp_path, model_dir, debian_subset, "method.name=qlora", "method.r=4",
-                                               "method.compute_dtype=float32", "train.learning_rate=2e-2",
-                                               "train.max_steps=40")).run_dir
+    run = pipeline.train(
+        classification_config(
+            tmp_path,
+            model_dir,
+            debian_subset,
+            "method.name=qlora",
+            "method.r=4",
+            "method.compute_dtype=float32",
+            "train.learning_rate=2e-2",
+            "train.max_steps=40",
+        )
+    ).run_dir
     curve = [r["loss"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
     quarter = len(curve) // 4
     assert sum(curve[-quarter:]) < sum(curve[:quarter]), curve
@@ -140,7 +207,11 @@ def test_qlora_classifier_keeps_the_new_head_in_float(family, tmp_path_factory, 
     tuned = pipeline.load_tuned(run)
     modules = dict(tuned.model.named_modules())
     assert any(isinstance(m, Linear4bit) for m in modules.values())
-    heads = [m for n, m in modules.items() if n.endswith(("classifier.modules_to_save.default.out_proj", "score.modules_to_save.default"))]
+    heads = [
+        m
+        for n, m in modules.items()
+        if n.endswith(("classifier.modules_to_save.default.out_proj", "score.modules_to_save.default"))
+    ]
     assert heads and all(type(m) is torch.nn.Linear and m.weight.dtype == torch.float32 for m in heads)
     inputs = tmp_path / "in.jsonl"
     inputs.write_text(json.dumps({"text": "mail transfer agent", "label": "mail"}) + "\n")
@@ -150,15 +221,20 @@ def test_qlora_classifier_keeps_the_new_head_in_float(family, tmp_path_factory, 
 def test_freeze_trains_the_head_and_top_block_only(tiny_encoders, debian_subset, tmp_path):
     from safetensors.torch import load_file
 
-    run = pipeline.train(classification_config(tmp_path, tiny_encoders["bert"], debian_subset, "method.name=freeze",
-                                               "method.freeze_train_top=1")).run_dir
+    run = pipeline.train(
+        classification_config(
+            tmp_path, tiny_encoders["bert"], debian_subset, "method.name=freeze", "method.freeze_train_top=1"
+        )
+    ).run_dir
     before = load_file(str(tiny_encoders["bert"] / "model.safetensors"))
     after = load_file(str(run / "model" / "model.safetensors"))
     for name, tensor in before.items():
         key = name if name in after else f"bert.{name}"
         if ".layer.0." in name or "embeddings" in name:
             assert torch.equal(tensor, after[key]), name
-    assert not torch.equal(before["encoder.layer.1.output.dense.weight"], after["bert.encoder.layer.1.output.dense.weight"])
+    assert not torch.equal(
+        before["encoder.layer.1.output.dense.weight"], after["bert.encoder.layer.1.output.dense.weight"]
+    )
 
 
 def test_multi_label_pairs_and_class_weights(tiny_encoders, tmp_path):
@@ -168,12 +244,29 @@ def test_multi_label_pairs_and_class_weights(tiny_encoders, tmp_path):
         rows.append({"query": f"question {i}", "passage": f"passage about {' and '.join(tags)} {i}", "tags": tags})
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = classification_config(tmp_path, tiny_encoders["bert"], data, "data.columns={text: query, text_pair: passage, label: tags}",
-                                   "train.class_weights=true")
+    config = classification_config(
+        tmp_path,
+        tiny_encoders["bert"],
+        data,
+        "data.columns={text: query, text_pair: passage, label: tags}",
+        "train.class_weights=true",
+    )
     result = pipeline.train(config)
-    assert result.summary["tuned"]["test_samples"] > 0
     meta = json.loads((result.run_dir / "task.json").read_text())
-    assert meta["multi_label"] and meta["labels"] == ["cheap", "fast"] and meta["class_weights"]["fast"] > 0
+    assert meta["multi_label"] and meta["labels"] == ["cheap", "fast"]
+    # sklearn's balanced weights counted by hand on the training split: n_labels / (n_classes * count).
+    counts = {name: sum(name in e.labels for e in pipeline.read_splits(config).train) for name in ("cheap", "fast")}
+    assert meta["class_weights"] == pytest.approx({n: sum(counts.values()) / (2 * c) for n, c in counts.items()})
+    # Subset accuracy is the share of test records whose predicted label set is exactly the true one.
+    rows = json.loads((result.run_dir / "test_predictions.json").read_text())["tuned"]
+    assert (
+        len(rows)
+        == result.summary["tuned"]["test_samples"]
+        == len(read_jsonl(result.run_dir / "data" / "test.jsonl"))
+        == 6
+    )
+    exact = sum(set(filter(None, r["prediction"].split(", "))) == set(r["reference"].split(", ")) for r in rows)
+    assert result.summary["tuned"]["accuracy"] == pytest.approx(exact / len(rows))
 
 
 def test_bad_labels_are_clear_errors(tmp_path, minilm_tokenizer):
@@ -225,17 +318,33 @@ def test_reranking_with_relevance_scores(tiny_encoders, debian_subset, tmp_path)
     from transformers import AutoModelForSequenceClassification
 
     rows = list(csv.DictReader(debian_subset.open()))
-    pairs = [{"query": f"{section} software", "passage": row["text"], "relevance": float(row["label"] == section)}
-             for i, row in enumerate(rows[:120]) for section in ("database", "games", "mail", "sound")[i % 2 :: 2]]
+    pairs = [
+        {"query": f"{section} software", "passage": row["text"], "relevance": float(row["label"] == section)}
+        for i, row in enumerate(rows[:120])
+        for section in ("database", "games", "mail", "sound")[i % 2 :: 2]
+    ]
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in pairs))
-    config = classification_config(tmp_path, tiny_encoders["bert"], data,
-                                   "data.columns={text: query, text_pair: passage, score: relevance}")
+    config = classification_config(
+        tmp_path, tiny_encoders["bert"], data, "data.columns={text: query, text_pair: passage, score: relevance}"
+    )
     result = pipeline.train(config)
     curve = [r["loss"] for r in read_jsonl(result.run_dir / "metrics.jsonl") if "loss" in r]
     assert sum(curve[-4:]) < sum(curve[:4]), curve
     tuned = result.summary["tuned"]
-    assert {"pearson", "spearman", "ndcg@10", "mrr@10"} <= set(tuned) and 0 <= tuned["ndcg@10"] <= 1
+    assert {"pearson", "spearman", "ndcg@10", "mrr@10"} <= set(tuned)
+    # The scores match a computation from scratch: the stock model's sigmoid on each saved test pair,
+    # Pearson by its definition, MRR and NDCG (linear gains) per query by hand.
+    tests = read_jsonl(result.run_dir / "data" / "test.jsonl")
+    predicted = _stock_relevance(result.run_dir / "model", [(r["text"], r["text_pair"]) for r in tests])
+    references = [r["score"] for r in tests]
+    assert tuned["pearson"] == pytest.approx(_pearson(references, predicted), abs=1e-5)
+    by_hand = _mrr_ndcg([r["text"] for r in tests], references, predicted)
+    assert (tuned["mrr@10"], tuned["ndcg@10"], tuned["ranked_queries"]) == (
+        pytest.approx(by_hand[0], abs=1e-6),
+        pytest.approx(by_hand[1], abs=1e-6),
+        by_hand[2],
+    )
     assert "ndcg@10" in result.summary["baseline"]
     assert json.loads((result.run_dir / "task.json").read_text())["scores"] is True
     assert AutoModelForSequenceClassification.from_pretrained(result.run_dir / "model").config.num_labels == 1
@@ -243,14 +352,64 @@ def test_reranking_with_relevance_scores(tiny_encoders, debian_subset, tmp_path)
     inputs = tmp_path / "in.jsonl"
     inputs.write_text(json.dumps({"query": "mail software", "passage": "IMAP server", "relevance": 0}) + "\n")
     assert pipeline.predict(result.run_dir, str(inputs), str(tmp_path / "out.jsonl")) == 1
-    assert 0 <= read_jsonl(tmp_path / "out.jsonl")[0]["score"] <= 1
+    (stock,) = _stock_relevance(result.run_dir / "model", [("mail software", "IMAP server")])
+    assert read_jsonl(tmp_path / "out.jsonl")[0]["score"] == pytest.approx(stock, abs=1e-5)
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"text": "q", "text_pair": "p", "score": 3}, "outside 0..1"),
-    ({"text": "q", "text_pair": "p", "score": "high"}, "not a number"),
-    ({"text": "q", "score": 0.5}, "no text_pair"),
-])
+def _stock_relevance(model_dir, pairs: list[tuple[str, str]]) -> list[float]:
+    """sigmoid(logit) of each (query, passage) from the saved model with the stock transformers classes."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        return [
+            float(
+                torch.sigmoid(
+                    model(**tokenizer(q, p, truncation=True, max_length=48, return_tensors="pt")).logits[0, 0]
+                )
+            )
+            for q, p in pairs
+        ]
+
+
+def _pearson(x: list[float], y: list[float]) -> float:
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    cov = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    return cov / (sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y)) ** 0.5
+
+
+def _mrr_ndcg(
+    queries: list[str], references: list[float], predicted: list[float], k: int = 10
+) -> tuple[float, float, int]:
+    """Mean reciprocal rank of the first relevant passage (reference >= 0.5) and mean NDCG@k with the
+    references as gains, over the queries with two or more passages of different relevance."""
+    import math
+
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for query, reference, score in zip(queries, references, predicted):
+        groups.setdefault(query, []).append((score, reference))
+    rr, ndcg = [], []
+    for group in groups.values():
+        if len(group) < 2 or len({r for _, r in group}) < 2:
+            continue
+        assert len({s for s, _ in group}) == len(group), "tied scores: rank by hand would need the tie rule"
+        ranked = [r for _, r in sorted(group, reverse=True)][:k]
+        rr.append(next((1 / (i + 1) for i, r in enumerate(ranked) if r >= 0.5), 0.0))
+        ideal = sorted((r for _, r in group), reverse=True)[:k]
+        dcg = sum(r / math.log2(i + 2) for i, r in enumerate(ranked))
+        ndcg.append(dcg / sum(r / math.log2(i + 2) for i, r in enumerate(ideal)))
+    return sum(rr) / len(rr), sum(ndcg) / len(ndcg), len(rr)
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"text": "q", "text_pair": "p", "score": 3}, "outside 0..1"),
+        ({"text": "q", "text_pair": "p", "score": "high"}, "not a number"),
+        ({"text": "q", "score": 0.5}, "no text_pair"),
+    ],
+)
 def test_bad_relevance_scores_name_the_record(tmp_path, record, message):
     from tunesmith.config import DataConfig
     from tunesmith.data.prepare import load_examples

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import EXAMPLES, read_jsonl
+
 from tunesmith.config import load_config
 from tunesmith.errors import TunesmithError
 
@@ -52,35 +52,86 @@ def _write_clip_tokenizer(folder: Path):
 
 def _build_pipeline(folder: Path, kind: str) -> Path:
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDPMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = _write_clip_tokenizer(folder.parent / f"{folder.name}-vocab")
     torch.manual_seed(0)
 
     def text_encoder(cls):
-        return cls(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                                  num_hidden_layers=2, max_position_embeddings=77, projection_dim=32,
-                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                  pad_token_id=tokenizer.pad_token_id))
+        return cls(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                intermediate_size=37,
+                num_attention_heads=4,
+                num_hidden_layers=2,
+                max_position_embeddings=77,
+                projection_dim=32,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
 
-    vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=32,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        norm_num_groups=32,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        sample_size=16,
+    )
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False)
-    unet_args = dict(block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-                     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                     attention_head_dim=(2, 4), norm_num_groups=32)
+    unet_args = dict(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        norm_num_groups=32,
+    )
     if kind == "sd15":
         unet = UNet2DConditionModel(cross_attention_dim=32, **unet_args)
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder(CLIPTextModel), tokenizer=tokenizer, unet=unet,
-                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder(CLIPTextModel),
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     else:  # SDXL: two encoders side by side (32 + 32), pooled projection 32 + 6 time ids x 8
-        unet = UNet2DConditionModel(cross_attention_dim=64, use_linear_projection=True, addition_embed_type="text_time",
-                                    addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32, **unet_args)
-        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder(CLIPTextModel),
-                                         text_encoder_2=text_encoder(CLIPTextModelWithProjection), tokenizer=tokenizer,
-                                         tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
+        unet = UNet2DConditionModel(
+            cross_attention_dim=64,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + 32,
+            **unet_args,
+        )
+        pipe = StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=text_encoder(CLIPTextModel),
+            text_encoder_2=text_encoder(CLIPTextModelWithProjection),
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+        )
     pipe.save_pretrained(folder)
     return folder
 
@@ -120,12 +171,30 @@ def shapes(tmp_path_factory) -> Path:
 
 
 def _config(tmp_path: Path, model: Path, data: Path, *overrides: str):
-    return load_config(None, [
-        "task=text-to-image", f"model.name={model}", f"data.train={data}", "data.split=[0.75, 0.125, 0.125]",
-        f"output.dir={tmp_path / 'runs'}", "train.batch_size=4", "train.max_steps=10", "train.eval_every=5",
-        "train.log_every=1", "train.learning_rate=5e-2", "train.precision=fp32", "train.warmup_ratio=0.0",
-        "method.r=4", "method.alpha=8", "method.dropout=0.0", "eval.num_inference_steps=2", "eval.sample_seeds=[0, 1]",
-        "eval.batch_size=4", *overrides])
+    return load_config(
+        None,
+        [
+            "task=text-to-image",
+            f"model.name={model}",
+            f"data.train={data}",
+            "data.split=[0.75, 0.125, 0.125]",
+            f"output.dir={tmp_path / 'runs'}",
+            "train.batch_size=4",
+            "train.max_steps=10",
+            "train.eval_every=5",
+            "train.log_every=1",
+            "train.learning_rate=5e-2",
+            "train.precision=fp32",
+            "train.warmup_ratio=0.0",
+            "method.r=4",
+            "method.alpha=8",
+            "method.dropout=0.0",
+            "eval.num_inference_steps=2",
+            "eval.sample_seeds=[0, 1]",
+            "eval.batch_size=4",
+            *overrides,
+        ],
+    )
 
 
 def _png(path: Path) -> np.ndarray:
@@ -155,7 +224,9 @@ def test_captions_from_txt_metadata_and_instance_prompt(tmp_path, tiny_pipes):
     # No caption anywhere: an error naming the image and the three ways to give one.
     with pytest.raises(TunesmithError) as err:
         t2i.normalise(t2i.read(str(bare), data_cfg), data_cfg)
-    assert err.value.where == str(bare / "000.png") and "instance_prompt" in err.value.fix and "000.txt" in err.value.fix
+    assert (
+        err.value.where == str(bare / "000.png") and "instance_prompt" in err.value.fix and "000.txt" in err.value.fix
+    )
     # DreamBooth: the instance prompt captions every image, and validate shows the record as the model sees it.
     report = validate(_config(tmp_path, tiny_pipes["sd15"], bare, "data.instance_prompt=a photo of sks dog"))
     assert "a photo of sks dog" in report and "first training record" in report
@@ -180,7 +251,9 @@ def test_undecodable_image_is_named_or_skipped(tmp_path, tiny_pipes, capsys):
     config.data.skip_bad_images = True
     assert len(t2i.read(str(data), config.data)) == 16
     # The CLI: exit code 2 and the file named, no traceback.
-    (tmp_path / "run.yaml").write_text(f"task: text-to-image\nmodel: {{name: {tiny_pipes['sd15']}}}\ndata: {{train: {data}}}\n")
+    (tmp_path / "run.yaml").write_text(
+        f"task: text-to-image\nmodel: {{name: {tiny_pipes['sd15']}}}\ndata: {{train: {data}}}\n"
+    )
     assert main(["validate", str(tmp_path / "run.yaml")]) == 2
     err = capsys.readouterr().err
     assert str(data / "broken.png") in err and "fix:" in err and "Traceback" not in err
@@ -191,7 +264,9 @@ def test_unsupported_method_and_prior_without_folder_fail_before_loading(tmp_pat
 
     with pytest.raises(TunesmithError) as err:
         train(_config(tmp_path, tiny_pipes["sd15"], shapes, "method.name=qlora"))
-    assert err.value.where == "method.name"
+    # The methods' own declarations (model_kinds) say which can train a UNet; the config names them.
+    assert err.value.where == "method.name" and "cannot train the diffusion model" in err.value.message
+    assert err.value.fix == "use one of: full, lora"
     with pytest.raises(TunesmithError) as err:
         train(_config(tmp_path, tiny_pipes["sd15"], shapes, "data.class_prompt=a dog"))
     assert err.value.where == "data.class_data_dir"
@@ -248,8 +323,18 @@ def test_lora_train_eval_predict_and_stock_reload(tmp_path, tiny_pipes, shapes, 
     pipe.set_progress_bar_config(disable=True)
 
     def image(p):
-        return p(index[0]["prompt"], generator=torch.Generator().manual_seed(index[0]["seed"]), num_inference_steps=2,
-                 guidance_scale=config.eval.guidance_scale, height=16, width=16, output_type="np").images[0] * 255
+        return (
+            p(
+                index[0]["prompt"],
+                generator=torch.Generator().manual_seed(index[0]["seed"]),
+                num_inference_steps=2,
+                guidance_scale=config.eval.guidance_scale,
+                height=16,
+                width=16,
+                output_type="np",
+            ).images[0]
+            * 255
+        )
 
     base_image = image(pipe)
     pipe.load_lora_weights(run / "adapter")
@@ -271,10 +356,21 @@ def test_full_dreambooth_with_prior_preservation(tmp_path, tiny_pipes, shapes):
     from tunesmith.pipeline import evaluate_run, train
 
     classes = tmp_path / "class_images"
-    config = _config(tmp_path, tiny_pipes["sd15"], shapes, "method.name=full", "train.max_steps=4", "train.eval_every=2",
-                     "data.instance_prompt=a photo of sks dog", "data.class_prompt=a photo of a dog",
-                     f"data.class_data_dir={classes}", "data.num_class_images=3", "data.prior_loss_weight=0.5",
-                     "eval.sample_seeds=[0]", "train.learning_rate=1e-3")
+    config = _config(
+        tmp_path,
+        tiny_pipes["sd15"],
+        shapes,
+        "method.name=full",
+        "train.max_steps=4",
+        "train.eval_every=2",
+        "data.instance_prompt=a photo of sks dog",
+        "data.class_prompt=a photo of a dog",
+        f"data.class_data_dir={classes}",
+        "data.num_class_images=3",
+        "data.prior_loss_weight=0.5",
+        "eval.sample_seeds=[0]",
+        "train.learning_rate=1e-3",
+    )
     result = train(config)
     # The class images the folder lacked were generated with the base model, under fixed names.
     assert sorted(p.name for p in classes.iterdir()) == ["class-00000.png", "class-00001.png", "class-00002.png"]
@@ -286,7 +382,9 @@ def test_full_dreambooth_with_prior_preservation(tmp_path, tiny_pipes, shapes):
     assert summary["tuned"]["denoising_loss"] < summary["base"]["denoising_loss"]
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(result.run_dir / "model")
     assert pipe.unet.config.cross_attention_dim == 32
-    assert evaluate_run(result.run_dir)["tuned"]["denoising_loss"] == pytest.approx(summary["tuned"]["denoising_loss"], rel=1e-4)
+    assert evaluate_run(result.run_dir)["tuned"]["denoising_loss"] == pytest.approx(
+        summary["tuned"]["denoising_loss"], rel=1e-4
+    )
 
 
 def test_collate_pairs_class_images_and_weights_the_prior(tmp_path, tiny_pipes, shapes):
@@ -295,16 +393,30 @@ def test_collate_pairs_class_images_and_weights_the_prior(tmp_path, tiny_pipes, 
     from tunesmith.tasks import text_to_image as t2i
 
     classes = _write_shapes(tmp_path / "classes", captions="none")  # 16 existing class images, 5 used
-    config = _config(tmp_path, tiny_pipes["sdxl"], shapes, "data.instance_prompt=a photo of sks dog",
-                     "data.class_prompt=a photo of a dog", f"data.class_data_dir={classes}", "data.num_class_images=5",
-                     "data.prior_loss_weight=0.25", "data.image_size=16", "data.augment=false")
+    config = _config(
+        tmp_path,
+        tiny_pipes["sdxl"],
+        shapes,
+        "data.instance_prompt=a photo of sks dog",
+        "data.class_prompt=a photo of a dog",
+        f"data.class_data_dir={classes}",
+        "data.num_class_images=5",
+        "data.prior_loss_weight=0.25",
+        "data.image_size=16",
+        "data.augment=false",
+    )
     _, tokenizers = load_tokenizer_for(config)
     examples, _ = t2i.normalise(t2i.read(str(shapes), config.data), config.data)
     splits = DataSplits(examples[:3], [], examples[3:4], "image folder")
     meta = t2i.setup(splits, config)
-    assert meta["pipeline"] == "StableDiffusionXLPipeline" and meta["image_size"] == 16 and meta["prior"]["generate"] == []
+    assert (
+        meta["pipeline"] == "StableDiffusionXLPipeline" and meta["image_size"] == 16 and meta["prior"]["generate"] == []
+    )
     encoded = t2i.encode(splits.train, tokenizers, config, meta)
-    assert len(encoded) == 5 and [Path(e.prior.image).name for e in encoded] == sorted(p.name for p in classes.glob("*.png"))[:5]
+    assert (
+        len(encoded) == 5
+        and [Path(e.prior.image).name for e in encoded] == sorted(p.name for p in classes.glob("*.png"))[:5]
+    )
     batch = t2i.collate(encoded[:2])
     assert batch["pixel_values"].shape == (4, 3, 16, 16) and batch["input_ids_2"].shape == (4, 77)
     assert batch["weight"].tolist() == [1.0, 1.0, 0.25, 0.25] and t2i.count_targets(batch) == 2
@@ -320,9 +432,18 @@ def test_resume_continues_the_same_trajectory(tmp_path, tiny_pipes, shapes):
 
     from tunesmith.pipeline import train
 
-    config = _config(tmp_path, tiny_pipes["sd15"], shapes, "train.max_steps=6", "train.save_every=3",
-                     "train.eval_every=0", "train.load_best_at_end=false", "eval.compare_base=false", "data.split=[1, 0, 0]",
-                     "method.dropout=0.1")
+    config = _config(
+        tmp_path,
+        tiny_pipes["sd15"],
+        shapes,
+        "train.max_steps=6",
+        "train.save_every=3",
+        "train.eval_every=0",
+        "train.load_best_at_end=false",
+        "eval.compare_base=false",
+        "data.split=[1, 0, 0]",
+        "method.dropout=0.1",
+    )
     run = train(config).run_dir
     finished = load_file(str(run / "adapter" / "pytorch_lora_weights.safetensors"))
     # Back to the state after step 3, as if the run had been killed there, and resume.

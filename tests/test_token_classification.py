@@ -9,8 +9,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import EXAMPLES, read_jsonl
+
 from tunesmith import pipeline
 from tunesmith.config import DataConfig, load_config
 from tunesmith.data.prepare import DataSplits, load_examples
@@ -36,18 +36,36 @@ def tiny_taggers(tmp_path_factory, minilm_tokenizer, tokenizer):
     from transformers import AutoModel, BertConfig, DebertaV2Config, LlamaConfig, RobertaConfig
 
     def small(tok):
-        return dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                    intermediate_size=64, max_position_embeddings=128)
+        return dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        )
 
     configs = {
         "bert": (BertConfig(**small(minilm_tokenizer)), minilm_tokenizer),
         # RoBERTa with a byte-level BPE tokenizer, as real RoBERTa has: words need add_prefix_space.
-        "roberta": (RobertaConfig(**small(tokenizer), pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id),
-                    tokenizer),
+        "roberta": (
+            RobertaConfig(**small(tokenizer), pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id),
+            tokenizer,
+        ),
         "deberta": (DebertaV2Config(**small(minilm_tokenizer)), minilm_tokenizer),
-        "llama": (LlamaConfig(vocab_size=len(minilm_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                              num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
-                              pad_token_id=minilm_tokenizer.pad_token_id), minilm_tokenizer),
+        "llama": (
+            LlamaConfig(
+                vocab_size=len(minilm_tokenizer),
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=128,
+                pad_token_id=minilm_tokenizer.pad_token_id,
+            ),
+            minilm_tokenizer,
+        ),
     }
     paths = {}
     for name, (config, tok) in configs.items():
@@ -68,12 +86,26 @@ def copyright_slice(tmp_path_factory):
 
 
 def tagging_config(tmp_path, model, data, *overrides):
-    return load_config(None, [
-        "task=token-classification", f"model.name={model}", f"data.train={data}", "data.max_length=64",
-        f"output.dir={tmp_path / 'runs'}", "train.batch_size=16", "train.max_steps=16", "train.eval_every=8",
-        "train.log_every=1", "train.learning_rate=1e-2", "train.warmup_ratio=0", "train.precision=fp32",
-        "method.name=full", "eval.batch_size=32", *overrides,
-    ])
+    return load_config(
+        None,
+        [
+            "task=token-classification",
+            f"model.name={model}",
+            f"data.train={data}",
+            "data.max_length=64",
+            f"output.dir={tmp_path / 'runs'}",
+            "train.batch_size=16",
+            "train.max_steps=16",
+            "train.eval_every=8",
+            "train.log_every=1",
+            "train.learning_rate=1e-2",
+            "train.warmup_ratio=0",
+            "train.precision=fp32",
+            "method.name=full",
+            "eval.batch_size=32",
+            *overrides,
+        ],
+    )
 
 
 def _loss_fell(run, by: float = 0.2) -> None:
@@ -97,7 +129,9 @@ def test_every_family_trains_evaluates_and_predicts(family, tiny_taggers, copyri
     meta = json.loads((run / "task.json").read_text())
     assert set(meta["labels"]) == TAGS and meta["labels"][0] == "O" and meta["scheme"] == "BIO"
     for scores in (summary["base"], summary["tuned"], summary["baseline"]):
-        assert {"f1_micro", "precision_micro", "recall_micro", "f1_macro", "f1_weighted", "token_accuracy"} <= set(scores)
+        assert {"f1_micro", "precision_micro", "recall_micro", "f1_macro", "f1_weighted", "token_accuracy"} <= set(
+            scores
+        )
         assert {"YEAR", "HOLDER", "EMAIL", "LICENSE"} & set(scores["per_class"])
     assert summary["tuned"]["token_accuracy"] > summary["base"]["token_accuracy"]
     assert summary["baseline"]["f1_micro"] > 0.2  # memorised words already find licences and known holders
@@ -118,8 +152,14 @@ def test_every_family_trains_evaluates_and_predicts(family, tiny_taggers, copyri
     assert pipeline.predict(run, str(inputs), str(tmp_path / "out.jsonl")) == 1
     (row,) = read_jsonl(tmp_path / "out.jsonl")
     assert row["text"] == text and len(row["tags"]) == len(row["tokens"]) and set(row["tags"]) <= TAGS
+    # The stock transformers model on the same words, read from each word's first sub-token, gives the same
+    # tags, and each entity's score is the mean probability of its words' tags.
+    tags, probability = _stock_tags(run / "model", model, row["tokens"])
+    assert row["tags"] == tags
     for entity in row["entities"]:
-        assert text[entity["start"] : entity["end"]] == entity["text"] and 0 < entity["score"] <= 1
+        assert text[entity["start"] : entity["end"]] == entity["text"]
+        words = range(entity["word_start"], entity["word_end"])
+        assert entity["score"] == pytest.approx(sum(probability[w] for w in words) / len(words), abs=1e-5)
     if family == "roberta":  # the saved tokenizer keeps the prefix space: words tokenise as in running text
         saved = AutoTokenizer.from_pretrained(run / "model")
         pieces = saved.convert_ids_to_tokens(saved(["Jane", "Roe"], is_split_into_words=True)["input_ids"])
@@ -127,8 +167,9 @@ def test_every_family_trains_evaluates_and_predicts(family, tiny_taggers, copyri
 
 
 def test_lora_trains_adapters_and_the_new_head(tiny_taggers, copyright_slice, tmp_path):
-    config = tagging_config(tmp_path, tiny_taggers["bert"], copyright_slice, "method.name=lora", "method.r=4",
-                            "train.learning_rate=2e-2")
+    config = tagging_config(
+        tmp_path, tiny_taggers["bert"], copyright_slice, "method.name=lora", "method.r=4", "train.learning_rate=2e-2"
+    )
     result = pipeline.train(config)
     _loss_fell(result.run_dir)
     adapter = json.loads((result.run_dir / "adapter" / "adapter_config.json").read_text())
@@ -137,21 +178,69 @@ def test_lora_trains_adapters_and_the_new_head(tiny_taggers, copyright_slice, tm
     names = [n for n, _ in tuned.model.named_parameters()]
     assert any("classifier" in n and "modules_to_save" in n for n in names)
     assert not any("classifier" in n and "lora_" in n for n in names)  # the head trains fully, not through LoRA
-    assert pipeline.evaluate_run(result.run_dir)["tuned"]["f1_micro"] >= 0
+    # The reloaded adapter and head score the test split as the run did, and the entity F1 is the one
+    # counted by hand from the tags the run wrote (exact spans; an I- after O starts an entity).
+    summary = result.summary["tuned"]
+    assert pipeline.evaluate_run(result.run_dir)["tuned"]["f1_micro"] == pytest.approx(summary["f1_micro"], abs=1e-9)
+    rows = json.loads((result.run_dir / "test_predictions.json").read_text())["tuned"]
+    true = [{(i, span) for span in _spans(r["reference_tags"])} for i, r in enumerate(rows)]
+    found = [{(i, span) for span in _spans(r["predicted_tags"])} for i, r in enumerate(rows)]
+    right = sum(len(t & f) for t, f in zip(true, found))
+    n_true, n_found = sum(map(len, true)), sum(map(len, found))
+    assert summary["entities"] == n_true > 0
+    assert summary["f1_micro"] == pytest.approx(2 * right / (n_true + n_found) if n_true + n_found else 0.0, abs=1e-9)
+
+
+def _stock_tags(model_dir, model, words: list[str]) -> tuple[list[str], list[float]]:
+    """Tag and its probability per word from the stock transformers model, read at each word's first sub-token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    encoded = tokenizer(words, is_split_into_words=True, return_tensors="pt")
+    with torch.no_grad():
+        best, chosen = torch.softmax(model.eval()(**encoded).logits[0], dim=-1).max(dim=-1)
+    first: dict[int, int] = {}
+    for position, word in enumerate(encoded.word_ids()):
+        if word is not None:
+            first.setdefault(word, position)
+    return (
+        [model.config.id2label[int(chosen[first[w]])] for w in range(len(words))],
+        [float(best[first[w]]) for w in range(len(words))],
+    )
+
+
+def _spans(tags: list[str]) -> set[tuple[str, int, int]]:
+    """(type, first word, last word) of each BIO entity: B- starts one, I- continues one of its type and
+    starts one after O or another type."""
+    spans, start, kind = set(), None, None
+    for i, tag in enumerate(list(tags) + ["O"]):
+        prefix, _, name = tag.partition("-")
+        continues = prefix == "I" and name == kind
+        if start is not None and not continues:
+            spans.add((kind, start, i - 1))
+            start = kind = None
+        if prefix in ("B", "I") and not continues:
+            start, kind = i, name
+    return spans
 
 
 def test_freeze_trains_the_top_block_and_head_only(tiny_taggers, copyright_slice, tmp_path):
     from safetensors.torch import load_file
 
-    run = pipeline.train(tagging_config(tmp_path, tiny_taggers["bert"], copyright_slice, "method.name=freeze",
-                                        "method.freeze_train_top=1")).run_dir
+    run = pipeline.train(
+        tagging_config(
+            tmp_path, tiny_taggers["bert"], copyright_slice, "method.name=freeze", "method.freeze_train_top=1"
+        )
+    ).run_dir
     _loss_fell(run, by=0.1)  # one block of a random tiny model learns slower
     before = load_file(str(tiny_taggers["bert"] / "model.safetensors"))
     after = load_file(str(run / "model" / "model.safetensors"))
     for name, tensor in before.items():
         if ".layer.0." in name or "embeddings" in name:
             assert torch.equal(tensor, after[f"bert.{name}"]), name
-    assert not torch.equal(before["encoder.layer.1.output.dense.weight"], after["bert.encoder.layer.1.output.dense.weight"])
+    assert not torch.equal(
+        before["encoder.layer.1.output.dense.weight"], after["bert.encoder.layer.1.output.dense.weight"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -177,7 +266,12 @@ def test_a_multi_sub_token_word_gets_one_label(minilm_tokenizer):
     assert not cut.truncated
     long = task.TaggedWords("t:2", ["Braakman"] * 10, ["O"] * 10, "")
     (cut,) = task.encode([long], minilm_tokenizer, _config("data.max_length=8"), meta)
-    assert cut.truncated and len(cut.input_ids) == 8 and cut.full_length == 32 and cut.input_ids[-1] == minilm_tokenizer.sep_token_id
+    assert (
+        cut.truncated
+        and len(cut.input_ids) == 8
+        and cut.full_length == 32
+        and cut.input_ids[-1] == minilm_tokenizer.sep_token_id
+    )
 
 
 def test_byte_level_bpe_words_get_the_prefix_space(starter_dir):
@@ -193,18 +287,54 @@ def test_byte_level_bpe_words_get_the_prefix_space(starter_dir):
 
 def test_spans_become_word_level_bio():
     text = "Copyright: 1998-2003 Richard Braakman <rb@x.org>.\nLicense: GPL-2+ or ACMEware"
+
     def span(part, label):
         start = text.index(part)
         return start, start + len(part), label
 
-    entities = [span("1998-2003", "YEAR"), span("Richard Braakman", "HOLDER"), span("rb@x.org", "EMAIL"),
-                span("GPL-2+", "LICENSE"), span("ACME", "LICENSE")]
+    entities = [
+        span("1998-2003", "YEAR"),
+        span("Richard Braakman", "HOLDER"),
+        span("rb@x.org", "EMAIL"),
+        span("GPL-2+", "LICENSE"),
+        span("ACME", "LICENSE"),
+    ]
     offsets, tags = task.spans_to_bio(text, entities)
     words = [text[s:e] for s, e in offsets]
-    assert words == ["Copyright", ":", "1998-2003", "Richard", "Braakman", "<", "rb@x.org", ">", ".", "License", ":",
-                     "GPL-2+", "or", "ACME", "ware"]  # "ACMEware" is cut where the span ends
-    assert tags == ["O", "O", "B-YEAR", "B-HOLDER", "I-HOLDER", "O", "B-EMAIL", "O", "O", "O", "O",
-                    "B-LICENSE", "O", "B-LICENSE", "O"]
+    assert words == [
+        "Copyright",
+        ":",
+        "1998-2003",
+        "Richard",
+        "Braakman",
+        "<",
+        "rb@x.org",
+        ">",
+        ".",
+        "License",
+        ":",
+        "GPL-2+",
+        "or",
+        "ACME",
+        "ware",
+    ]  # "ACMEware" is cut where the span ends
+    assert tags == [
+        "O",
+        "O",
+        "B-YEAR",
+        "B-HOLDER",
+        "I-HOLDER",
+        "O",
+        "B-EMAIL",
+        "O",
+        "O",
+        "O",
+        "O",
+        "B-LICENSE",
+        "O",
+        "B-LICENSE",
+        "O",
+    ]
 
 
 def test_the_example_data_reads_with_the_entities_it_was_built_with():
@@ -213,16 +343,20 @@ def test_the_example_data_reads_with_the_entities_it_was_built_with():
     first = read_jsonl(COPYRIGHT)[0]
     found = [(first["text"][e["start"] : e["end"]], e["label"]) for e in first["entities"]]
     example = examples[0]
-    rebuilt = [(example.text[example.offsets[s][0] : example.offsets[e][1]], kind)
-               for kind, s, e in task.entities_of(example.tags, "BIO")]
+    rebuilt = [
+        (example.text[example.offsets[s][0] : example.offsets[e][1]], kind)
+        for kind, s, e in task.entities_of(example.tags, "BIO")
+    ]
     assert rebuilt == found
 
 
 def test_conll_reader(tmp_path):
     path = tmp_path / "train.conll"
-    path.write_text("-DOCSTART- -X- -X- O\n\n"
-                    "EU NNP B-NP I-ORG\nrejects VBZ B-VP O\nGerman JJ B-NP I-MISC\n\n"
-                    "Peter NNP B-NP I-PER\nBlackburn NNP I-NP I-PER\n")
+    path.write_text(
+        "-DOCSTART- -X- -X- O\n\n"
+        "EU NNP B-NP I-ORG\nrejects VBZ B-VP O\nGerman JJ B-NP I-MISC\n\n"
+        "Peter NNP B-NP I-PER\nBlackburn NNP I-NP I-PER\n"
+    )
     examples, fmt = load_examples(str(path), DataConfig(), task.normalise, reader=task.read)
     assert [e.tokens for e in examples] == [["EU", "rejects", "German"], ["Peter", "Blackburn"]]
     # IOB1 (I- starts an entity) is read as IOB2, as seqeval reads it.
@@ -241,15 +375,19 @@ def test_loss_is_a_sum_over_tagged_sub_tokens(tiny_taggers, minilm_tokenizer):
 
     meta = {"labels": ["O", "B-HOLDER", "I-HOLDER"], "class_weights": None}
     model = AutoModelForTokenClassification.from_pretrained(tiny_taggers["bert"], **task.model_kwargs(meta))
-    examples = [task.TaggedWords("a", ["by", "Braakman"], ["O", "B-HOLDER"], ""),
-                task.TaggedWords("b", ["Jane", "Roe", "wrote", "it"], ["B-HOLDER", "I-HOLDER", "O", "O"], "")]
+    examples = [
+        task.TaggedWords("a", ["by", "Braakman"], ["O", "B-HOLDER"], ""),
+        task.TaggedWords("b", ["Jane", "Roe", "wrote", "it"], ["B-HOLDER", "I-HOLDER", "O", "O"], ""),
+    ]
     batch = task.collate(task.encode(examples, minilm_tokenizer, _config(), meta), minilm_tokenizer.pad_token_id)
     with torch.no_grad():
         total, count = task.loss_sum(model, batch)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert task.count_targets(batch) == int(count) == 6
     keep = batch["labels"] != -100
-    assert float(total / count) == pytest.approx(float(torch.nn.functional.cross_entropy(logits[keep], batch["labels"][keep])), rel=1e-5)
+    assert float(total / count) == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits[keep], batch["labels"][keep])), rel=1e-5
+    )
 
 
 def test_seqeval_scores_and_the_word_baseline():
@@ -265,8 +403,11 @@ def test_seqeval_scores_and_the_word_baseline():
 
     train = [task.TaggedWords("t", ["Jane", "Roe", "and", "GPL"], ["B-HOLDER", "I-HOLDER", "O", "B-LICENSE"], "")]
     test = [task.TaggedWords("s", ["Jane", "Doe", "GPL"], ["B-HOLDER", "I-HOLDER", "B-LICENSE"], "")]
-    reference = task.baseline(DataSplits(train, [], test, "BIO"), _config(),
-                              {"labels": ["O", "B-HOLDER", "I-HOLDER", "B-LICENSE"], "scheme": "BIO"})
+    reference = task.baseline(
+        DataSplits(train, [], test, "BIO"),
+        _config(),
+        {"labels": ["O", "B-HOLDER", "I-HOLDER", "B-LICENSE"], "scheme": "BIO"},
+    )
     assert reference["per_class"]["LICENSE"]["f1"] == 1.0 and reference["per_class"]["HOLDER"]["f1"] == 0.0
 
 
@@ -280,19 +421,27 @@ def _write(tmp_path, *rows):
     return str(path)
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"tokens": ["a", "b"], "tags": ["O"]}, "2 words but 1 tags"),
-    ({"tokens": [], "tags": []}, "non-empty list of words"),
-    ({"tokens": ["a", " "], "tags": ["O", "O"]}, "word 1"),
-    ({"words": ["a", "b"], "ner_tags": [0, 3]}, "int2str"),
-    ({"text": "Jane Roe", "entities": [{"start": 0, "end": 99, "label": "PER"}]}, "outside the text"),
-    ({"text": "Jane Roe", "entities": [{"start": 0, "end": 4, "label": "B-PER"}]}, "its type"),
-    ({"text": "Jane Roe", "entities": [{"start": 0, "end": 8, "label": "PER"}, {"start": 5, "end": 8, "label": "X"}]},
-     "overlap"),
-    ({"text": "  ", "entities": []}, "empty"),
-    ({"sentence": "Jane Roe"}, "data.columns"),
-    ({"tokens": ["Jane", "x"], "tags": ["B-PER", "NOUN"]}, "no B-/I- prefix"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"tokens": ["a", "b"], "tags": ["O"]}, "2 words but 1 tags"),
+        ({"tokens": [], "tags": []}, "non-empty list of words"),
+        ({"tokens": ["a", " "], "tags": ["O", "O"]}, "word 1"),
+        ({"words": ["a", "b"], "ner_tags": [0, 3]}, "int2str"),
+        ({"text": "Jane Roe", "entities": [{"start": 0, "end": 99, "label": "PER"}]}, "outside the text"),
+        ({"text": "Jane Roe", "entities": [{"start": 0, "end": 4, "label": "B-PER"}]}, "its type"),
+        (
+            {
+                "text": "Jane Roe",
+                "entities": [{"start": 0, "end": 8, "label": "PER"}, {"start": 5, "end": 8, "label": "X"}],
+            },
+            "overlap",
+        ),
+        ({"text": "  ", "entities": []}, "empty"),
+        ({"sentence": "Jane Roe"}, "data.columns"),
+        ({"tokens": ["Jane", "x"], "tags": ["B-PER", "NOUN"]}, "no B-/I- prefix"),
+    ],
+)
 def test_bad_records_are_named(tmp_path, record, message):
     path = _write(tmp_path, {"tokens": ["ok"], "tags": ["O"]}, record)
     with pytest.raises(TunesmithError, match=message) as info:
@@ -315,6 +464,9 @@ def test_tags_unseen_in_training_and_untagged_records(tmp_path):
     with pytest.raises(TunesmithError, match="at least two"):
         task.setup(DataSplits([task.TaggedWords("t", ["a"], ["O"], "")], [], [], "plain"), config)
 
-    mapped, _ = load_examples(_write(tmp_path, {"w": ["Jane"], "t": ["B-PER"]}),
-                              DataConfig(columns={"tokens": "w", "tags": "t"}), task.normalise)
+    mapped, _ = load_examples(
+        _write(tmp_path, {"w": ["Jane"], "t": ["B-PER"]}),
+        DataConfig(columns={"tokens": "w", "tags": "t"}),
+        task.normalise,
+    )
     assert mapped[0].tags == ["B-PER"]

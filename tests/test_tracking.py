@@ -19,8 +19,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import read_jsonl
+
 from tunesmith import cli, pipeline
 from tunesmith.config import load_config
 from tunesmith.errors import TunesmithError
@@ -54,7 +54,9 @@ def fast(make_config, *overrides, **kwargs):
 
 def same_curve(got: list, want: list, rel: float = 1e-9) -> bool:
     """(step, value) pairs: the same steps, values equal up to `rel` (TensorBoard stores float32)."""
-    return [s for s, _ in got] == [s for s, _ in want] and [v for _, v in got] == pytest.approx([v for _, v in want], rel=rel)
+    return [s for s, _ in got] == [s for s, _ in want] and [v for _, v in got] == pytest.approx(
+        [v for _, v in want], rel=rel
+    )
 
 
 def index_rows(root: Path) -> dict:
@@ -85,7 +87,9 @@ def test_index_takes_concurrent_writers_without_losing_a_run(tmp_path):
     rows = index_rows(tmp_path)
     assert len(rows) == workers * count
     assert {r.status for r in rows.values()} == {"completed"}
-    assert rows["w3-run7"].metrics == {"best_eval_loss": 3.07} and rows["w3-run7"].params == {"train.learning_rate": 3.07}
+    assert rows["w3-run7"].metrics == {"best_eval_loss": 3.07} and rows["w3-run7"].params == {
+        "train.learning_rate": 3.07
+    }
     mode = __import__("sqlite3").connect(tmp_path / "index.sqlite").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
 
@@ -127,12 +131,12 @@ def _wandb_records(run_dir: Path) -> list:
         if room < 7:  # a block's tail too short for a header is padding
             pos += room
             continue
-        _crc, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        _crc, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
         pos += 7
         if kind == 0:
             pos += room - 7
             continue
-        pending += raw[pos:pos + length]
+        pending += raw[pos : pos + length]
         pos += length
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
@@ -146,9 +150,17 @@ def test_tracked_run_reaches_the_index_mlflow_tensorboard_and_wandb(make_config,
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    tags = f"{{dataset: 'https://bob:{URL_PASSWORD}@data.example.org/tickets.jsonl?token={URL_TOKEN}', owner: {HF_TOKEN}}}"
-    config = fast(make_config, "name=tracked", "track.report_to=[tensorboard, mlflow, wandb]",
-                  f"track.mlflow_tracking_uri={mlflow_uri}", "track.experiment=tiny-chat", f"track.tags={tags}")
+    tags = (
+        f"{{dataset: 'https://bob:{URL_PASSWORD}@data.example.org/tickets.jsonl?token={URL_TOKEN}', owner: {HF_TOKEN}}}"
+    )
+    config = fast(
+        make_config,
+        "name=tracked",
+        "track.report_to=[tensorboard, mlflow, wandb]",
+        f"track.mlflow_tracking_uri={mlflow_uri}",
+        "track.experiment=tiny-chat",
+        f"track.tags={tags}",
+    )
     result = pipeline.train(config)
     run, summary = result.run_dir, result.summary
     log = read_jsonl(run / "metrics.jsonl")
@@ -172,7 +184,9 @@ def test_tracked_run_reaches_the_index_mlflow_tensorboard_and_wandb(make_config,
     assert mlrun.data.params["train.learning_rate"] == "0.01" and mlrun.data.params["method.name"] == "lora"
     history = sorted((m.step, m.value) for m in client.get_metric_history(mlrun.info.run_id, "loss"))
     assert same_curve(history, train_loss)
-    assert same_curve(sorted((m.step, m.value) for m in client.get_metric_history(mlrun.info.run_id, "eval_loss")), eval_loss)
+    assert same_curve(
+        sorted((m.step, m.value) for m in client.get_metric_history(mlrun.info.run_id, "eval_loss")), eval_loss
+    )
     assert mlrun.data.metrics["test/rougeL"] == pytest.approx(summary["tuned"]["rougeL"])
     assert mlrun.data.metrics["best_eval_loss"] == pytest.approx(summary["best_eval_loss"])
     assert mlrun.data.tags["dataset"] == "https://bob:***@data.example.org/tickets.jsonl?token=***"
@@ -193,8 +207,12 @@ def test_tracked_run_reaches_the_index_mlflow_tensorboard_and_wandb(make_config,
         if "loss" in items:
             history[items["_step"]] = items["loss"]
     assert same_curve(sorted(history.items()), train_loss)
-    config_items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for r in records
-                    if r.WhichOneof("record_type") == "config" for i in r.config.update}
+    config_items = {
+        i.key or "/".join(i.nested_key): json.loads(i.value_json)
+        for r in records
+        if r.WhichOneof("record_type") == "config"
+        for i in r.config.update
+    }
     assert config_items["train.learning_rate"] == 0.01
     (run_record,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert run_record.project == "tiny-chat" and run_record.run_id == ids["wandb_run_id"]
@@ -212,20 +230,30 @@ def test_params_strip_secrets_from_urls_tokens_and_environment(monkeypatch):
     from tunesmith.runs.trackers import flatten, safe_params
 
     monkeypatch.setenv("WANDB_API_KEY", WANDB_KEY)
-    config = load_config(None, [
-        f"track.mlflow_tracking_uri=https://alice:{URL_PASSWORD}@mlflow.example.org:5000",
-        f"search.storage=postgresql+psycopg://optuna:{URL_PASSWORD}@db.example.org/studies",
-        f"data.system_prompt=Answer in JSON. key {WANDB_KEY}",
-        f"track.tags={{source: 's3://bucket/x.jsonl?X-Amz-Signature=zz&token={URL_TOKEN}', hub: {HF_TOKEN}}}",
-    ])
+    config = load_config(
+        None,
+        [
+            f"track.mlflow_tracking_uri=https://alice:{URL_PASSWORD}@mlflow.example.org:5000",
+            f"search.storage=postgresql+psycopg://optuna:{URL_PASSWORD}@db.example.org/studies",
+            f"data.system_prompt=Answer in JSON. key {WANDB_KEY}",
+            f"track.tags={{source: 's3://bucket/x.jsonl?X-Amz-Signature=zz&token={URL_TOKEN}', hub: {HF_TOKEN}}}",
+        ],
+    )
     params = safe_params(config)
     assert params["track.mlflow_tracking_uri"] == "https://alice:***@mlflow.example.org:5000"
     assert params["search.storage"] == "postgresql+psycopg://optuna:***@db.example.org/studies"
     assert params["data.system_prompt"] == "Answer in JSON. key ***"
-    assert json.loads(params["track.tags"]) == {"source": "s3://bucket/x.jsonl?X-Amz-Signature=***&token=***", "hub": "***"}
+    assert json.loads(params["track.tags"]) == {
+        "source": "s3://bucket/x.jsonl?X-Amz-Signature=***&token=***",
+        "hub": "***",
+    }
     # What is no secret is left exactly as written (a SQLite URI keeps its four slashes).
-    assert safe_params(load_config(None, ["track.mlflow_tracking_uri=sqlite:////srv/mlflow.db"]))[
-        "track.mlflow_tracking_uri"] == "sqlite:////srv/mlflow.db"
+    assert (
+        safe_params(load_config(None, ["track.mlflow_tracking_uri=sqlite:////srv/mlflow.db"]))[
+            "track.mlflow_tracking_uri"
+        ]
+        == "sqlite:////srv/mlflow.db"
+    )
     assert not any(s in json.dumps(params) for s in SECRETS)
     assert params["train.learning_rate"] == config.train.learning_rate  # the rest is untouched
     # Keys that name a secret are dropped whole (a saved config from elsewhere may carry one).
@@ -246,8 +274,14 @@ def test_failed_run_is_recorded_with_its_reason(make_config, mlflow_uri, tiny_ll
     shutil.copytree(tiny_llama_dir, broken)
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # a download cut short: the config and tokenizer are fine
-    config = fast(make_config, "name=broken", "track.report_to=[mlflow]", f"track.mlflow_tracking_uri={mlflow_uri}",
-                  "track.experiment=failures", model=broken)
+    config = fast(
+        make_config,
+        "name=broken",
+        "track.report_to=[mlflow]",
+        f"track.mlflow_tracking_uri={mlflow_uri}",
+        "track.experiment=failures",
+        model=broken,
+    )
     with pytest.raises(Exception):
         pipeline.train(config)
     (row,) = index_rows(Path(config.output.dir)).values()
@@ -299,8 +333,14 @@ def test_killed_run_shows_interrupted_until_resumed(make_config, mlflow_uri, sec
 
     from tunesmith.config import dump_config
 
-    config = fast(make_config, "name=killed", "eval.compare_base=false", "track.report_to=[mlflow]",
-                  f"track.mlflow_tracking_uri={mlflow_uri}", "track.experiment=resumes")
+    config = fast(
+        make_config,
+        "name=killed",
+        "eval.compare_base=false",
+        "track.report_to=[mlflow]",
+        f"track.mlflow_tracking_uri={mlflow_uri}",
+        "track.experiment=resumes",
+    )
     path = tmp_path / "run.yaml"
     path.write_text(dump_config(config))
     env = dict(os.environ, TUNESMITH_TEST_KILL_AT_STEP="3", OMP_NUM_THREADS="1")

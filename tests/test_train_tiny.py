@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import read_jsonl
 from safetensors.torch import load_file
 
-from conftest import read_jsonl
 from tunesmith import pipeline
 from tunesmith.config import dump_config
 
@@ -24,9 +24,17 @@ def losses(run_dir: Path) -> list[float]:
 def test_lora_run_writes_a_complete_run_directory(make_config):
     result = pipeline.train(make_config("method.name=lora", "method.r=4"))
     run = result.run_dir
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "report.md", "plots/loss.png",
-                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "data/test.jsonl",
-                 "checkpoints/best/trainable.safetensors"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "report.md",
+        "plots/loss.png",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "data/test.jsonl",
+        "checkpoints/best/trainable.safetensors",
+    ):
         assert (run / name).exists(), name
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["method"] == "lora"
@@ -75,7 +83,9 @@ def test_full_trains_every_block(make_config, tiny_llama_dir):
     run = pipeline.train(make_config("method.name=full", "train.learning_rate=1e-3")).run_dir
     before = load_file(str(tiny_llama_dir / "model.safetensors"))
     after = load_file(str(run / "model" / "model.safetensors"))
-    assert not torch.equal(before["model.layers.0.self_attn.q_proj.weight"], after["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        before["model.layers.0.self_attn.q_proj.weight"], after["model.layers.0.self_attn.q_proj.weight"]
+    )
     assert losses(run)[-1] < losses(run)[0]
 
 
@@ -96,16 +106,31 @@ def test_qlora_gradients_are_the_same_after_an_eval_pass(make_config, tokenizer,
     from tunesmith.models.load import load_model
     from tunesmith.models.resolve import resolve_model
 
-    biased = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, attention_bias=True, mlp_bias=True)
+    biased = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_bias=True,
+        mlp_bias=True,
+    )
     model_dir = _save_tiny_model(tmp_path / "biased", biased)
-    config = make_config("method.name=qlora", "method.r=4", "method.compute_dtype=float32", "method.dropout=0", model=model_dir)
+    config = make_config(
+        "method.name=qlora", "method.r=4", "method.compute_dtype=float32", "method.dropout=0", model=model_dir
+    )
     ids = torch.randint(0, 2000, (2, 12))
 
     def adapter_grads(eval_first: bool) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
-        model = load_model(resolve_model(str(model_dir)), config.model, AutoModelForCausalLM, method_name="qlora",
-                           extra=qlora.load_kwargs(config.method))
+        model = load_model(
+            resolve_model(str(model_dir)),
+            config.model,
+            AutoModelForCausalLM,
+            method_name="qlora",
+            extra=qlora.load_kwargs(config.method),
+        )
         model = qlora.apply(model, config.method)
         if eval_first:
             model.eval()
@@ -139,13 +164,22 @@ def test_early_stopping_stops_and_keeps_the_best(make_config):
 
 def _train_cli(args: list[str], env_extra: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "tunesmith.cli", *args], capture_output=True, text=True, env=env, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", *args], capture_output=True, text=True, env=env, cwd=cwd
+    )
 
 
 def test_resume_after_kill_matches_an_uninterrupted_run(make_config, tmp_path):
     # Dropout on, so the restored RNG state matters too.
-    config = make_config("method.name=lora", "method.r=4", "method.dropout=0.1", "train.save_every=2",
-                         "train.eval_every=2", "eval.compare_base=false", "train.max_steps=6")
+    config = make_config(
+        "method.name=lora",
+        "method.r=4",
+        "method.dropout=0.1",
+        "train.save_every=2",
+        "train.eval_every=2",
+        "eval.compare_base=false",
+        "train.max_steps=6",
+    )
     path = tmp_path / "run.yaml"
     path.write_text(dump_config(config))
 
@@ -174,8 +208,12 @@ def test_predict_chat_and_eval_commands(make_config, tmp_path):
 
     run = pipeline.train(make_config("eval.compare_base=false")).run_dir
     inputs = tmp_path / "in.jsonl"
-    inputs.write_text(json.dumps({"prompt": "Where is my order?", "completion": ""}) + "\n"
-                      + json.dumps({"prompt": "Refund please", "completion": ""}) + "\n")
+    inputs.write_text(
+        json.dumps({"prompt": "Where is my order?", "completion": ""})
+        + "\n"
+        + json.dumps({"prompt": "Refund please", "completion": ""})
+        + "\n"
+    )
     out = tmp_path / "out.jsonl"
     done = _train_cli(["predict", str(run), "--input", str(inputs), "--output", str(out), "--max-new-tokens", "4"])
     assert done.returncode == 0, done.stderr[-2000:]
@@ -197,6 +235,7 @@ def test_predict_chat_and_eval_commands(make_config, tmp_path):
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_gradient_checkpointing_gives_the_same_trajectory(make_config, method):
     plain = pipeline.train(make_config(f"method.name={method}", "eval.compare_base=false")).run_dir
-    checkpointed = pipeline.train(make_config(f"method.name={method}", "eval.compare_base=false",
-                                              "train.gradient_checkpointing=true")).run_dir
+    checkpointed = pipeline.train(
+        make_config(f"method.name={method}", "eval.compare_base=false", "train.gradient_checkpointing=true")
+    ).run_dir
     assert losses(checkpointed) == pytest.approx(losses(plain), rel=1e-4)

@@ -49,7 +49,7 @@ class Spec(dict):
     __getattr__ = dict.__getitem__
 
     @classmethod
-    def read(cls, path: str | Path) -> "Spec":
+    def read(cls, path: str | Path) -> Spec:
         return cls(json.loads(Path(path).read_text()))
 
 
@@ -86,9 +86,12 @@ def load_model(spec: Spec):
         model = AutoModelForCausalLM.from_pretrained(spec.model_dir)
         return model.to(device_name())
     q = spec.qlora
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q["quant_type"],
-                                      bnb_4bit_use_double_quant=q["double_quant"],
-                                      bnb_4bit_compute_dtype=getattr(torch, q["compute_dtype"]))
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q["quant_type"],
+        bnb_4bit_use_double_quant=q["double_quant"],
+        bnb_4bit_compute_dtype=getattr(torch, q["compute_dtype"]),
+    )
     device_map = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     return AutoModelForCausalLM.from_pretrained(spec.model_dir, quantization_config=quantization, device_map=device_map)
 
@@ -108,8 +111,13 @@ def lora_config(spec: Spec):
     from peft import LoraConfig
 
     lora = spec.lora
-    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                      target_modules=lora["target_modules"], task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora["target_modules"],
+        task_type="CAUSAL_LM",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -119,8 +127,15 @@ def lora_config(spec: Spec):
 def encode(tokenizer, messages: list[dict], max_length: int) -> dict:
     """{"input_ids", "labels"}: the conversation rendered with GENERATION_TEMPLATE and cut at max_length,
     labels -100 outside the assistant answers (their end-of-turn token included)."""
-    out = tokenizer.apply_chat_template(messages, chat_template=GENERATION_TEMPLATE, tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=True, truncation=True, max_length=max_length)
+    out = tokenizer.apply_chat_template(
+        messages,
+        chat_template=GENERATION_TEMPLATE,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+        truncation=True,
+        max_length=max_length,
+    )
     ids = list(out["input_ids"])
     labels = [t if m else IGNORE_INDEX for t, m in zip(ids, out["assistant_masks"])]
     return {"input_ids": ids, "labels": labels}
@@ -277,10 +292,18 @@ def run_trainer(trainer, tokenizer, spec: Spec, **extra) -> dict:
     val_loss = score(model, tokenizer, spec)
     score_seconds = time.perf_counter() - started
     trainer.save_model(str(Path(spec.scratch) / "adapter"))
-    return dict(peak, train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds, val_loss=val_loss,
-                score_seconds=score_seconds, base_weight_bytes=weights,
-                steps=trainer.state.global_step, train_loss_reported=output.training_loss, device=device_name(),
-                **extra)
+    return dict(
+        peak,
+        train_seconds=train_seconds,
+        train_cpu_seconds=train_cpu_seconds,
+        val_loss=val_loss,
+        score_seconds=score_seconds,
+        base_weight_bytes=weights,
+        steps=trainer.state.global_step,
+        train_loss_reported=output.training_loss,
+        device=device_name(),
+        **extra,
+    )
 
 
 def emit(result: dict) -> None:

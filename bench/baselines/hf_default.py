@@ -20,18 +20,29 @@ def run(spec: common.Spec) -> dict:
     model = common.peft_model(spec)
 
     def tokenize(row):
-        ids = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True, truncation=True,
-                                            max_length=spec.max_length)["input_ids"]
+        ids = tokenizer.apply_chat_template(
+            row["messages"], tokenize=True, return_dict=True, truncation=True, max_length=spec.max_length
+        )["input_ids"]
         return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)}
 
     train = Dataset.from_list(common.read_jsonl(spec.train_file)).map(tokenize, remove_columns=["messages"])
     args = TrainingArguments(
-        output_dir=spec.scratch, max_steps=spec.steps, per_device_train_batch_size=spec.batch_size,
-        gradient_accumulation_steps=spec.grad_accum, learning_rate=spec.learning_rate,
-        lr_scheduler_type=spec.scheduler, warmup_steps=spec.warmup_steps, weight_decay=spec.weight_decay,
-        max_grad_norm=spec.max_grad_norm, seed=spec.seed, logging_steps=max(1, spec.steps // 4),
-        save_strategy="no", report_to="none", disable_tqdm=True,
+        output_dir=spec.scratch,
+        max_steps=spec.steps,
+        per_device_train_batch_size=spec.batch_size,
+        gradient_accumulation_steps=spec.grad_accum,
+        learning_rate=spec.learning_rate,
+        lr_scheduler_type=spec.scheduler,
+        warmup_steps=spec.warmup_steps,
+        weight_decay=spec.weight_decay,
+        max_grad_norm=spec.max_grad_norm,
+        seed=spec.seed,
+        logging_steps=max(1, spec.steps // 4),
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=train,
-                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True))
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train, data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True)
+    )
     return common.run_trainer(trainer, tokenizer, spec, precision="fp32")

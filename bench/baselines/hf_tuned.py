@@ -21,9 +21,15 @@ def run(spec: common.Spec) -> dict:
     model = common.peft_model(spec)
 
     def tokenize(row):
-        out = tokenizer.apply_chat_template(row["messages"], chat_template=common.GENERATION_TEMPLATE, tokenize=True,
-                                            return_dict=True, return_assistant_tokens_mask=True, truncation=True,
-                                            max_length=spec.max_length)
+        out = tokenizer.apply_chat_template(
+            row["messages"],
+            chat_template=common.GENERATION_TEMPLATE,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+            truncation=True,
+            max_length=spec.max_length,
+        )
         ids = list(out["input_ids"])
         labels = [t if m else -100 for t, m in zip(ids, out["assistant_masks"])]
         return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
@@ -31,13 +37,25 @@ def run(spec: common.Spec) -> dict:
     train = Dataset.from_list(common.read_jsonl(spec.train_file)).map(tokenize, remove_columns=["messages"])
     bf16 = common.bf16_supported()
     args = TrainingArguments(
-        output_dir=spec.scratch, max_steps=spec.steps, per_device_train_batch_size=spec.batch_size,
-        gradient_accumulation_steps=spec.grad_accum, learning_rate=spec.learning_rate,
-        lr_scheduler_type=spec.scheduler, warmup_steps=spec.warmup_steps, weight_decay=spec.weight_decay,
-        max_grad_norm=spec.max_grad_norm, seed=spec.seed, logging_steps=max(1, spec.steps // 4),
-        save_strategy="no", report_to="none", disable_tqdm=True,
-        bf16=bf16, use_cpu=common.device_name() == "cpu", train_sampling_strategy="group_by_length",
+        output_dir=spec.scratch,
+        max_steps=spec.steps,
+        per_device_train_batch_size=spec.batch_size,
+        gradient_accumulation_steps=spec.grad_accum,
+        learning_rate=spec.learning_rate,
+        lr_scheduler_type=spec.scheduler,
+        warmup_steps=spec.warmup_steps,
+        weight_decay=spec.weight_decay,
+        max_grad_norm=spec.max_grad_norm,
+        seed=spec.seed,
+        logging_steps=max(1, spec.steps // 4),
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        bf16=bf16,
+        use_cpu=common.device_name() == "cpu",
+        train_sampling_strategy="group_by_length",
     )
-    trainer = Trainer(model=model, args=args, train_dataset=train,
-                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True))
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train, data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True)
+    )
     return common.run_trainer(trainer, tokenizer, spec, precision="bf16" if bf16 else "fp32")

@@ -31,15 +31,36 @@ def run(spec: common.Spec) -> dict:
     tokenizer.chat_template = common.GENERATION_TEMPLATE
     train = Dataset.from_list(common.read_jsonl(spec.train_file))
     args = SFTConfig(
-        output_dir=spec.scratch, max_steps=spec.steps, per_device_train_batch_size=spec.batch_size,
-        gradient_accumulation_steps=spec.grad_accum, learning_rate=spec.learning_rate,
-        lr_scheduler_type=spec.scheduler, warmup_steps=spec.warmup_steps, weight_decay=spec.weight_decay,
-        max_grad_norm=spec.max_grad_norm, seed=spec.seed, logging_steps=max(1, spec.steps // 4),
-        save_strategy="no", report_to="none", disable_tqdm=True,
-        max_length=spec.max_length, assistant_only_loss=True, bf16=common.bf16_supported(),
+        output_dir=spec.scratch,
+        max_steps=spec.steps,
+        per_device_train_batch_size=spec.batch_size,
+        gradient_accumulation_steps=spec.grad_accum,
+        learning_rate=spec.learning_rate,
+        lr_scheduler_type=spec.scheduler,
+        warmup_steps=spec.warmup_steps,
+        weight_decay=spec.weight_decay,
+        max_grad_norm=spec.max_grad_norm,
+        seed=spec.seed,
+        logging_steps=max(1, spec.steps // 4),
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        max_length=spec.max_length,
+        assistant_only_loss=True,
+        bf16=common.bf16_supported(),
         use_cpu=common.device_name() == "cpu",
     )
-    trainer = SFTTrainer(model=common.load_model(spec), args=args, train_dataset=train, processing_class=tokenizer,
-                         peft_config=common.lora_config(spec))
-    return common.run_trainer(trainer, tokenizer, spec, precision="bf16" if args.bf16 else "fp32",
-                              gradient_checkpointing=args.gradient_checkpointing)
+    trainer = SFTTrainer(
+        model=common.load_model(spec),
+        args=args,
+        train_dataset=train,
+        processing_class=tokenizer,
+        peft_config=common.lora_config(spec),
+    )
+    return common.run_trainer(
+        trainer,
+        tokenizer,
+        spec,
+        precision="bf16" if args.bf16 else "fp32",
+        gradient_checkpointing=args.gradient_checkpointing,
+    )

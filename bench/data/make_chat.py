@@ -76,6 +76,7 @@ def _turn(user: str, answer: str) -> list[dict]:
 
 # One exchange of each single-turn kind: (user text, assistant text).
 
+
 def explain(rng, src):
     row = rng.choice(src["packages"])
     ask = rng.choice(["What is the Debian package {p} for?", "What does {p} do?", "Tell me about the {p} package."])
@@ -84,14 +85,16 @@ def explain(rng, src):
 
 def synopsis(rng, src):
     row = rng.choice([r for r in src["packages"] if len(r["document"]) <= MAX_QUESTION_CHARS])
-    return ("Write a one-line synopsis (under 80 characters) for this Debian package description:\n\n"
-            + row["document"]), row["summary"]
+    return (
+        "Write a one-line synopsis (under 80 characters) for this Debian package description:\n\n" + row["document"]
+    ), row["summary"]
 
 
 def section(rng, src):
     row = rng.choice(src["sections"])
-    return (f'Which Debian archive section fits a package described as "{row["text"]}"? '
-            "Answer with the section name only."), row["label"]
+    return (
+        f'Which Debian archive section fits a package described as "{row["text"]}"? Answer with the section name only.'
+    ), row["label"]
 
 
 def licence(rng, src):
@@ -107,8 +110,9 @@ def quote(rng, src):
     start = rng.randrange(0, max(1, len(paras) - count))
     chosen = paras[start : start + count]
     opening = " ".join(chosen[0].split()[:8])
-    return (f'Quote the {name} licence text from the paragraph that begins "{opening}", '
-            f"{len(chosen)} paragraphs."), "\n\n".join(chosen)
+    return (
+        f'Quote the {name} licence text from the paragraph that begins "{opening}", {len(chosen)} paragraphs.'
+    ), "\n\n".join(chosen)
 
 
 SINGLE = {"explain": explain, "synopsis": synopsis, "section": section, "licence": licence, "quote": quote}
@@ -119,8 +123,10 @@ def multi(rng, src) -> list[dict]:
     if style == "package":
         row = rng.choice(src["packages"])
         turns = _turn(f"What is {row['package']} for?", row["document"])
-        turns += _turn(rng.choice(["Say that in one line.", "And in one short line?", "Summarise that for a package list."]),
-                       row["summary"])
+        turns += _turn(
+            rng.choice(["Say that in one line.", "And in one short line?", "Summarise that for a package list."]),
+            row["summary"],
+        )
         return turns
     if style == "licence":
         name = rng.choice(sorted(src["licences"]))
@@ -128,8 +134,9 @@ def multi(rng, src) -> list[dict]:
         start = rng.choice([i for i in range(len(paras) - 2) if len(paras[i]) <= MAX_QUESTION_CHARS])
         turns = _turn("Which licence is this paragraph from?\n\n" + paras[start], name)
         for follow in range(1, rng.randint(2, 3)):
-            turns += _turn("Quote the paragraph that follows it." if follow == 1 else "And the next one?",
-                           paras[start + follow])
+            turns += _turn(
+                "Quote the paragraph that follows it." if follow == 1 else "And the next one?", paras[start + follow]
+            )
         return turns
     turns = []
     for _ in range(rng.randint(2, 4)):

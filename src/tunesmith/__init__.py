@@ -1,8 +1,8 @@
 """tunesmith: fine-tune pretrained models to your use case.
 
-    from tunesmith import load_config, train
-    result = train(load_config("examples/quickstart.yaml", ["train.max_steps=20"]))
-    print(result.summary["tuned"])
+from tunesmith import load_config, train
+result = train(load_config("examples/quickstart.yaml", ["train.max_steps=20"]))
+print(result.summary["tuned"])
 """
 
 from tunesmith.config import RunConfig, load_config
@@ -20,4 +20,14 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["RunConfig", "TunesmithError", "load_config", "train", "evaluate_run", "predict", "merge", "validate", "load_tuned"]
+__all__ = [
+    "RunConfig",
+    "TunesmithError",
+    "load_config",
+    "train",
+    "evaluate_run",
+    "predict",
+    "merge",
+    "validate",
+    "load_tuned",
+]

@@ -5,8 +5,15 @@ from __future__ import annotations
 import sys
 
 
-def chat_loop(run_dir: str, *, system: str | None = None, max_new_tokens: int = 256, stdin=None, stdout=None,
-              allow_pickle: bool = False) -> None:
+def chat_loop(
+    run_dir: str,
+    *,
+    system: str | None = None,
+    max_new_tokens: int = 256,
+    stdin=None,
+    stdout=None,
+    allow_pickle: bool = False,
+) -> None:
     from tunesmith.pipeline import load_tuned
     from tunesmith.tasks.chat import generate
 
@@ -26,7 +33,13 @@ def chat_loop(run_dir: str, *, system: str | None = None, max_new_tokens: int = 
         if not text.strip():
             continue
         history.append({"role": "user", "content": text})
-        answer = generate(model, tokenizer, [history], max_new_tokens=max_new_tokens, batch_size=1,
-                          chat_template=config.data.chat_template)[0]
+        answer = generate(
+            model,
+            tokenizer,
+            [history],
+            max_new_tokens=max_new_tokens,
+            batch_size=1,
+            chat_template=config.data.chat_template,
+        )[0]
         history.append({"role": "assistant", "content": answer})
         print(f"model> {answer}", file=stdout, flush=True)

@@ -9,37 +9,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tunesmith.config import TASKS
 from tunesmith.errors import TunesmithError, exit_code_of
+from tunesmith.methods import METHODS
 from tunesmith.plan.cli import add_commands as add_plan_commands
 from tunesmith.runs.cli import add_commands as add_runs_commands
 from tunesmith.search.cli import add_commands as add_search_commands
-
-
-# What `tunesmith init --task T` starts from: a packaged model and the shipped example data.
-INIT_STARTS = {
-    "chat": {"model.name": "smollm2-135m-instruct", "data.train": "examples/data/support_tickets.jsonl"},
-    "continued-pretraining": {"model.name": "smollm2-135m-instruct", "data.train": "examples/data/licence_paragraphs.jsonl",
-                              "data.max_length": 256},
-    "text-classification": {"model.name": "all-minilm-l6-v2", "data.train": "examples/data/debian_sections.csv",
-                            "method.name": "full", "data.max_length": 128},
-    "token-classification": {"model.name": "all-minilm-l6-v2", "data.train": "examples/data/copyright_entities.jsonl",
-                             "method.name": "full", "data.max_length": 128, "train.learning_rate": 1.0e-4},
-    "text-to-image": {"model.name": "stable-diffusion-v1-5/stable-diffusion-v1-5", "data.train": "examples/data/shapes",
-                      "method.target_modules": "[to_q, to_k, to_v, to_out.0]", "method.dropout": 0.0,
-                      "train.batch_size": 4, "train.learning_rate": 1.0e-4},
-    "image-classification": {"model.name": "efficientnet-lite0", "method.name": "full",
-                             "data.train": "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"},
-    "summarization": {"model.name": "bert2bert-minilm-l6", "data.train": "examples/data/debian_summaries.jsonl",
-                      "method.name": "full", "data.max_length": 256, "data.max_target_length": 32,
-                      "train.learning_rate": 5.0e-5, "eval.max_new_tokens": 32},
-}
+from tunesmith.taskcards import TASKS
 
 
 def _cmd_init(args) -> None:
     from tunesmith.config import load_config, render_template
 
-    start = INIT_STARTS.get(args.task, {})
+    start = dict(TASKS[args.task].init_settings)  # a packaged model and the shipped example data
+    if args.method:  # the task's settings of another method's fields do not apply to this one
+        start = {k: v for k, v in start.items() if not k.startswith("method.")} | {"method.name": args.method}
     config = load_config(None, [f"task={args.task}"] + [f"{k}={v}" for k, v in start.items()])
     print(render_template(config), end="")
 
@@ -77,7 +60,9 @@ def _cmd_eval(args) -> None:
 def _cmd_predict(args) -> None:
     from tunesmith.pipeline import predict
 
-    count = predict(args.run_dir, args.input, args.output, max_new_tokens=args.max_new_tokens, allow_pickle=args.allow_pickle)
+    count = predict(
+        args.run_dir, args.input, args.output, max_new_tokens=args.max_new_tokens, allow_pickle=args.allow_pickle
+    )
     print(f"wrote {count} predictions to {args.output}")
 
 
@@ -94,9 +79,12 @@ def _cmd_chat(args) -> None:
 
 
 def allow_pickle_arg(p) -> None:
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="also load pickle weights (.bin/.pt/.pth/.ckpt), with torch.load(weights_only=True); without it "
-                        "only safetensors load, since a pickle file can run code (model.allow_pickle)")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="also load pickle weights (.bin/.pt/.pth/.ckpt), with torch.load(weights_only=True); without it "
+        "only safetensors load, since a pickle file can run code (model.allow_pickle)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,12 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="print a commented starter config")
     p.add_argument("--task", default="chat", choices=list(TASKS), help="task of the config")
+    p.add_argument("--method", choices=list(METHODS), help="method of the config (default: the task's starter method)")
     p.set_defaults(func=_cmd_init)
 
     def config_args(p, optional=False):
         p.add_argument("config", nargs="?" if optional else None, help="run config YAML")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config field, e.g. --set train.learning_rate=1e-4 (repeatable)")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config field, e.g. --set train.learning_rate=1e-4 (repeatable)",
+        )
 
     p = sub.add_parser("validate", help="check config, model and data; print the data report")
     config_args(p)
@@ -133,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="answer every record of a file with the tuned model")
     p.add_argument("run_dir")
     p.add_argument("--input", required=True, help="records to answer (any supported data format)")
-    p.add_argument("--output", required=True, help="JSONL file to write, or for text-to-image a folder of images (must not exist)")
+    p.add_argument(
+        "--output", required=True, help="JSONL file to write, or for text-to-image a folder of images (must not exist)"
+    )
     p.add_argument("--max-new-tokens", type=int)
     allow_pickle_arg(p)
     p.set_defaults(func=_cmd_predict)

@@ -13,18 +13,16 @@ import difflib
 import re
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from tunesmith.errors import TunesmithError
-
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+from tunesmith.methods import DEFAULT_METHOD, METHODS, default_settings, get_method, methods_for
+from tunesmith.methods.base import MethodSettings
+from tunesmith.section import Section
+from tunesmith.taskcards import TASKS
 
 
 class ModelConfig(Section):
@@ -39,20 +37,27 @@ class ModelConfig(Section):
         description="dtype of the frozen base weights; auto keeps float32 on CPU and bf16 on GPUs that support it",
     )
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
-        "auto", description="attention kernel; auto takes flash_attention_2 on CUDA GPUs when flash-attn is installed and the weights are bf16/fp16, else sdpa where the model supports it (else eager)"
+        "auto",
+        description="attention kernel; auto takes flash_attention_2 on CUDA GPUs when flash-attn is installed and the weights are bf16/fp16, else sdpa where the model supports it (else eager)",
     )
     trust_remote_code: bool = Field(
-        False, description="run Python code shipped with the model; only for models whose authors you trust (off unless set for this run; summary.json records it)"
+        False,
+        description="run Python code shipped with the model; only for models whose authors you trust (off unless set for this run; summary.json records it)",
     )
     allow_pickle: bool = Field(
-        False, description="also load pickle weights (.bin, .pt, .pth, .ckpt; then with torch.load(weights_only=True)); off loads safetensors only, since a pickle file can run code when read (`--allow-pickle` sets it)"
+        False,
+        description="also load pickle weights (.bin, .pt, .pth, .ckpt; then with torch.load(weights_only=True)); off loads safetensors only, since a pickle file can run code when read (`--allow-pickle` sets it)",
     )
 
 
 class DataConfig(Section):
-    train: str | None = Field(None, description="training data: .jsonl/.json/.csv/.parquet, a saved datasets dir or a hub dataset")
+    train: str | None = Field(
+        None, description="training data: .jsonl/.json/.csv/.parquet, a saved datasets dir or a hub dataset"
+    )
     validation: str | None = Field(None, description="validation file; None carves it out of `train` with `split`")
-    test: str | None = Field(None, description="test file for the final base-vs-tuned evaluation; None carves it out of `train`")
+    test: str | None = Field(
+        None, description="test file for the final base-vs-tuned evaluation; None carves it out of `train`"
+    )
     format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"] = Field(
         "auto", description="record format; auto detects it from the columns of the first record"
     )
@@ -64,156 +69,258 @@ class DataConfig(Section):
     split: tuple[float, float, float] = Field(
         (0.8, 0.1, 0.1), description="train/validation/test ratios used when only `train` is given"
     )
-    max_length: int = Field(1024, ge=8, description="tokens per example; longer ones are cut, costing memory quadratically in attention")
+    max_length: int = Field(
+        1024, ge=8, description="tokens per example; longer ones are cut, costing memory quadratically in attention"
+    )
     packing: bool = Field(
-        False, description="chat: fill rows of up to max_length tokens with several examples, attention and positions kept per example; no compute on padding (faster on mixed lengths), but train.batch_size then counts rows, so an epoch has fewer, fuller steps"
+        False,
+        description="chat: fill rows of up to max_length tokens with several examples, attention and positions kept per example; no compute on padding (faster on mixed lengths), but train.batch_size then counts rows, so an epoch has fewer, fuller steps",
     )
     train_on: Literal["assistant", "all"] = Field(
-        "assistant", description="which tokens carry loss: assistant turns only (standard SFT) or the whole conversation"
+        "assistant",
+        description="which tokens carry loss: assistant turns only (standard SFT) or the whole conversation",
     )
     chat_template: str | None = Field(
-        None, description="Jinja chat template overriding the tokenizer's; None uses the tokenizer's or a ChatML fallback"
+        None,
+        description="Jinja chat template overriding the tokenizer's; None uses the tokenizer's or a ChatML fallback",
     )
-    multi_label: bool = Field(False, description="classification: several labels per record (sigmoid per label); list labels imply it")
-    label_separator: str | None = Field(None, description="classification: split string labels on this, e.g. ',' for 'a,b'")
-    label_all_subwords: bool = Field(False, description="token classification: train on every sub-token of a word, not only its first; more loss positions, same scoring (a word is read from its first sub-token)")
-    augment: bool = Field(True, description="image tasks: random flips of training images (classification also random resized crops); helps small data sets, slows convergence a little")
-    skip_bad_images: bool = Field(False, description="image tasks: skip (and count) images that cannot be decoded instead of stopping")
+    multi_label: bool = Field(
+        False, description="classification: several labels per record (sigmoid per label); list labels imply it"
+    )
+    label_separator: str | None = Field(
+        None, description="classification: split string labels on this, e.g. ',' for 'a,b'"
+    )
+    label_all_subwords: bool = Field(
+        False,
+        description="token classification: train on every sub-token of a word, not only its first; more loss positions, same scoring (a word is read from its first sub-token)",
+    )
+    augment: bool = Field(
+        True,
+        description="image tasks: random flips of training images (classification also random resized crops); helps small data sets, slows convergence a little",
+    )
+    skip_bad_images: bool = Field(
+        False, description="image tasks: skip (and count) images that cannot be decoded instead of stopping"
+    )
     on_bad_record: Literal["error", "skip"] = Field(
-        "error", description="a record that cannot be read or used (bad JSON, wrong columns, wrong types): error stops at the first with its file:line and the fix; skip drops each, counts them and names the first few (a few broken rows do not stop a long job, but the data shrinks silently if many are bad)"
+        "error",
+        description="a record that cannot be read or used (bad JSON, wrong columns, wrong types): error stops at the first with its file:line and the fix; skip drops each, counts them and names the first few (a few broken rows do not stop a long job, but the data shrinks silently if many are bad)",
     )
     allow_outside_paths: bool = Field(
-        False, description="let file paths inside data files (image paths, captions) point outside the data file's folder (also absolute paths and symlinks leading out); off keeps a data file from reading any file on the machine"
+        False,
+        description="let file paths inside data files (image paths, captions) point outside the data file's folder (also absolute paths and symlinks leading out); off keeps a data file from reading any file on the machine",
     )
     image_size: int | None = Field(
-        None, ge=8, description="image tasks: side in pixels images are resized to (text-to-image: and center-cropped); None takes the model's own (classification: its processor's; SD1.5 512, SDXL 1024); lower trains faster"
+        None,
+        ge=8,
+        description="image tasks: side in pixels images are resized to (text-to-image: and center-cropped); None takes the model's own (classification: its processor's; SD1.5 512, SDXL 1024); lower trains faster",
     )
     instance_prompt: str | None = Field(
-        None, description="text-to-image: DreamBooth prompt given to every training image, e.g. 'a photo of sks dog'; None reads each image's caption"
+        None,
+        description="text-to-image: DreamBooth prompt given to every training image, e.g. 'a photo of sks dog'; None reads each image's caption",
     )
     class_prompt: str | None = Field(
-        None, description="text-to-image: prior preservation prompt, e.g. 'a photo of a dog'; keeps the class from collapsing onto the instance, costs a second image per step"
+        None,
+        description="text-to-image: prior preservation prompt, e.g. 'a photo of a dog'; keeps the class from collapsing onto the instance, costs a second image per step",
     )
     class_data_dir: str | None = Field(
-        None, description="text-to-image: folder of class images for prior preservation; missing ones are generated once with the base model"
+        None,
+        description="text-to-image: folder of class images for prior preservation; missing ones are generated once with the base model",
     )
-    num_class_images: int = Field(100, ge=1, description="text-to-image: class images for prior preservation; more keeps the prior better, generating them costs time once")
-    prior_loss_weight: float = Field(1.0, ge=0, description="text-to-image: weight of the class images' loss; higher protects the class more, learns the instance slower")
+    num_class_images: int = Field(
+        100,
+        ge=1,
+        description="text-to-image: class images for prior preservation; more keeps the prior better, generating them costs time once",
+    )
+    prior_loss_weight: float = Field(
+        1.0,
+        ge=0,
+        description="text-to-image: weight of the class images' loss; higher protects the class more, learns the instance slower",
+    )
     source_prefix: str = Field(
-        "auto", description="summarization: text put before every source; auto gives T5-family models their 'summarize: ' prompt and others none, '' never adds one"
+        "auto",
+        description="summarization: text put before every source; auto gives T5-family models their 'summarize: ' prompt and others none, '' never adds one",
     )
-    max_target_length: int = Field(128, ge=4, description="summarization: summary tokens with the end token; a longer summary is an error naming its record, never silently cut")
+    max_target_length: int = Field(
+        128,
+        ge=4,
+        description="summarization: summary tokens with the end token; a longer summary is an error naming its record, never silently cut",
+    )
 
 
-class MethodConfig(Section):
-    name: Literal["full", "freeze", "lora", "qlora"] = Field(
-        "lora", description="full: all weights; freeze: top blocks only; lora: adapters; qlora: adapters on a 4-bit base"
-    )
-    r: int = Field(8, ge=1, description="LoRA rank: higher adapts more and costs memory linearly")
-    alpha: float = Field(16, gt=0, description="LoRA scale numerator (scale = alpha/r, or alpha/sqrt(r) with rslora)")
-    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input; regularises small datasets")
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="layers that get adapters; all-linear (QLoRA paper) or names like [q_proj, v_proj]"
-    )
-    fast_dropout: bool = Field(
-        True, description="CPUs: draw the LoRA dropout masks from 16-bit random integers (the same rate to 1/65536): 1.8x cheaper than torch's Bernoulli sampler, which took 20% of a LoRA step here, so steps ran 1.19x faster; GPUs keep torch's kernel"
-    )
-    use_dora: bool = Field(False, description="DoRA: learn magnitude and direction separately; a bit better, ~2x slower")
-    use_rslora: bool = Field(False, description="rank-stabilised scaling alpha/sqrt(r); keeps high ranks learning")
-    freeze_train_top: int = Field(
-        2, ge=0, description="freeze method: train only the top N transformer blocks plus final norm and head"
-    )
-    freeze_trainable_modules: list[str] = Field(
-        default_factory=list,
-        description="freeze method: parameter name patterns (fnmatch) to train instead, e.g. ['*.mlp.*', 'lm_head*']",
-    )
-    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="qlora: 4-bit data type; nf4 suits normally distributed weights")
-    double_quant: bool = Field(True, description="qlora: quantise the quantisation constants too; saves ~0.4 bit/param")
-    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
-        "bfloat16", description="qlora: dtype the 4-bit weights are unpacked to for matmuls"
-    )
+# `method:` is the union of every registered method's own section, told apart by `name` (methods/__init__.py):
+# each method documents and accepts only its own fields. mypy sees the common base.
+if TYPE_CHECKING:
+    MethodConfig = MethodSettings
+else:
+    # A union built from a run-time tuple has no `X | Y` spelling (ruff's autofix would drop the Union).
+    MethodConfig = Annotated[Union[tuple(m.Config for m in METHODS.values())], Field(discriminator="name")]  # noqa: UP007
+
+
+def method_class(name: str) -> type[MethodSettings]:
+    return get_method(name).Config
+
+
+def _default_method() -> MethodConfig:
+    return default_settings(DEFAULT_METHOD)
 
 
 class TrainConfig(Section):
     epochs: float = Field(1.0, gt=0, description="passes over the training split (fractions allowed)")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs when set")
     batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        8, description="examples (rows of up to data.max_length tokens with data.packing) per micro-batch per process (memory grows with it); auto takes the largest that fits"
+        8,
+        description="examples (rows of up to data.max_length tokens with data.packing) per micro-batch per process (memory grows with it); auto takes the largest that fits",
     )
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step; raises the effective batch without memory")
-    learning_rate: float = Field(2e-4, gt=0, description="peak learning rate; ~1e-4..5e-4 for LoRA, ~1e-5..5e-5 for full")
+    grad_accum: int = Field(
+        1, ge=1, description="micro-batches per optimizer step; raises the effective batch without memory"
+    )
+    learning_rate: float = Field(
+        2e-4, gt=0, description="peak learning rate; ~1e-4..5e-4 for LoRA, ~1e-5..5e-5 for full"
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
+    optimizer: Literal["adamw", "adamw8bit", "paged_adamw8bit"] = Field(
+        "adamw",
+        description="adamw (torch, fp32 states: 8 bytes per trained parameter), adamw8bit (bitsandbytes block-wise 8-bit states, ~2 bytes: for full fine-tuning where states dominate memory; Dettmers et al. 2022), paged_adamw8bit (the same, paged to CPU memory under GPU memory pressure; CPUs run it unpaged)",
+    )
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="learning rate decay after warmup")
-    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="fraction of steps spent warming up from 0 to the peak rate")
+    warmup_ratio: float = Field(
+        0.05, ge=0, lt=1, description="fraction of steps spent warming up from 0 to the peak rate"
+    )
     max_grad_norm: float | None = Field(1.0, description="clip the gradient norm to this; None turns clipping off")
     skip_nonfinite: bool = Field(
-        False, description="a step whose loss or gradient norm is NaN/Inf: false stops the run there (the last checkpoint kept), true drops the batch without an optimizer step and counts it; skipping survives a rare bad batch but can hide a diverging run"
+        False,
+        description="a step whose loss or gradient norm is NaN/Inf: false stops the run there (the last checkpoint kept), true drops the batch without an optimizer step and counts it; skipping survives a rare bad batch but can hide a diverging run",
     )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="autocast dtype; auto picks bf16 on AMX/AVX512-BF16 CPUs and Ampere+ GPUs, else fp32"
     )
     gradient_checkpointing: bool | Literal["auto"] = Field(
-        "auto", description="recompute activations in backward: ~30% slower, far less memory; auto: on for qlora (the method chosen to save memory, whose activations outweigh its 4-bit weights), off otherwise"
+        "auto",
+        description="recompute activations in backward: ~30% slower, far less memory; auto: on where the method declares it (qlora: chosen to save memory, its activations outweigh its 4-bit weights), off otherwise",
     )
     loss_chunk_tokens: int = Field(
-        1024, ge=0, description="causal LMs: output layer + cross-entropy only on loss-bearing tokens, this many at a time, so no tokens x vocabulary logits exist; smaller saves memory, below ~512 costs speed; 0 computes the logits of the batch's loss positions at once"
+        1024,
+        ge=0,
+        description="causal LMs: output layer + cross-entropy only on loss-bearing tokens, this many at a time, so no tokens x vocabulary logits exist; smaller saves memory, below ~512 costs speed; 0 computes the logits of the batch's loss positions at once",
     )
     compile: bool = Field(
-        False, description="torch.compile the transformer blocks for training: 1.8x faster LoRA steps on an H100 after a ~20 s compile, no faster on a 2-core CPU after 1-3 min of compiling (docs/performance.md)"
+        False,
+        description="torch.compile the transformer blocks for training: 1.8x faster LoRA steps on an H100 after a ~20 s compile, no faster on a 2-core CPU after 1-3 min of compiling (docs/performance.md)",
     )
     padding_free: bool | Literal["auto"] = Field(
-        "auto", description="causal LMs: each micro-batch runs as one row of its real tokens, attention kept per example (variable-length SDPA on CPUs, FlashAttention-2 on GPUs): the same examples and loss as padded batches, no compute on padding; auto: on CPUs and with FA2"
+        "auto",
+        description="causal LMs: each micro-batch runs as one row of its real tokens, attention kept per example (variable-length SDPA on CPUs, FlashAttention-2 on GPUs): the same examples and loss as padded batches, no compute on padding; auto: on CPUs and with FA2",
     )
     group_by_length: bool = Field(
-        False, description="micro-batches of similar lengths (sorted within shuffled chunks of 50 batches): less padding, faster; the order is a little less random"
+        False,
+        description="micro-batches of similar lengths (sorted within shuffled chunks of 50 batches): less padding, faster; the order is a little less random",
     )
     log_every: int = Field(5, ge=1, description="steps between lines in metrics.jsonl")
     eval_every: int = Field(50, ge=0, description="steps between validation passes; 0 evaluates only at the end")
-    save_every: int = Field(0, ge=0, description="steps between checkpoints; 0 saves at each validation pass and at the end")
-    keep_checkpoints: int = Field(2, ge=1, description="most recent checkpoints kept on disk (the best one is kept apart)")
+    save_every: int = Field(
+        0, ge=0, description="steps between checkpoints; 0 saves at each validation pass and at the end"
+    )
+    keep_checkpoints: int = Field(
+        2, ge=1, description="most recent checkpoints kept on disk (the best one is kept apart)"
+    )
     early_stopping_patience: int | None = Field(
         None, ge=1, description="stop after this many validation passes without improvement; None never stops early"
     )
-    early_stopping_min_delta: float = Field(0.0, ge=0, description="smallest validation loss drop that counts as improvement")
-    load_best_at_end: bool = Field(True, description="finish with the weights of the best validation pass, not the last step")
-    class_weights: bool = Field(False, description="classification: weigh classes inversely to their frequency, for imbalanced data")
+    early_stopping_min_delta: float = Field(
+        0.0, ge=0, description="smallest validation loss drop that counts as improvement"
+    )
+    load_best_at_end: bool = Field(
+        True, description="finish with the weights of the best validation pass, not the last step"
+    )
+    class_weights: bool = Field(
+        False, description="classification: weigh classes inversely to their frequency, for imbalanced data"
+    )
 
 
 class EvalConfig(Section):
     max_new_tokens: int = Field(128, ge=1, description="tokens generated per test example")
-    max_samples: int | None = Field(200, ge=1, description="test examples generated for ROUGE/exact match; None uses all")
-    batch_size: int = Field(8, ge=1, description="examples per generation batch")
-    num_beams: int = Field(4, ge=1, description="summarization: beam search width; 4 is the BART/PEGASUS setting, 1 (greedy) is ~num_beams x cheaper")
-    length_penalty: float = Field(1.0, description="summarization: beam score divided by length**this; above 1 favours longer summaries, below 1 shorter")
-    no_repeat_ngram_size: int = Field(3, ge=0, description="summarization: never repeat an n-gram of this size (stops loops); 0 allows repeats such as 'Python 3 ... Python 3'")
-    min_new_tokens: int = Field(0, ge=0, description="summarization: tokens generated before the end token is allowed; raise it when summaries come out too short")
-    sample_prompts: list[str] = Field(
-        default_factory=list, description="text-to-image: prompts of the before/after sample grids; empty takes up to 4 test captions (or the instance prompt)"
+    max_samples: int | None = Field(
+        200, ge=1, description="test examples generated for ROUGE/exact match; None uses all"
     )
-    sample_seeds: list[int] = Field([0, 1], description="text-to-image: seeds per sample prompt; the same seeds before and after make the grids comparable, each costs one generation")
-    num_inference_steps: int = Field(30, ge=1, description="text-to-image: denoising steps per generated image; more is slower and cleaner (25-50 usual)")
-    guidance_scale: float = Field(7.5, ge=0, description="text-to-image: classifier-free guidance; higher follows the prompt more closely and varies less, above 1 doubles the UNet work")
-    compare_base: bool = Field(True, description="also score the base model on the test split, for the side-by-side table")
+    batch_size: int = Field(8, ge=1, description="examples per generation batch")
+    num_beams: int = Field(
+        4,
+        ge=1,
+        description="summarization: beam search width; 4 is the BART/PEGASUS setting, 1 (greedy) is ~num_beams x cheaper",
+    )
+    length_penalty: float = Field(
+        1.0,
+        description="summarization: beam score divided by length**this; above 1 favours longer summaries, below 1 shorter",
+    )
+    no_repeat_ngram_size: int = Field(
+        3,
+        ge=0,
+        description="summarization: never repeat an n-gram of this size (stops loops); 0 allows repeats such as 'Python 3 ... Python 3'",
+    )
+    min_new_tokens: int = Field(
+        0,
+        ge=0,
+        description="summarization: tokens generated before the end token is allowed; raise it when summaries come out too short",
+    )
+    sample_prompts: list[str] = Field(
+        default_factory=list,
+        description="text-to-image: prompts of the before/after sample grids; empty takes up to 4 test captions (or the instance prompt)",
+    )
+    sample_seeds: list[int] = Field(
+        [0, 1],
+        description="text-to-image: seeds per sample prompt; the same seeds before and after make the grids comparable, each costs one generation",
+    )
+    num_inference_steps: int = Field(
+        30,
+        ge=1,
+        description="text-to-image: denoising steps per generated image; more is slower and cleaner (25-50 usual)",
+    )
+    guidance_scale: float = Field(
+        7.5,
+        ge=0,
+        description="text-to-image: classifier-free guidance; higher follows the prompt more closely and varies less, above 1 doubles the UNet work",
+    )
+    compare_base: bool = Field(
+        True, description="also score the base model on the test split, for the side-by-side table"
+    )
     report_samples: int = Field(5, ge=0, description="side-by-side examples shown in report.md")
 
 
 class OutputConfig(Section):
-    dir: str = Field("runs", description="root folder; each run gets runs/<timestamp>-<name>/ and never overwrites another")
+    dir: str = Field(
+        "runs", description="root folder; each run gets runs/<timestamp>-<name>/ and never overwrites another"
+    )
     save_merged: bool = Field(False, description="also write the adapter merged into full weights (model_merged/)")
 
 
 class TrackConfig(Section):
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
-        default_factory=list, description="trackers that also get the metrics and the config (metrics.jsonl and the runs index always do); each costs a little time per log step and needs `pip install 'tunesmith[track]'`"
+        default_factory=list,
+        description="trackers that also get the metrics and the config (metrics.jsonl and the runs index always do); each costs a little time per log step and needs `pip install 'tunesmith[track]'`",
     )
-    experiment: str = Field("tunesmith", description="MLflow experiment / W&B project the run is filed under; one per study or use case keeps its runs side by side")
-    run_name: str | None = Field(None, description="the run's name in the trackers; None takes the run directory's name, which is unique")
+    experiment: str = Field(
+        "tunesmith",
+        description="MLflow experiment / W&B project the run is filed under; one per study or use case keeps its runs side by side",
+    )
+    run_name: str | None = Field(
+        None, description="the run's name in the trackers; None takes the run directory's name, which is unique"
+    )
     mlflow_tracking_uri: str | None = Field(
-        None, description="MLflow store: sqlite:///path.db (no server), or http(s)://host for a shared server ($VARs expanded: keep passwords in the environment, since saved copies mask them); None takes MLFLOW_TRACKING_URI, else sqlite:///<output.dir>/mlflow.db"
+        None,
+        description="MLflow store: sqlite:///path.db (no server), or http(s)://host for a shared server ($VARs expanded: keep passwords in the environment, since saved copies mask them); None takes MLFLOW_TRACKING_URI, else sqlite:///<output.dir>/mlflow.db",
     )
-    wandb_entity: str | None = Field(None, description="W&B team or user the run goes to; None takes your default. WANDB_MODE=offline logs to disk with no account")
-    tags: dict[str, str] = Field(default_factory=dict, description="labels put on the run in MLflow and W&B, e.g. {dataset: tickets-v2}; secrets in them are masked")
-    index: bool = Field(True, description="register the run in <output.dir>/index.sqlite for `tunesmith runs`; turn off only where SQLite cannot lock (NFS)")
+    wandb_entity: str | None = Field(
+        None,
+        description="W&B team or user the run goes to; None takes your default. WANDB_MODE=offline logs to disk with no account",
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="labels put on the run in MLflow and W&B, e.g. {dataset: tickets-v2}; secrets in them are masked",
+    )
+    index: bool = Field(
+        True,
+        description="register the run in <output.dir>/index.sqlite for `tunesmith runs`; turn off only where SQLite cannot lock (NFS)",
+    )
 
     @field_validator("experiment")
     @classmethod
@@ -228,71 +335,115 @@ class SearchParam(Section):
     """One searched parameter; its key in `search.space` is the dotted config path it sets."""
 
     type: Literal["float", "log-float", "int", "categorical"] = Field(
-        ..., description="distribution: float (uniform), log-float (uniform in log space: rates, decays), int, categorical (choices)"
+        ...,
+        description="distribution: float (uniform), log-float (uniform in log space: rates, decays), int, categorical (choices)",
     )
     low: float | None = Field(None, description="float, log-float, int: smallest value (inclusive)")
     high: float | None = Field(None, description="float, log-float, int: largest value (inclusive)")
-    step: float | None = Field(None, gt=0, description="int, float: spacing of the values; needed by the grid sampler for float ranges")
+    step: float | None = Field(
+        None, gt=0, description="int, float: spacing of the values; needed by the grid sampler for float ranges"
+    )
     choices: list[Any] | None = Field(None, description="categorical: the values to choose from (at least two)")
 
     @field_validator("choices")
     @classmethod
-    def _numbers(cls, value):
+    def _numbers(cls, value: list[Any] | None) -> list[Any] | None:
         # YAML 1.1 reads 1e-4 in a list as a string, as it does elsewhere (see _coerce_floats).
         return None if value is None else [_coerce_floats(v) for v in value]
+
+
+Direction = Literal["minimize", "maximize"]
+
+
+def _default_objectives() -> dict[str, Direction]:
+    return {"eval_loss": "minimize"}
 
 
 class SearchConfig(Section):
     space: dict[str, SearchParam] = Field(
         default_factory=dict,
-        description="parameters to search by dotted config path, e.g. train.learning_rate: {type: log-float, low: 1e-5, high: 1e-3}; empty searches the LoRA-aware default space (docs/search.md)",
+        description="parameters to search by dotted config path, e.g. train.learning_rate: {type: log-float, low: 1e-5, high: 1e-3}; empty searches the method's own default space (docs/search.md)",
     )
-    objectives: dict[str, Literal["minimize", "maximize"]] = Field(
-        default_factory=lambda: {"eval_loss": "minimize"},
+    objectives: dict[str, Direction] = Field(
+        default_factory=_default_objectives,
         description="metric -> direction: eval_loss/eval_ppl (every validation pass, feeds the pruner), the task's metrics on the validation split (accuracy, f1_macro, rougeL, ...; one reload and scoring pass per trial), train_seconds, trainable_parameters; two or more give a Pareto front",
     )
     sampler: Literal["tpe", "random", "grid", "gp", "cmaes", "nsga2"] = Field(
-        "tpe", description="tpe (Bayesian, the default), gp (Gaussian process, best for few continuous parameters), cmaes (continuous), nsga2 (evolutionary, Pareto fronts), random, grid (every combination)"
+        "tpe",
+        description="tpe (Bayesian, the default), gp (Gaussian process, best for few continuous parameters), cmaes (continuous), nsga2 (evolutionary, Pareto fronts), random, grid (every combination)",
     )
-    n_trials: int | None = Field(20, ge=1, description="trials that run to an end (complete, pruned or failed); more finds better settings and costs a run each")
-    timeout: float | None = Field(None, gt=0, description="seconds after which no new trial starts (running ones finish); None: only n_trials limits")
+    n_trials: int | None = Field(
+        20,
+        ge=1,
+        description="trials that run to an end (complete, pruned or failed); more finds better settings and costs a run each",
+    )
+    timeout: float | None = Field(
+        None,
+        gt=0,
+        description="seconds after which no new trial starts (running ones finish); None: only n_trials limits",
+    )
     pruner: Literal["median", "hyperband", "none"] = Field(
-        "median", description="stop unpromising trials at a validation pass: median (below the median of earlier trials at that step), hyperband (successive halving), none; single objective only"
+        "median",
+        description="stop unpromising trials at a validation pass: median (below the median of earlier trials at that step), hyperband (successive halving), none; single objective only",
     )
-    pruner_startup_trials: int = Field(2, ge=0, description="median pruner: trials that finish before any is pruned; more is safer and prunes later")
+    pruner_startup_trials: int = Field(
+        2, ge=0, description="median pruner: trials that finish before any is pruned; more is safer and prunes later"
+    )
     storage: str | None = Field(
-        None, description="Optuna storage: None keeps a SQLite file in the study directory; a SQLAlchemy URL (postgresql+psycopg://user:${PGPASSWORD}@host/db, $VARs expanded) lets workers on many machines share the study; a literal password is masked in the saved study, so keep it in the environment"
+        None,
+        description="Optuna storage: None keeps a SQLite file in the study directory; a SQLAlchemy URL (postgresql+psycopg://user:${PGPASSWORD}@host/db, $VARs expanded) lets workers on many machines share the study; a literal password is masked in the saved study, so keep it in the environment",
     )
-    study_name: str | None = Field(None, description="study name in the storage; None takes the run name. A worker whose storage already holds the name joins that study")
-    study_dir: str | None = Field(None, description="folder of the study (trial run directories, report, best.yaml); None creates <output.dir>/<timestamp>-search-<name>")
-    workers: int = Field(1, ge=1, description="trial processes run in parallel on this machine; each loads its own model, so memory grows with it")
-    include_default: bool = Field(True, description="trial 0 runs the config's own values of the searched parameters, so the report compares the best trial with them")
-    final_train: bool = Field(False, description="after the study, retrain the best config on train+validation and score it on the test split")
+    study_name: str | None = Field(
+        None,
+        description="study name in the storage; None takes the run name. A worker whose storage already holds the name joins that study",
+    )
+    study_dir: str | None = Field(
+        None,
+        description="folder of the study (trial run directories, report, best.yaml); None creates <output.dir>/<timestamp>-search-<name>",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="trial processes run in parallel on this machine; each loads its own model, so memory grows with it",
+    )
+    include_default: bool = Field(
+        True,
+        description="trial 0 runs the config's own values of the searched parameters, so the report compares the best trial with them",
+    )
+    final_train: bool = Field(
+        False, description="after the study, retrain the best config on train+validation and score it on the test split"
+    )
 
     @field_validator("objectives")
     @classmethod
-    def _some_objective(cls, value):
+    def _some_objective(cls, value: dict[str, Direction]) -> dict[str, Direction]:
         if not value:
             raise ValueError("give at least one objective, e.g. {eval_loss: minimize}")
         return value
 
 
-TASKS = ("chat", "continued-pretraining", "text-classification", "token-classification", "summarization",
-         "image-classification", "text-to-image")  # tunesmith.tasks.TASKS; kept here so config imports no torch
-
-
 class RunConfig(Section):
     name: str = Field("run", description="run name used in the run directory")
-    task: str = Field("chat", description="what is trained: chat (causal-LM SFT), continued-pretraining (raw text), text-, token- or image-classification (new head), summarization (seq2seq), text-to-image (diffusion LoRA)")
+    task: str = Field(
+        "chat", description="what is trained: " + "; ".join(f"{c.name} ({c.summary})" for c in TASKS.values())
+    )
     seed: int = Field(42, description="seed for data order, splits, initialisation and dropout")
     model: ModelConfig = Field(default_factory=ModelConfig, description="base model")
     data: DataConfig = Field(default_factory=DataConfig, description="data files and how records are read")
-    method: MethodConfig = Field(default_factory=MethodConfig, description="how the model is made trainable")
+    method: MethodConfig = Field(
+        default_factory=_default_method, description="how the model is made trainable: " + ", ".join(METHODS)
+    )
     train: TrainConfig = Field(default_factory=TrainConfig, description="optimisation loop")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="final evaluation on the test split")
     output: OutputConfig = Field(default_factory=OutputConfig, description="where results go")
-    track: TrackConfig = Field(default_factory=TrackConfig, description="experiment tracking: the local runs index and TensorBoard / MLflow / W&B")
-    search: SearchConfig = Field(default_factory=SearchConfig, description="hyperparameter search (`tunesmith search`); ignored by `tunesmith train`")
+    track: TrackConfig = Field(
+        default_factory=TrackConfig,
+        description="experiment tracking: the local runs index and TensorBoard / MLflow / W&B",
+    )
+    search: SearchConfig = Field(
+        default_factory=SearchConfig,
+        description="hyperparameter search (`tunesmith search`); ignored by `tunesmith train`",
+    )
 
     @field_validator("task")
     @classmethod
@@ -301,48 +452,82 @@ class RunConfig(Section):
             raise ValueError(f"unknown task {value!r}; known tasks: {', '.join(TASKS)}")
         return value
 
+    @field_validator("method", mode="before")
+    @classmethod
+    def _default_method_name(cls, value: Any) -> Any:
+        # `method: {r: 16}` keeps meaning the default method, as before the union.
+        if isinstance(value, dict) and "name" not in value:
+            return {"name": DEFAULT_METHOD, **value}
+        return value
+
     @model_validator(mode="after")
-    def _split_sums_to_one(self) -> "RunConfig":
+    def _method_fits_task(self) -> RunConfig:
+        kind = TASKS[self.task].model_kind
+        if kind not in get_method(self.method.name).model_kinds:
+            # A TunesmithError, not a ValueError: pydantic would file it under no field, and the fix is one.
+            raise TunesmithError(
+                f"method {self.method.name} cannot train the {kind} model of task {self.task}",
+                where="method.name",
+                fix=f"use one of: {', '.join(methods_for(kind))}",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _split_sums_to_one(self) -> RunConfig:
         if abs(sum(self.data.split) - 1.0) > 1e-6 or min(self.data.split) < 0:
             raise ValueError(f"data.split must be three non-negative ratios summing to 1, got {list(self.data.split)}")
         return self
 
 
 def uses_gradient_checkpointing(config: RunConfig) -> bool:
-    """train.gradient_checkpointing with auto resolved: QLoRA is picked to save memory, and on a small model
-    its activations outweigh the weights it saves (LoRA and QLoRA peaks, bench/RESULTS.md), as TRL and
-    LLaMA-Factory also checkpoint by default."""
+    """train.gradient_checkpointing with auto resolved: on where the method declares it (a method chosen to
+    save memory whose activations outweigh the weights it saves: QLoRA, bench/RESULTS.md)."""
     value = config.train.gradient_checkpointing
-    return config.method.name == "qlora" if value == "auto" else bool(value)
+    return get_method(config.method.name).footprint.checkpointing_by_default if value == "auto" else bool(value)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Loading
 
 
-def _field_names(model_cls: type[BaseModel], path: tuple) -> list[str]:
-    """Valid keys at a dotted location, walking nested sections."""
-    cls = model_cls
-    for part in path:
-        field = cls.model_fields.get(part)
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        cls = annotation
-    return list(cls.model_fields)
+def section_class(name: str, value: Any = None) -> type[BaseModel] | None:
+    """The class of a RunConfig section; for `method`, the class of the method `value` names (its `name`,
+    else the default method)."""
+    if name == "method":
+        chosen = (
+            value.get("name", DEFAULT_METHOD) if isinstance(value, dict) else getattr(value, "name", DEFAULT_METHOD)
+        )
+        return method_class(chosen) if chosen in METHODS else None
+    annotation = getattr(RunConfig.model_fields.get(name), "annotation", None)
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
-def _explain(error: ValidationError, source: str) -> TunesmithError:
+def _strip_method_tag(loc: tuple[str, ...]) -> tuple[str, ...]:
+    """pydantic puts the union's tag in error locations (method.lora.rr): the user wrote method.rr."""
+    if len(loc) >= 2 and loc[0] == "method" and loc[1] in METHODS:
+        return (loc[0],) + loc[2:]
+    return loc
+
+
+def explain_error(error: ValidationError, source: str, raw: dict[str, Any] | None = None) -> TunesmithError:
     """Turn pydantic's errors into one message: the field, what is wrong, the closest valid key."""
     lines, fixes = [], []
     for item in error.errors():
-        loc = tuple(str(p) for p in item["loc"])
+        loc = _strip_method_tag(tuple(str(p) for p in item["loc"]))
         dotted = ".".join(loc) or "(top level)"
         if item["type"] == "extra_forbidden":
-            valid = _field_names(RunConfig, loc[:-1])
+            cls = RunConfig if len(loc) == 1 else section_class(loc[0], (raw or {}).get(loc[0]))
+            valid = list(cls.model_fields) if cls is not None and len(loc) <= 2 else []
             close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
             lines.append(f"unknown key {dotted!r}")
-            if close:
+            owners = (
+                [name for name, m in METHODS.items() if loc[-1] in m.Config.model_fields] if loc[0] == "method" else []
+            )
+            if owners:
+                fixes.append(
+                    f"method.{loc[-1]} belongs to method {' or '.join(owners)}; remove it or change method.name"
+                )
+            elif close:
                 fixes.append(f"did you mean {'.'.join(loc[:-1] + (close[0],))!r}?")
             else:
                 fixes.append(f"valid keys here: {', '.join(valid)}")
@@ -350,19 +535,24 @@ def _explain(error: ValidationError, source: str) -> TunesmithError:
             got = item.get("input")
             shown = "" if isinstance(got, dict) else f" (got {got!r})"
             lines.append(f"{dotted}: {item['msg']}{shown}")
-    return TunesmithError("; ".join(lines), where=source, fix=" ".join(fixes) or "see `tunesmith init` for a commented config")
+    return TunesmithError(
+        "; ".join(lines), where=source, fix=" ".join(fixes) or "see `tunesmith init` for a commented config"
+    )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`train.learning_rate=1e-4` -> (['train', 'learning_rate'], 0.0001). Values are read as YAML."""
     if "=" not in text:
-        raise TunesmithError(f"--set {text!r} has no '='", fix="write --set section.key=value, e.g. --set train.epochs=2")
+        raise TunesmithError(
+            f"--set {text!r} has no '='", fix="write --set section.key=value, e.g. --set train.epochs=2"
+        )
     key, raw = text.split("=", 1)
     value = yaml.safe_load(raw) if raw.strip() else None
     return key.strip().split("."), value
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    switched = False
     for text in overrides:
         path, value = parse_override(text)
         node = raw
@@ -372,18 +562,38 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 raise TunesmithError(f"--set {text!r}: {part!r} is not a section")
             node = child
         node[path[-1]] = value
+        switched = switched or path == ["method", "name"]
+    if switched and isinstance(raw.get("method"), dict):
+        raw["method"] = switch_method(raw["method"], note=True)
     return raw
 
 
-def _read_yaml(path: Path) -> dict:
+def switch_method(method: dict[str, Any], *, note: bool = False) -> dict[str, Any]:
+    """A method section whose `name` was changed after its options were written (`--set method.name=full`
+    on a LoRA config, a search trial's method): options the new method does not have are dropped, with a
+    note when `note`, instead of failing on keys the user wrote for the method they replaced."""
+    cls = section_class("method", method)
+    if cls is None:
+        return method  # an unknown name: validation says so
+    dropped = [k for k in method if k not in cls.model_fields]
+    if dropped and note:
+        print(f"note: method {method['name']} has no {', '.join('method.' + k for k in dropped)}; ignored")
+    return {k: v for k, v in method.items() if k in cls.model_fields}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise TunesmithError(f"config file not found: {path}", fix="create one with `tunesmith init --task chat > run.yaml`")
+        raise TunesmithError(
+            f"config file not found: {path}", fix="create one with `tunesmith init --task chat > run.yaml`"
+        )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise TunesmithError(f"invalid YAML: {getattr(exc, 'problem', exc)}", where=where, fix="check indentation and quoting") from None
+        raise TunesmithError(
+            f"invalid YAML: {getattr(exc, 'problem', exc)}", where=where, fix="check indentation and quoting"
+        ) from None
     if not isinstance(raw, dict):
         raise TunesmithError("the config must be a mapping of sections", where=str(path), fix="see `tunesmith init`")
     return raw
@@ -402,7 +612,9 @@ def _coerce_floats(raw: Any) -> Any:
     return raw
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base_dir: str | Path | None = None) -> RunConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, base_dir: str | Path | None = None
+) -> RunConfig:
     """Read a YAML run config (or defaults when `path` is None), apply `--set` overrides, validate strictly.
 
     Relative data paths are resolved against the YAML file's folder when they exist there, so a config
@@ -413,7 +625,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise _explain(exc, str(path or "--set")) from None
+        raise explain_error(exc, str(path or "--set"), raw) from None
     folder = Path(base_dir) if base_dir else (Path(path).resolve().parent if path else None)
     if folder is not None:
         for key in ("train", "validation", "test"):
@@ -427,30 +639,41 @@ def load_saved_config(path: str | Path) -> RunConfig:
     """Read a run's saved config.yaml leniently: keys unknown to this version are dropped with a warning."""
     raw = _read_yaml(Path(path))
 
-    def prune(data: dict, cls: type[BaseModel], prefix: str) -> dict:
-        kept = {}
+    def prune(data: dict[str, Any], cls: type[BaseModel], prefix: str) -> dict[str, Any]:
+        kept: dict[str, Any] = {}
         for key, value in data.items():
             field = cls.model_fields.get(key)
             if field is None:
                 warnings.warn(f"{path}: dropping key {prefix}{key!r} unknown to this tunesmith version", stacklevel=3)
                 continue
-            annotation = field.annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel) and isinstance(value, dict):
-                value = prune(value, annotation, f"{prefix}{key}.")
+            section = section_class(key, value) if cls is RunConfig else None
+            if section is not None and isinstance(value, dict):
+                value = prune(value, section, f"{prefix}{key}.")
             kept[key] = value
         return kept
 
+    method = raw.get("method")
+    if isinstance(method, dict):
+        # Runs saved before the method union hold every method's fields: keep the chosen method's quietly.
+        chosen = section_class("method", method)
+        if chosen is not None:
+            raw["method"] = {k: v for k, v in method.items() if k in chosen.model_fields or k not in _ANY_METHOD_FIELD}
     try:
         return RunConfig.model_validate(prune(raw, RunConfig, ""))
     except ValidationError as exc:
-        raise _explain(exc, str(path)) from None
+        raise explain_error(exc, str(path), raw) from None
+
+
+# Every field some method has: a saved config's field of another method is dropped without a warning.
+_ANY_METHOD_FIELD = {name for m in METHODS.values() for name in m.Config.model_fields}
 
 
 def dump_config(config: RunConfig) -> str:
     """The config as YAML, secrets masked (tunesmith/redact.py): what every saved copy holds."""
     from tunesmith.redact import redact_tree
 
-    return yaml.safe_dump(redact_tree(config.model_dump(mode="json")), sort_keys=False)
+    text: str = yaml.safe_dump(redact_tree(config.model_dump(mode="json")), sort_keys=False)
+    return text
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -458,15 +681,19 @@ def dump_config(config: RunConfig) -> str:
 
 
 def _yaml_value(value: Any) -> str:
-    text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+    text: str = yaml.safe_dump(value, default_flow_style=True, width=1000)
+    text = text.strip()
     return text.removesuffix("\n...").removesuffix("...").strip()
 
 
 def render_template(config: RunConfig | None = None) -> str:
     """A commented YAML config: every field with its value and its description."""
     config = config or RunConfig()
-    out = ["# tunesmith run config. Every key is optional; the comment says what it trades off.",
-           "# Validate with `tunesmith validate run.yaml`, train with `tunesmith train run.yaml`.", ""]
+    out = [
+        "# tunesmith run config. Every key is optional; the comment says what it trades off.",
+        "# Validate with `tunesmith validate run.yaml`, train with `tunesmith train run.yaml`.",
+        "",
+    ]
     for name, field in RunConfig.model_fields.items():
         value = getattr(config, name)
         if isinstance(value, BaseModel):
@@ -480,13 +707,35 @@ def render_template(config: RunConfig | None = None) -> str:
 
 
 def render_reference() -> str:
-    """Markdown table of every field, for docs/config.md."""
+    """Markdown table of every field, for docs/config.md; `method.*` rows per method, each field once with
+    the methods that have it."""
     rows = ["| key | default | what it does |", "|---|---|---|"]
     for name, field in RunConfig.model_fields.items():
         default = RunConfig().__getattribute__(name)
-        if isinstance(default, BaseModel):
+        if name == "method":
+            rows.extend(_method_rows())
+        elif isinstance(default, BaseModel):
             for sub, sub_field in type(default).model_fields.items():
                 rows.append(f"| `{name}.{sub}` | `{_yaml_value(getattr(default, sub))}` | {sub_field.description} |")
         else:
             rows.append(f"| `{name}` | `{_yaml_value(default)}` | {field.description} |")
     return "\n".join(rows) + "\n"
+
+
+def _method_rows() -> list[str]:
+    seen: dict[str, list[str]] = {}
+    for method_name, module in METHODS.items():
+        for field_name in module.Config.model_fields:
+            seen.setdefault(field_name, []).append(method_name)
+    rows = [
+        f"| `method.name` | `{DEFAULT_METHOD}` | " + "; ".join(f"{n}: {m.summary}" for n, m in METHODS.items()) + " |"
+    ]
+    for field_name, owners in seen.items():
+        if field_name == "name":
+            continue
+        cls = METHODS[owners[0]].Config
+        info = cls.model_fields[field_name]
+        rows.append(
+            f"| `method.{field_name}` | `{_yaml_value(getattr(cls.model_validate({}), field_name))}` | ({', '.join(owners)}) {info.description} |"
+        )
+    return rows

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from types import ModuleType
+from typing import Any, NamedTuple, cast
 
-from tunesmith.config import DataConfig, RunConfig, dump_config, load_saved_config, uses_gradient_checkpointing
+from tunesmith.config import DataConfig, RunConfig, dump_config, load_saved_config
 from tunesmith.data.prepare import DataSplits, load_examples, prepare_splits, save_examples
 from tunesmith.errors import TunesmithError
 from tunesmith.methods import count_parameters, get_method
+from tunesmith.models import build
 from tunesmith.models.resolve import ResolvedModel, resolve_model
 from tunesmith.runs.rundir import RunDir, atomic_directory, atomic_write_text
 from tunesmith.runs.tracking import RunTracking
@@ -33,8 +34,8 @@ class RunResult:
 
 
 class TunedModel(NamedTuple):
-    model: object  # PeftModel (adapter methods) or the transformers model (full, freeze)
-    tokenizer: object
+    model: Any  # PeftModel (adapter methods) or the transformers model (full, freeze)
+    tokenizer: Any
     config: RunConfig
     meta: dict  # what the task learned from the data (labels)
 
@@ -46,10 +47,9 @@ class TunedModel(NamedTuple):
 def _accelerator(precision: str):
     import torch
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
 
     from tunesmith.train.precision import resolve_precision
-
-    from accelerate.state import AcceleratorState, GradientState
 
     # accelerate keeps one global state per process and refuses a second Accelerator with other
     # settings. Each run (and each search trial) sets its own precision, so start from a clean state;
@@ -59,7 +59,7 @@ def _accelerator(precision: str):
     return Accelerator(mixed_precision=resolve_precision(precision), cpu=not torch.cuda.is_available())
 
 
-def load_tokenizer_for(config: RunConfig) -> tuple[ResolvedModel, object]:
+def load_tokenizer_for(config: RunConfig) -> tuple[ResolvedModel, Any]:
     """The model reference and its preprocessor: a tokenizer for text tasks (the task decides)."""
     from tunesmith.models.safe_load import check_folder
 
@@ -75,15 +75,13 @@ def _pad_id(processor) -> int:
     return getattr(processor, "pad_token_id", None) or 0
 
 
-def load_base_model(config: RunConfig, resolved: ResolvedModel, meta: dict, *, quantized: bool = True):
-    """The base model as the method wants it loaded (4-bit for qlora unless `quantized` is False), with
-    the head the task needs (a classifier sized from the labels in `meta`)."""
-    from tunesmith.models.load import load_model
-
-    method = get_method(config.method.name)
+def load_base_model(config: RunConfig, resolved: ResolvedModel, meta: dict, *, quantized: bool = True, pad_id: int = 0):
+    """The untrained base for the task (models/build.py), as the method loads it."""
     task = get_task(config.task)
-    extra = dict(method.load_kwargs(config.method) if quantized else {}, **task.model_kwargs(meta))
-    return load_model(resolved, config.model, task.model_class(), method_name=config.method.name, extra=extra)
+    loader = getattr(task, "load_model", None)
+    if loader is not None:
+        return loader(config, resolved, meta)
+    return build.base_model(config, resolved, task, meta, pad_id, quantized=quantized)
 
 
 def read_splits(config: RunConfig) -> DataSplits:
@@ -91,8 +89,13 @@ def read_splits(config: RunConfig) -> DataSplits:
     return prepare_splits(config.data, config.seed, task.normalise, task.stratify_key, getattr(task, "read", None))
 
 
-def encode_splits(config: RunConfig, splits: DataSplits, tokenizer, meta: dict,
-                  names: tuple[str, ...] = ("train", "validation", "test")) -> dict[str, list]:
+def encode_splits(
+    config: RunConfig,
+    splits: DataSplits,
+    tokenizer,
+    meta: dict,
+    names: tuple[str, ...] = ("train", "validation", "test"),
+) -> dict[str, list]:
     task = get_task(config.task)
     return {name: task.encode(examples, tokenizer, config, meta) for name, examples in splits.items() if name in names}
 
@@ -104,20 +107,30 @@ def pack_splits(config: RunConfig, encoded: dict[str, list]) -> dict[str, list]:
     if not getattr(get_task(config.task), "packable", False):
         raise TunesmithError(
             f"data.packing applies to the chat task, not {config.task}"
-            + (" (it always packs its text into blocks of data.max_length tokens)" if config.task == "continued-pretraining" else ""),
-            where="data.packing", fix="remove data.packing (or set it to false)")
+            + (
+                " (it always packs its text into blocks of data.max_length tokens)"
+                if config.task == "continued-pretraining"
+                else ""
+            ),
+            where="data.packing",
+            fix="remove data.packing (or set it to false)",
+        )
     packed = {name: pack_examples(examples, config.data.max_length) for name, examples in encoded.items()}
     train, rows = encoded["train"], packed["train"]
     if isinstance(config.train.batch_size, int):
-        print(f"packing: {len(train)} training examples into {len(rows)} rows of up to {config.data.max_length} tokens; "
-              f"padding {100 * padding_share(train, config.train.batch_size):.0f}% of computed positions unpacked "
-              f"(batches in data order), {100 * padding_share(rows, config.train.batch_size):.0f}% packed")
+        print(
+            f"packing: {len(train)} training examples into {len(rows)} rows of up to {config.data.max_length} tokens; "
+            f"padding {100 * padding_share(train, config.train.batch_size):.0f}% of computed positions unpacked "
+            f"(batches in data order), {100 * padding_share(rows, config.train.batch_size):.0f}% packed"
+        )
     return packed
 
 
 def _print_parameters(model, method_name: str) -> dict:
     trainable, total = count_parameters(model)
-    print(f"method {method_name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%)")
+    print(
+        f"method {method_name}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%)"
+    )
     return {"trainable": trainable, "total": total}
 
 
@@ -131,8 +144,9 @@ def _score_test(model, tokenizer, test, config: RunConfig, accelerator, meta: di
 # train
 
 
-def train(config: RunConfig | None = None, *, resume: str | Path | None = None, force: bool = False,
-          on_evaluation=None) -> RunResult:
+def train(
+    config: RunConfig | None = None, *, resume: str | Path | None = None, force: bool = False, on_evaluation=None
+) -> RunResult:
     """Fine-tune as `config` says, or continue the run in `resume` exactly where it stopped. A run the
     memory estimate says will not fit is refused with the cheapest fix, unless `force`. `on_evaluation`
     is passed to the loop (`train.loop.fit`): called with (step, metrics) after each validation pass."""
@@ -144,13 +158,95 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None, 
         raise
 
 
-def _train(config, resume, force, on_evaluation, tracking: RunTracking) -> RunResult:
-    from accelerate.utils import broadcast_object_list, set_seed
+@dataclass
+class _Prepared:
+    """What the phases of a run hand each other before the model exists."""
 
-    from tunesmith.evaluate.metrics import perplexity  # clamped: a diverged run must not overflow here
+    config: RunConfig
+    task: ModuleType  # the task's module (tasks/__init__.py lists what it provides)
+    resolved: ResolvedModel
+    tokenizer: Any
+    splits: DataSplits
+    meta: dict
+    encoded: dict
+
+
+def _train(config, resume, force, on_evaluation, tracking: RunTracking) -> RunResult:
+    from accelerate.utils import set_seed
+
+    # 1. The config that rules the run, and the accelerator.
+    config, run = _resolve_config(config, resume)
+    set_seed(config.seed)
+    accelerator = _accelerator(config.train.precision)
+    main = accelerator.is_main_process
+    from tunesmith.train.cpu import configure_cpu_threads
+    from tunesmith.train.distributed import check_backend
+
+    check_backend(accelerator)  # FSDP/DeepSpeed asked for where accelerate would silently run DDP
+
+    cpu_note = configure_cpu_threads()  # threads = physical cores (or the user's OMP_NUM_THREADS)
+    if main and accelerator.device.type == "cpu":
+        print(cpu_note)
+
+    # 2. Tokenizer and data, before the (slow) model load, so bad data fails fast; then the memory check.
+    prepared = _prepare_data(config)
+    check = _preflight(prepared, force, main)
+    if run is None:  # a new run (a resumed one was opened with its config)
+        run = _create_run(prepared, main)
+    tracking.start(run, config, main=main, resumed=resume is not None)
+    if main:
+        print(f"data ({prepared.splits.format}): " + ", ".join(f"{n} {len(x)}" for n, x in prepared.splits.items()))
+
+    # 3. Model and method; base scores (once per run: a resumed run keeps the ones it has).
+    started = time.time()
+    model, params = _build_model(prepared, accelerator, main)
+    if check.auto and resume is None:
+        _confirm_batch_size(
+            model, prepared.task, prepared.encoded["train"], config, check, accelerator, prepared.tokenizer, run
+        )
+    before_fit = getattr(prepared.task, "before_fit", None)
+    if before_fit is not None and main:  # e.g. class images generated once with the base model
+        with accelerator.autocast():
+            before_fit(model, prepared.tokenizer, config, prepared.meta)
+    accelerator.wait_for_everyone()
+    base_metrics = _base_scores(run, model, prepared, accelerator, check, main)
+    accelerator.wait_for_everyone()
+
+    # 4. Train.
+    from tunesmith.train.compile import compiled_blocks
     from tunesmith.train.loop import fit
 
-    # 1. The run directory and the config that rules it.
+    with (
+        _out_of_memory_advice(config, check, "while training"),
+        compiled_blocks(model, config.train.compile, accelerator.device.type),
+    ):
+        result = fit(
+            model=model,
+            task=prepared.task,
+            train_set=prepared.encoded["train"],
+            val_set=prepared.encoded["validation"],
+            config=config,
+            accelerator=accelerator,
+            run=run,
+            pad_id=_pad_id(prepared.tokenizer),
+            resume=resume is not None,
+            on_evaluation=on_evaluation,
+        )
+    model = accelerator.unwrap_model(model)
+
+    # 5. Save, score, report (main process only).
+    summary: dict = {}
+    if main:
+        summary = _finish(prepared, run, model, result, base_metrics, params, accelerator, started)
+        tracking.finish(summary)
+        print(f"done: {run.path}")
+    accelerator.wait_for_everyone()
+    return RunResult(run.path, summary)
+
+
+def _resolve_config(config: RunConfig | None, resume) -> tuple[RunConfig, RunDir | None]:
+    """The config given, or the one a resumed run saved (the saved one wins where they differ)."""
+    run = None
     if resume is not None:
         run = RunDir.open(resume)
         saved = load_saved_config(run.config_path)
@@ -161,18 +257,14 @@ def _train(config, resume, force, on_evaluation, tracking: RunTracking) -> RunRe
         config = config if config is not None else saved
     if config is None:
         raise TunesmithError("nothing to train", fix="pass a config, or resume=<run directory>")
-    set_seed(config.seed)
-    accelerator = _accelerator(config.train.precision)
-    main = accelerator.is_main_process
+    return config, run
+
+
+def _prepare_data(config: RunConfig) -> _Prepared:
     task = get_task(config.task)
-    method = get_method(config.method.name)
-    from tunesmith.train.cpu import configure_cpu_threads
-
-    cpu_note = configure_cpu_threads()  # threads = physical cores (or the user's OMP_NUM_THREADS)
-    if main and accelerator.device.type == "cpu":
-        print(cpu_note)
-
-    # 2. Tokenizer and data, before the (slow) model load, so bad data fails fast.
+    check = getattr(get_method(config.method.name), "check", None)
+    if check is not None:  # settings the method cannot train with, refused before anything loads
+        check(config)
     resolved, tokenizer = load_tokenizer_for(config)
     splits = read_splits(config)
     meta = task.setup(splits, config)
@@ -180,48 +272,51 @@ def _train(config, resume, force, on_evaluation, tracking: RunTracking) -> RunRe
     # own batches), so training encodes only what the loop reads.
     encoded = encode_splits(config, splits, tokenizer, meta, ("train", "validation"))
     if not encoded["train"]:
-        raise TunesmithError("the training split is empty", where="data.train", fix="add records or lower data.split's other ratios")
+        raise TunesmithError(
+            "the training split is empty", where="data.train", fix="add records or lower data.split's other ratios"
+        )
     if config.data.packing:
         encoded = pack_splits(config, encoded)
+    return _Prepared(config, task, resolved, tokenizer, splits, meta, encoded)
 
-    # Pre-flight: will it fit? (and batch_size: auto -> a number, saved as such in the run's config)
+
+def _preflight(prepared: _Prepared, force: bool, main: bool):
+    """Will it fit? (and batch_size: auto -> a number, saved as such in the run's config)"""
     from tunesmith.plan.preflight import preflight
 
-    longest = max(getattr(e, "full_length", 0) for e in encoded["train"])
-    check = preflight(resolved.path, config, longest, force=force)
+    config = prepared.config
+    longest = max(getattr(e, "full_length", 0) for e in prepared.encoded["train"])
+    check = preflight(prepared.resolved.path, config, longest, force=force)
     config.train.batch_size = check.batch_size
     if main:
         print(check.note)
+    return check
 
-    if resume is None:
-        path = [str(RunDir.create(config.output.dir, config.name).path) if main else None]
-        broadcast_object_list(path)
-        run = RunDir(path[0])
-        if main:
-            run.write_json("task.json", meta)
-            run.write_json("data_report.json", splits.report())  # format, split sizes, records skipped and where
-            save_examples([task.to_record(e) for e in splits.test], run.path / "data" / "test.jsonl")
-            # Last: config.yaml makes the folder a run (for --resume and the runs list), so a run killed
-            # before this point has none and is never resumed without the files above.
-            atomic_write_text(run.config_path, dump_config(config))
-            print(f"run directory: {run.path}")
-    tracking.start(run, config, main=main, resumed=resume is not None)
+
+def _create_run(prepared: _Prepared, main: bool) -> RunDir:
+    from accelerate.utils import broadcast_object_list
+
+    config = prepared.config
+    path = [str(RunDir.create(config.output.dir, config.name).path) if main else None]
+    broadcast_object_list(path)
+    run = RunDir(cast(str, path[0]))  # every process now holds the main process's path
     if main:
-        print(f"data ({splits.format}): " + ", ".join(f"{n} {len(x)}" for n, x in splits.items()))
+        run.write_json("task.json", prepared.meta)
+        run.write_json("data_report.json", prepared.splits.report())  # format, split sizes, records skipped and where
+        save_examples([prepared.task.to_record(e) for e in prepared.splits.test], run.path / "data" / "test.jsonl")
+        # Last: config.yaml makes the folder a run (for --resume and the runs list), so a run killed
+        # before this point has none and is never resumed without the files above.
+        atomic_write_text(run.config_path, dump_config(config))
+        print(f"run directory: {run.path}")
+    return run
 
-    # 3. Model and method.
-    started = time.time()
-    task_loader = getattr(task, "load_model", None)
-    if task_loader is not None:  # not one transformers model (a diffusers pipeline): the task applies the method
-        model = task_loader(config, resolved, meta)
-    else:
-        model = load_base_model(config, resolved, meta)
-        # Decoder classifiers find each row's last token through pad_token_id (vision configs have none).
-        if getattr(model.config, "pad_token_id", None) is None:
-            model.config.pad_token_id = _pad_id(tokenizer)
-        model.config.use_cache = False  # the KV cache is for generation; in training it only costs memory
-        model = method.apply(model, config.method, uses_gradient_checkpointing(config), **(
-            {"task_type": task.peft_task_type} if method.saves_adapter else {}))
+
+def _build_model(prepared: _Prepared, accelerator, main: bool):
+    """The model to train, on its device, with the method applied and its parameter counts."""
+    config, task = prepared.config, prepared.task
+    own_loader = getattr(task, "load_model", None) is not None  # a diffusers pipeline applies the method itself
+    model = build.training_model(config, prepared.resolved, task, prepared.meta, _pad_id(prepared.tokenizer))
+    if not own_loader:
         from tunesmith.train.loss import configure_loss
 
         configure_loss(model, config.train.loss_chunk_tokens)
@@ -230,7 +325,7 @@ def _train(config, resume, force, on_evaluation, tracking: RunTracking) -> RunRe
         model.to(accelerator.device)
     from tunesmith.train import padding_free
 
-    if task_loader is None:  # also runs packed rows (data.packing) as one row with per-example attention
+    if not own_loader:  # also runs packed rows (data.packing) as one row with per-example attention
         note = padding_free.enable(model, config.train.padding_free, config.task, getattr(task, "packable", False))
         if note and main:
             print(note)
@@ -238,105 +333,102 @@ def _train(config, resume, force, on_evaluation, tracking: RunTracking) -> RunRe
         from tunesmith.data.packing import check_packing
 
         check_packing(model)  # refuses a model that would attend across packed examples
-    if check.auto and resume is None:
-        _confirm_batch_size(model, task, encoded["train"], config, check, accelerator, tokenizer, run)
-    before_fit = getattr(task, "before_fit", None)
-    if before_fit is not None and main:  # e.g. class images generated once with the base model
-        with accelerator.autocast():
-            before_fit(model, tokenizer, config, meta)
-    accelerator.wait_for_everyone()
-
-    # 4. Base scores, once per run (a resumed run keeps the ones it has).
-    with _out_of_memory_advice(config, check, "while scoring the base model"):
-        base_metrics = _base_scores(run, model, tokenizer, splits, config, accelerator, meta, task, method, main)
-    accelerator.wait_for_everyone()
-
-    # 5. Train.
-    from tunesmith.train.compile import compiled_blocks
-
-    with _out_of_memory_advice(config, check, "while training"), \
-            compiled_blocks(model, config.train.compile, accelerator.device.type):
-        result = fit(model=model, task=task, train_set=encoded["train"], val_set=encoded["validation"], config=config,
-                     accelerator=accelerator, run=run, pad_id=_pad_id(tokenizer), resume=resume is not None,
-                     on_evaluation=on_evaluation)
-    model = accelerator.unwrap_model(model)
-
-    # 6. Save, score, report (main process only).
-    summary: dict = {}
-    if main:
-        weights = run.weights_dir(method.saves_adapter)
-        with atomic_directory(weights, then=f"; then `tunesmith train --resume {run.path}` saves them again") as staging:
-            model.save_pretrained(staging, safe_serialization=True)
-            tokenizer.save_pretrained(staging)
-        tuned_metrics, tuned_rows = ({}, [])
-        if splits.test:
-            print("scoring the tuned model on the test split")
-            tuned_metrics, tuned_rows = _score_test(model, tokenizer, splits.test, config, accelerator, meta)
-            task.plots(tuned_rows, meta, run.plots)
-        samples = base_metrics.get("samples", [])
-        if hasattr(task, "samples"):
-            samples = samples + _task_samples(task, model, tokenizer, config, accelerator, meta, run, "tuned")
-        summary = {
-            "status": "stopped_early" if result.state.stopped_early else "completed",
-            "run_dir": str(run.path),
-            "task": config.task,
-            "model": config.model.name,
-            "model_source": resolved.source,
-            # What this run allowed to execute or unpickle (both off unless the run's config turned them on).
-            "trust_remote_code": config.model.trust_remote_code,
-            "allow_pickle": config.model.allow_pickle,
-            "method": config.method.name,
-            "parameters": params,
-            "precision": accelerator.mixed_precision,
-            "processes": accelerator.num_processes,
-            "steps": result.state.step,
-            "total_steps": result.total_steps,
-            "trained_tokens": result.state.trained_tokens,
-            "skipped_batches": result.state.skipped_batches,  # non-finite batches dropped (train.skip_nonfinite)
-            "train_seconds": round(result.state.train_seconds, 2),
-            "trained_tokens_per_s": round(result.state.trained_tokens / max(result.state.train_seconds, 1e-9), 1),
-            "wall_seconds": round(time.time() - started, 2),
-            "final_train_loss": result.last_train_loss,
-            "best_step": result.state.best_step,
-            "best_eval_loss": result.state.best_eval_loss,
-            "best_eval_ppl": perplexity(result.state.best_eval_loss) if result.state.best_eval_loss is not None else None,
-            "data": {name: len(x) for name, x in splits.items()},
-            "skipped_records": splits.bad.count if splits.bad else 0,  # data.on_bad_record: skip; where: data_report.json
-            "weights": str(weights),
-            "base": base_metrics.get("metrics", {}),
-            "tuned": tuned_metrics,
-            "baseline": base_metrics.get("baseline"),
-        }
-        if samples:
-            summary["samples"] = samples
-        run.write_json("summary.json", summary)
-        run.write_json("test_predictions.json", {"base": base_metrics.get("rows", []), "tuned": tuned_rows})
-        from tunesmith.evaluate.report import write_report
-
-        write_report(run, summary, base_metrics.get("rows", []), tuned_rows, config)
-        if config.output.save_merged and method.saves_adapter:
-            merge(run.path, run.path / "model_merged")
-        print_comparison(summary)
-        tracking.finish(summary)
-        print(f"done: {run.path}")
-    accelerator.wait_for_everyone()
-    return RunResult(run.path, summary)
+    return model, params
 
 
-def _base_scores(run, model, tokenizer, splits, config, accelerator, meta, task, method, main) -> dict:
-    """The base model's test scores (and the task's baseline and samples), computed once per run."""
+def _finish(
+    prepared: _Prepared, run: RunDir, model, result, base_metrics: dict, params: dict, accelerator, started: float
+) -> dict:
+    """Weights saved, the tuned model scored, summary, predictions, report and the comparison printed."""
+    from tunesmith.evaluate.metrics import perplexity  # clamped: a diverged run must not overflow here
+    from tunesmith.evaluate.report import write_report
+
+    config, task, tokenizer, splits = prepared.config, prepared.task, prepared.tokenizer, prepared.splits
+    method = get_method(config.method.name)
+    weights = run.weights_dir(method.saves_adapter)
+    with atomic_directory(weights, then=f"; then `tunesmith train --resume {run.path}` saves them again") as staging:
+        build.save_weights(model, config, staging)
+        tokenizer.save_pretrained(staging)
+    tuned_metrics: dict[str, Any] = {}
+    tuned_rows: list[dict[str, Any]] = []
+    if splits.test:
+        print("scoring the tuned model on the test split")
+        tuned_metrics, tuned_rows = _score_test(model, tokenizer, splits.test, config, accelerator, prepared.meta)
+        task.plots(tuned_rows, prepared.meta, run.plots)
+    samples = base_metrics.get("samples", [])
+    if hasattr(task, "samples"):
+        samples = samples + _task_samples(task, model, tokenizer, config, accelerator, prepared.meta, run, "tuned")
+    state = result.state
+    summary = {
+        "status": "stopped_early" if state.stopped_early else "completed",
+        "run_dir": str(run.path),
+        "task": config.task,
+        "model": config.model.name,
+        "model_source": prepared.resolved.source,
+        # What this run allowed to execute or unpickle (both off unless the run's config turned them on).
+        "trust_remote_code": config.model.trust_remote_code,
+        "allow_pickle": config.model.allow_pickle,
+        "method": config.method.name,
+        "parameters": params,
+        "precision": accelerator.mixed_precision,
+        "processes": accelerator.num_processes,
+        "steps": state.step,
+        "total_steps": result.total_steps,
+        "trained_tokens": state.trained_tokens,
+        "skipped_batches": state.skipped_batches,  # non-finite batches dropped (train.skip_nonfinite)
+        "train_seconds": round(state.train_seconds, 2),
+        "trained_tokens_per_s": round(state.trained_tokens / max(state.train_seconds, 1e-9), 1),
+        "wall_seconds": round(time.time() - started, 2),
+        "final_train_loss": result.last_train_loss,
+        "best_step": state.best_step,
+        "best_eval_loss": state.best_eval_loss,
+        "best_eval_ppl": perplexity(state.best_eval_loss) if state.best_eval_loss is not None else None,
+        "data": {name: len(x) for name, x in splits.items()},
+        "skipped_records": splits.bad.count if splits.bad else 0,  # data.on_bad_record: skip; where: data_report.json
+        "weights": str(weights),
+        "base": base_metrics.get("metrics", {}),
+        "tuned": tuned_metrics,
+        "baseline": base_metrics.get("baseline"),
+    }
+    if samples:
+        summary["samples"] = samples
+    run.write_json("summary.json", summary)
+    run.write_json("test_predictions.json", {"base": base_metrics.get("rows", []), "tuned": tuned_rows})
+    write_report(run, summary, base_metrics.get("rows", []), tuned_rows, config)
+    if config.output.save_merged and method.saves_adapter:
+        merge(run.path, run.path / "model_merged")
+    print_comparison(summary)
+    return summary
+
+
+def _base_scores(run, model, prepared: _Prepared, accelerator, check, main: bool) -> dict:
+    """The base model's test scores (and the task's baseline and samples), computed once per run, from the
+    model before training: through its switched-off fresh adapter, or, where the method rewrote the base
+    weights (PiSSA), with the adapter on, which before training reproduces the base."""
+    config, task, splits, meta, tokenizer = (
+        prepared.config,
+        prepared.task,
+        prepared.splits,
+        prepared.meta,
+        prepared.tokenizer,
+    )
+    method = get_method(config.method.name)
+    rewrites = getattr(method, "rewrites_base", None)
+    adapter_off = method.saves_adapter and not (rewrites is not None and rewrites(config.method))
     base_metrics = run.read_json("base_metrics.json")
     if main and config.eval.compare_base and splits.test and not base_metrics:
         print(f"scoring the base model on {min(len(splits.test), config.eval.max_samples or 10**9)} test examples")
-        score = _score_base_through_adapter if method.saves_adapter else _score_test
-        metrics, rows = score(model, tokenizer, splits.test, config, accelerator, meta)
+        score = _score_base_through_adapter if adapter_off else _score_test
+        with _out_of_memory_advice(config, check, "while scoring the base model"):
+            metrics, rows = score(model, tokenizer, splits.test, config, accelerator, meta)
         base_metrics = {"metrics": metrics, "rows": rows}
         reference = task.baseline(splits, config, meta)
         if reference is not None:
             base_metrics["baseline"] = reference
         if hasattr(task, "samples"):
-            base_metrics["samples"] = _task_samples(task, model, tokenizer, config, accelerator, meta, run, "base",
-                                                    adapter_off=method.saves_adapter)
+            base_metrics["samples"] = _task_samples(
+                task, model, tokenizer, config, accelerator, meta, run, "base", adapter_off=adapter_off
+            )
         run.write_json("base_metrics.json", base_metrics)
     return base_metrics
 
@@ -366,8 +458,13 @@ def _confirm_batch_size(model, task, train_set, config, check, accelerator, toke
             set_rng_state(saved)
 
     budget = check.estimate.device_bytes if check.estimate is not None else None
-    batch = probe_batch_size(step, min(config.train.batch_size, len(longest)), budget, accelerator.device,
-                             log=print if accelerator.is_main_process else (lambda _: None))
+    batch = probe_batch_size(
+        step,
+        min(config.train.batch_size, len(longest)),
+        budget,
+        accelerator.device,
+        log=print if accelerator.is_main_process else (lambda _: None),
+    )
     # Every process must train with the same batch: take the smallest any of them confirmed.
     batch = int(accelerator.gather(torch.tensor([batch], device=accelerator.device)).min())
     if batch != config.train.batch_size:
@@ -393,7 +490,7 @@ def _out_of_memory_advice(config, check, phase: str):
 def _task_samples(task, model, tokenizer, config, accelerator, meta, run, label, adapter_off=False) -> list[str]:
     """Outputs of fixed inputs (text-to-image: prompts x seeds) saved under plots/ for the report, paths
     relative to the run; the base model's are made through the switched-off adapter."""
-    with (model.disable_adapter() if adapter_off else contextlib.nullcontext()), accelerator.autocast():
+    with model.disable_adapter() if adapter_off else contextlib.nullcontext(), accelerator.autocast():
         paths = task.samples(model, tokenizer, config, meta, run.plots, label)
     return [str(Path(p).relative_to(run.path)) for p in paths]
 
@@ -422,10 +519,16 @@ def print_comparison(summary: dict) -> None:
 
     for key in keys:
         b, t = base.get(key), tuned[key]
-        row = [key, cell(b)] + ([cell(reference.get(key))] if reference else []) + [f"{t:.4f}", "-" if b is None else f"{t - b:+.4f}"]
+        row = (
+            [key, cell(b)]
+            + ([cell(reference.get(key))] if reference else [])
+            + [f"{t:.4f}", "-" if b is None else f"{t - b:+.4f}"]
+        )
         table.add_row(*row)
     if summary.get("best_eval_loss") is not None:
-        table.add_row("validation loss (best)", "-", *(["-"] if reference else []), f"{summary['best_eval_loss']:.4f}", "-")
+        table.add_row(
+            "validation loss (best)", "-", *(["-"] if reference else []), f"{summary['best_eval_loss']:.4f}", "-"
+        )
     Console().print(table)
 
 
@@ -443,37 +546,21 @@ def load_tuned(run_dir: str | Path, *, for_merge: bool = False, allow_pickle: bo
     task = get_task(config.task)
     weights = run.weights_dir(method.saves_adapter)
     if not weights.exists():
-        raise TunesmithError(f"{run.path} has no {weights.name}/ (the run did not finish)",
-                             fix=f"continue it with `tunesmith train --resume {run.path}`")
+        raise TunesmithError(
+            f"{run.path} has no {weights.name}/ (the run did not finish)",
+            fix=f"continue it with `tunesmith train --resume {run.path}`",
+        )
     tokenizer = task.load_processor(ResolvedModel(str(weights), None, "local", str(weights)), config.model)
     meta = run.read_json("task.json")
-    task_loader = getattr(task, "load_model", None)
-    if task_loader is not None:
-        model = task_loader(config, resolve_model(config.model.name, config.model.gguf_file), meta, weights=weights)
-    elif method.saves_adapter:
-        from peft import PeftModel
-
-        from tunesmith.models.safe_load import check_folder, unpickling
-
-        check_folder(weights, config.model.allow_pickle, where=str(weights))  # a run folder may come from anyone
-        resolved = resolve_model(config.model.name, config.model.gguf_file)
-        # Merging needs float base weights; a 4-bit base would be merged lossy.
-        base = load_base_model(config, resolved, meta, quantized=not for_merge)
-        if getattr(base.config, "pad_token_id", None) is None:
-            base.config.pad_token_id = _pad_id(tokenizer)
-        with unpickling(str(weights)):
-            model = PeftModel.from_pretrained(base, weights)
-    else:
-        from tunesmith.models.load import load_model
-
-        model = load_model(ResolvedModel(str(weights), None, "local", str(weights)), config.model, task.model_class(),
-                           method_name=config.method.name)
+    # Merging needs float base weights; a 4-bit base would be merged lossy.
+    model = build.trained_model(config, task, weights, meta, _pad_id(tokenizer), for_merge=for_merge)
     model.eval()
     return TunedModel(model, tokenizer, config, meta)
 
 
-def evaluate_run(run_dir: str | Path, *, test_file: str | None = None, max_samples: int | None = None,
-                 allow_pickle: bool = False) -> dict:
+def evaluate_run(
+    run_dir: str | Path, *, test_file: str | None = None, max_samples: int | None = None, allow_pickle: bool = False
+) -> dict:
     """Base vs tuned on the run's saved test split (or another file), written to eval.json and printed."""
     run = RunDir.open(run_dir)
     model, tokenizer, config, meta = load_tuned(run.path, allow_pickle=allow_pickle)
@@ -484,8 +571,11 @@ def evaluate_run(run_dir: str | Path, *, test_file: str | None = None, max_sampl
     # The saved split is already normalised (canonical columns, system prompt applied): read it
     # without the run's column mapping, which named the original file's columns. Its image paths are the
     # ones the run checked when it read its data (absolute, outside data/), so they may lead out.
-    test, _ = (load_examples(source, config.data, task.normalise, "test", getattr(task, "read", None)) if test_file
-               else load_examples(source, DataConfig(allow_outside_paths=True), task.normalise))
+    test, _ = (
+        load_examples(source, config.data, task.normalise, "test", getattr(task, "read", None))
+        if test_file
+        else load_examples(source, DataConfig(allow_outside_paths=True), task.normalise)
+    )
     accelerator = _accelerator(config.train.precision)
     tuned, _ = _score_test(model, tokenizer, test, config, accelerator, meta)
     if get_method(config.method.name).saves_adapter:
@@ -493,8 +583,7 @@ def evaluate_run(run_dir: str | Path, *, test_file: str | None = None, max_sampl
             base, _ = _score_test(model, tokenizer, test, config, accelerator, meta)
     else:
         resolved = resolve_model(config.model.name, config.model.gguf_file)
-        task_loader = getattr(task, "load_model", None)
-        base_model = (task_loader(config, resolved, meta) if task_loader else load_base_model(config, resolved, meta)).eval()
+        base_model = load_base_model(config, resolved, meta, pad_id=_pad_id(tokenizer)).eval()
         base, _ = _score_test(base_model, tokenizer, test, config, accelerator, meta)
     result = {"test_file": source, "base": base, "tuned": tuned}
     run.write_json("eval.json", result)
@@ -508,19 +597,29 @@ def score_split(run_dir: str | Path, split: str = "validation") -> dict:
     model, tokenizer, config, meta = load_tuned(run_dir)
     examples = dict(read_splits(config).items())[split]
     if not examples:
-        raise TunesmithError(f"the run's {split} split is empty", where="data.split", fix=f"give the run a {split} split")
+        raise TunesmithError(
+            f"the run's {split} split is empty", where="data.split", fix=f"give the run a {split} split"
+        )
     metrics, _ = _score_test(model, tokenizer, examples, config, _accelerator(config.train.precision), meta)
     return metrics
 
 
-def predict(run_dir: str | Path, input_path: str, output_path: str, *, max_new_tokens: int | None = None,
-            allow_pickle: bool = False) -> int:
+def predict(
+    run_dir: str | Path,
+    input_path: str,
+    output_path: str,
+    *,
+    max_new_tokens: int | None = None,
+    allow_pickle: bool = False,
+) -> int:
     """Run the tuned model on every record of `input_path` (any format the task reads) and write one
     JSON line per record: chat answers as messages, classifications as labels with scores. Tasks whose
     outputs are files (text-to-image) write them into the folder `output_path` with an index.jsonl."""
     output = Path(output_path)
     if output.exists():
-        raise TunesmithError(f"{output} already exists", fix="choose a new --output path; tunesmith never overwrites results")
+        raise TunesmithError(
+            f"{output} already exists", fix="choose a new --output path; tunesmith never overwrites results"
+        )
     model, tokenizer, config, meta = load_tuned(run_dir, allow_pickle=allow_pickle)
     task = get_task(config.task)
     examples, _ = load_examples(input_path, config.data, task.normalise, None, getattr(task, "read", None))
@@ -545,8 +644,7 @@ def merge(run_dir: str | Path, output: str | Path, *, allow_pickle: bool = False
         raise TunesmithError(f"{output} exists and is not empty", fix="choose a new --output folder")
     model, tokenizer, config, _ = load_tuned(run_dir, for_merge=True, allow_pickle=allow_pickle)
     if not hasattr(model, "merge_and_unload"):
-        raise TunesmithError(f"the run trained with method {config.method.name!r}; its model/ folder already holds full weights",
-                             fix=f"use {Path(run_dir) / 'model'} directly")
+        raise build.refuse_merge(config, Path(run_dir))
     merged = model.merge_and_unload()
     with atomic_directory(output) as staging:  # a merge cut short never looks like a model
         merged.save_pretrained(staging, safe_serialization=True)
@@ -563,7 +661,7 @@ def validate(config: RunConfig) -> str:
     splits = read_splits(config)
     meta = get_task(config.task).setup(splits, config)
     encoded = encode_splits(config, splits, tokenizer, meta)
-    return data_report(config, resolved, tokenizer, splits, encoded)
+    return data_report(config, resolved, tokenizer, splits, encoded, get_task(config.task))
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers warns after fork (accelerate, DataLoader)

@@ -40,8 +40,11 @@ _MIN_SECRET_LENGTH = 8
 
 
 def _env_secrets() -> list[str]:
-    return sorted((v for k, v in os.environ.items() if _SECRET_ENV.search(k.upper()) and len(v) >= _MIN_SECRET_LENGTH),
-                  key=len, reverse=True)
+    return sorted(
+        (v for k, v in os.environ.items() if _SECRET_ENV.search(k.upper()) and len(v) >= _MIN_SECRET_LENGTH),
+        key=len,
+        reverse=True,
+    )
 
 
 def _strip_url(match: re.Match) -> str:
@@ -50,7 +53,7 @@ def _strip_url(match: re.Match) -> str:
     url = match.group(0)
     userinfo = _USERINFO.match(url)
     if userinfo and userinfo.group(2) and not _VAR_REFERENCE.match(userinfo.group(2)):
-        url = f"{userinfo.group(1)}{MASK}@{url[userinfo.end():]}"
+        url = f"{userinfo.group(1)}{MASK}@{url[userinfo.end() :]}"
     try:
         query = urlsplit(url).query
     except ValueError:  # not parseable as a URL: mask it whole rather than leak it
@@ -79,9 +82,18 @@ def redact_tree(value: Any) -> Any:
     """`redact` applied to every string of a JSON-like value (a dumped config, a summary, a trial
     record); a mapping entry whose key names a secret (`api_key`, `password`) is masked whole."""
     if isinstance(value, dict):
-        return {key: (MASK if isinstance(key, str) and SECRET_KEY.search(key) and isinstance(item, str) and item
-                      and not _VAR_REFERENCE.match(item) else redact_tree(item))
-                for key, item in value.items()}
+        return {
+            key: (
+                MASK
+                if isinstance(key, str)
+                and SECRET_KEY.search(key)
+                and isinstance(item, str)
+                and item
+                and not _VAR_REFERENCE.match(item)
+                else redact_tree(item)
+            )
+            for key, item in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return type(value)(redact_tree(item) for item in value)
     if isinstance(value, str):
@@ -91,4 +103,4 @@ def redact_tree(value: Any) -> Any:
 
 def has_masked_secret(text: str | None) -> bool:
     """True for a value read back from a saved file whose secret was masked: it cannot be used as is."""
-    return bool(text) and (f":{MASK}@" in text or f"={MASK}" in text)
+    return bool(text and (f":{MASK}@" in text or f"={MASK}" in text))

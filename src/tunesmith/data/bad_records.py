@@ -36,8 +36,9 @@ class BadRecords:
     def note(self) -> str | None:
         if not self.count:
             return None
-        return (f"note: skipped {self.count} bad record(s) (data.on_bad_record: skip); the first:\n  "
-                + "\n  ".join(self.first))
+        return f"note: skipped {self.count} bad record(s) (data.on_bad_record: skip); the first:\n  " + "\n  ".join(
+            self.first
+        )
 
 
 def drop(bad: BadRecords | None, error: TunesmithError) -> None:
@@ -86,6 +87,8 @@ def normalise_skipping(records: list, data_cfg, normalise_records, bad: BadRecor
                 raise
             bad.drop(exc)
             kept.pop(index)
-    raise TunesmithError(f"every record is bad: skipped {bad.count} (data.on_bad_record: skip); the first: "
-                         + "; ".join(bad.first), where=_source(records[0].where) if records else "data.train",
-                         fix="fix the records as the first messages say")
+    raise TunesmithError(
+        f"every record is bad: skipped {bad.count} (data.on_bad_record: skip); the first: " + "; ".join(bad.first),
+        where=_source(records[0].where) if records else "data.train",
+        fix="fix the records as the first messages say",
+    )

@@ -67,23 +67,34 @@ def _example_of(record, image_names: list[str], text_names: list[str], data_cfg,
     text_col = next((c for c in text_names if c in record.fields), None)
     if image_col is None and text_col is None:
         found = ", ".join(map(str, record.fields)) or "none"
-        raise TunesmithError(f"no image or text column (columns found: {found})", where=record.where,
-                             fix="give records file_name (or image) and text columns, or map yours with "
-                                 "data.columns: {image: <path column>, text: <caption column>}")
+        raise TunesmithError(
+            f"no image or text column (columns found: {found})",
+            where=record.where,
+            fix="give records file_name (or image) and text columns, or map yours with "
+            "data.columns: {image: <path column>, text: <caption column>}",
+        )
     text = record.fields.get(text_col) if text_col else None
     if text is not None and not isinstance(text, str):
-        raise TunesmithError(f"{text_col} is {type(text).__name__}, not a string", where=record.where,
-                             fix="every caption or prompt must be a string")
+        raise TunesmithError(
+            f"{text_col} is {type(text).__name__}, not a string",
+            where=record.where,
+            fix="every caption or prompt must be a string",
+        )
     path = None
     if image_col is not None:
         value = record.fields[image_col]
         if not isinstance(value, str) or not value.strip():
-            raise TunesmithError("the image path is empty or not a string", where=record.where,
-                                 fix="give every record the path of its image file")
+            raise TunesmithError(
+                "the image path is empty or not a string",
+                where=record.where,
+                fix="give every record the path of its image file",
+            )
         path = resolve_inside(value, _record_folder(record.where), record.where, data_cfg.allow_outside_paths)
     seed = record.fields.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed not in _SEED_RANGE):
-        raise TunesmithError(f"seed {seed!r} is not a 64-bit integer", where=record.where, fix="give seeds as whole numbers")
+        raise TunesmithError(
+            f"seed {seed!r} is not a 64-bit integer", where=record.where, fix="give seeds as whole numbers"
+        )
     return CaptionedImage(record.where, path, (text or "").strip() or None, kind if path else "prompts", seed)
 
 
@@ -104,21 +115,33 @@ def read_image_folder(root: Path, data_cfg, bad=None) -> list[CaptionedImage]:
     for name in METADATA_FILES:
         if (root / name).is_file():
             return examples_from_records(read_records(root / name, bad=bad), data_cfg, kind=name, bad=bad)
-    images = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    images = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
     if not images:
-        raise TunesmithError("the folder holds no images", where=str(root),
-                             fix=f"add image files ({', '.join(IMAGE_EXTENSIONS)}) with a caption each (name.txt beside "
-                                 "name.png, or a metadata.jsonl with file_name and text)")
+        raise TunesmithError(
+            "the folder holds no images",
+            where=str(root),
+            fix=f"add image files ({', '.join(IMAGE_EXTENSIONS)}) with a caption each (name.txt beside "
+            "name.png, or a metadata.jsonl with file_name and text)",
+        )
     examples = []
     for path in images:
         try:
-            resolved = resolve_inside(str(path.relative_to(root)), root, str(path), data_cfg.allow_outside_paths)  # symlinks
+            resolved = resolve_inside(
+                str(path.relative_to(root)), root, str(path), data_cfg.allow_outside_paths
+            )  # symlinks
             text = _caption_of(path, root, data_cfg)
         except TunesmithError as exc:
             drop(bad, exc)
             continue
-        examples.append(CaptionedImage(str(path), resolved, text, "image folder, .txt captions" if text else "image folder"))
+        examples.append(
+            CaptionedImage(str(path), resolved, text, "image folder, .txt captions" if text else "image folder")
+        )
     return examples
 
 
@@ -126,7 +149,9 @@ def read_prompt_lines(path: Path) -> list[CaptionedImage]:
     from tunesmith.data.readers import _read_text, split_lines
 
     lines = split_lines(_read_text(path, str(path)))
-    return [CaptionedImage(f"{path}:{i}", None, line.strip(), "prompts") for i, line in enumerate(lines, 1) if line.strip()]
+    return [
+        CaptionedImage(f"{path}:{i}", None, line.strip(), "prompts") for i, line in enumerate(lines, 1) if line.strip()
+    ]
 
 
 def check_captioned(examples: list[CaptionedImage], skip_bad: bool) -> list[CaptionedImage]:
@@ -141,25 +166,40 @@ def class_images(data_cfg) -> dict | None:
     config, which the run saves, so a resumed run finds it from any working directory."""
     if not data_cfg.class_prompt:
         if data_cfg.class_data_dir:
-            raise TunesmithError("data.class_data_dir is set but data.class_prompt is not", where="data.class_prompt",
-                                 fix="set data.class_prompt (e.g. 'a photo of a dog') or remove data.class_data_dir")
+            raise TunesmithError(
+                "data.class_data_dir is set but data.class_prompt is not",
+                where="data.class_prompt",
+                fix="set data.class_prompt (e.g. 'a photo of a dog') or remove data.class_data_dir",
+            )
         return None
     if not data_cfg.class_data_dir:
-        raise TunesmithError("prior preservation needs a folder for the class images", where="data.class_data_dir",
-                             fix="set data.class_data_dir to a folder (created, and filled with generated images, when empty)")
+        raise TunesmithError(
+            "prior preservation needs a folder for the class images",
+            where="data.class_data_dir",
+            fix="set data.class_data_dir to a folder (created, and filled with generated images, when empty)",
+        )
     folder = Path(data_cfg.class_data_dir).expanduser().resolve()
     data_cfg.class_data_dir = str(folder)
     if folder.exists() and not folder.is_dir():
         raise TunesmithError("not a folder", where=str(folder), fix="point data.class_data_dir at a folder")
-    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
-    found = [Path(e.image) for e in check_captioned([CaptionedImage(str(p), str(p.resolve()), None) for p in found],
-                                                     data_cfg.skip_bad_images)][: data_cfg.num_class_images]
+    found = (
+        sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if folder.is_dir()
+        else []
+    )
+    checked = check_captioned([CaptionedImage(str(p), str(p.resolve()), None) for p in found], data_cfg.skip_bad_images)
+    found = [Path(e.image) for e in checked if e.image is not None][: data_cfg.num_class_images]  # all have one
     taken = {p.name for p in found}
-    planned, i = [], 0
+    planned: list[Path] = []
+    i = 0
     while len(found) + len(planned) < data_cfg.num_class_images:
         name = f"class-{i:05d}.png"
         if name not in taken:
             planned.append((folder / name).resolve())
         i += 1
-    return {"prompt": data_cfg.class_prompt, "weight": data_cfg.prior_loss_weight,
-            "images": sorted(str(p) for p in found + planned), "generate": [str(p) for p in planned]}
+    return {
+        "prompt": data_cfg.class_prompt,
+        "weight": data_cfg.prior_loss_weight,
+        "images": sorted(str(p) for p in found + planned),
+        "generate": [str(p) for p in planned],
+    }

@@ -62,9 +62,10 @@ def stop_token_ids(tokenizer, model_config=None) -> set[int]:
     return ids
 
 
-def _assistant_char_spans(tokenizer, example: Example, template: str, full_text: str) -> list[tuple[int, int]]:
+def _assistant_char_spans(
+    tokenizer, messages: list[dict], where: str, template: str, full_text: str
+) -> list[tuple[int, int]]:
     spans = []
-    messages = example.messages
     for k, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
@@ -74,7 +75,7 @@ def _assistant_char_spans(tokenizer, example: Example, template: str, full_text:
             raise TunesmithError(
                 "the chat template renders a conversation differently depending on where it stops, so the "
                 "assistant turns cannot be located",
-                where=example.where,
+                where=where,
                 fix="set data.chat_template to a template whose renderings are prefixes of each other (e.g. ChatML)",
             )
         # Trailing whitespace after the end-of-turn marker is formatting, not something to learn.
@@ -110,7 +111,7 @@ def encode_chat(
             labels = list(ids)
             char_spans = None
         else:
-            char_spans = _assistant_char_spans(tokenizer, example, template, text)
+            char_spans = _assistant_char_spans(tokenizer, example.messages, example.where, template, text)
             labels = [IGNORE_INDEX] * len(ids)
             for i, (start, _end) in enumerate(encoded["offset_mapping"]):
                 if any(s <= start < e for s, e in char_spans):
@@ -149,7 +150,7 @@ def _check_end_of_turn(encoded: EncodedExample, tokenizer, stop_ids: set[int]) -
     """Every complete assistant turn must end in a labelled stop token."""
     if not stop_ids:
         return
-    for start, end in encoded.assistant_spans:
+    for _start, end in encoded.assistant_spans:
         if end == len(encoded.labels) and encoded.truncated:
             continue  # the last turn was cut by max_length; its end is legitimately missing
         if encoded.labels[end - 1] not in stop_ids:

@@ -19,7 +19,15 @@ __all__ = ["FORMATS", "ROLES", "CANONICAL_COLUMNS", "Example", "detect_format", 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 ROLES = ("system", "user", "assistant")
 CANONICAL_COLUMNS = (
-    "messages", "conversations", "instruction", "input", "output", "prompt", "completion", "text", "system",
+    "messages",
+    "conversations",
+    "instruction",
+    "input",
+    "output",
+    "prompt",
+    "completion",
+    "text",
+    "system",
 )
 
 # Columns each format needs, in detection priority order.
@@ -37,8 +45,12 @@ _OPTIONAL: dict[str, tuple[str, ...]] = {
 
 # ShareGPT `from` values (lower-cased) and the role each stands for.
 _SHAREGPT_ROLES = {
-    "human": "user", "user": "user",
-    "gpt": "assistant", "assistant": "assistant", "model": "assistant", "bot": "assistant",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
     "system": "system",
 }
 
@@ -117,8 +129,9 @@ def normalise(
             fix="use one of: auto, " + ", ".join(FORMATS),
         )
     if system_prompt is not None and not isinstance(system_prompt, str):
-        raise TunesmithError("system prompt must be a string", where="data.system_prompt",
-                             fix="quote the system prompt as text")
+        raise TunesmithError(
+            "system prompt must be a string", where="data.system_prompt", fix="quote the system prompt as text"
+        )
     mapping = _check_columns(columns)
     convert = _CONVERTERS[fmt]
     examples = []
@@ -167,19 +180,26 @@ def _check_columns(columns: dict[str, str] | None) -> dict[str, str]:
     if not columns:
         return {}
     if not isinstance(columns, dict):
-        raise TunesmithError("data.columns must be a mapping", where="data.columns",
-                             fix="write it as data.columns: {prompt: question, completion: answer}")
+        raise TunesmithError(
+            "data.columns must be a mapping",
+            where="data.columns",
+            fix="write it as data.columns: {prompt: question, completion: answer}",
+        )
     for canon, column in columns.items():
         if canon not in CANONICAL_COLUMNS:
             raise TunesmithError(
                 f"unknown column role '{canon}'",
                 where="data.columns",
-                fix="the keys of data.columns are the roles: " + ", ".join(CANONICAL_COLUMNS)
+                fix="the keys of data.columns are the roles: "
+                + ", ".join(CANONICAL_COLUMNS)
                 + "; the values are your column names",
             )
         if not isinstance(column, str):
-            raise TunesmithError(f"data.columns.{canon} must be a column name (a string)",
-                                 where="data.columns", fix=f"set data.columns.{canon} to a column name")
+            raise TunesmithError(
+                f"data.columns.{canon} must be a column name (a string)",
+                where="data.columns",
+                fix=f"set data.columns.{canon} to a column name",
+            )
     return dict(columns)
 
 
@@ -322,8 +342,11 @@ def _from_sharegpt(row: _Row, system_prompt: str | None) -> Example:
             raise TunesmithError(
                 f"{field}[{i}].{speaker_key} is {speaker!r}, which is not a known speaker",
                 where=row.where,
-                fix="use one of the from values: " + ", ".join(_SHAREGPT_ROLES)
-                + " (mapped to the roles " + ", ".join(ROLES) + ")",
+                fix="use one of the from values: "
+                + ", ".join(_SHAREGPT_ROLES)
+                + " (mapped to the roles "
+                + ", ".join(ROLES)
+                + ")",
             )
         content = item[text_key]
         if not isinstance(content, str):
@@ -385,6 +408,9 @@ def task_columns(data_cfg, readable, task: str) -> dict[str, str]:
     columns = dict(data_cfg.columns)
     unknown = set(columns) - set(readable)
     if unknown:
-        raise TunesmithError(f"data.columns maps {sorted(unknown)}, which {task} does not read", where="data.columns",
-                             fix=f"map only {', '.join(readable)}, e.g. {{{readable[0]}: <your column>}}")
+        raise TunesmithError(
+            f"data.columns maps {sorted(unknown)}, which {task} does not read",
+            where="data.columns",
+            fix=f"map only {', '.join(readable)}, e.g. {{{readable[0]}: <your column>}}",
+        )
     return columns

@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from tunesmith.data.bad_records import drop
 from tunesmith.data.formats import task_columns
@@ -24,8 +25,18 @@ from tunesmith.errors import TunesmithError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 # The label order of Fashion-MNIST's IDX files (zalandoresearch/fashion-mnist README).
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                         "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 @dataclass
@@ -48,8 +59,9 @@ def is_idx_file(path: Path) -> bool:
     return "idx3-ubyte" in path.name
 
 
-def read_image_source(source: str | os.PathLike, data_cfg, records_reader, unlabeled: bool = False,
-                      bad=None) -> list[LabeledImage]:
+def read_image_source(
+    source: str | os.PathLike, data_cfg, records_reader, unlabeled: bool = False, bad=None
+) -> list[LabeledImage]:
     """`source` is a folder with one sub-folder per class, an IDX images file (`*-idx3-ubyte[.gz]`), or a
     table (CSV/JSONL/...) with image and label columns read by `records_reader` (tunesmith's read_records).
     With `unlabeled` (inputs to `predict`) a plain folder of images is read too, without labels. `bad`
@@ -77,7 +89,9 @@ def _inside(path: Path, root: Path, allow_outside: bool, bad) -> str | None:
         return None
 
 
-def read_class_folders(root: Path, unlabeled: bool = False, allow_outside: bool = False, bad=None) -> list[LabeledImage]:
+def read_class_folders(
+    root: Path, unlabeled: bool = False, allow_outside: bool = False, bad=None
+) -> list[LabeledImage]:
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     loose_images = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if unlabeled and loose_images:  # a folder of images to label: `tunesmith predict RUN --input photos/`
@@ -87,7 +101,9 @@ def read_class_folders(root: Path, unlabeled: bool = False, allow_outside: bool 
         loose = [p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS][:3]
         raise TunesmithError(
             "the folder has no class sub-folders" + (f" (it holds images such as {', '.join(loose)})" if loose else ""),
-            where=str(root), fix="put the images of each class in a sub-folder named after the class: root/cat/1.jpg, root/dog/2.jpg")
+            where=str(root),
+            fix="put the images of each class in a sub-folder named after the class: root/cat/1.jpg, root/dog/2.jpg",
+        )
     examples = []
     for folder in classes:
         for path in sorted(folder.rglob("*")):
@@ -96,8 +112,11 @@ def read_class_folders(root: Path, unlabeled: bool = False, allow_outside: bool 
                 if image is not None:
                     examples.append(LabeledImage(str(path), image, folder.name, "class folders"))
     if not examples:
-        raise TunesmithError("the class folders hold no images", where=str(root),
-                             fix=f"add image files ({', '.join(IMAGE_EXTENSIONS)}) to the class folders")
+        raise TunesmithError(
+            "the class folders hold no images",
+            where=str(root),
+            fix=f"add image files ({', '.join(IMAGE_EXTENSIONS)}) to the class folders",
+        )
     return examples
 
 
@@ -114,14 +133,19 @@ def resolve_inside(value: str, root: Path, where: str, allow_outside: bool = Fal
     try:
         resolved = (root / candidate).resolve()  # an absolute candidate replaces root
     except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop (RuntimeError), a NUL byte (ValueError)
-        raise TunesmithError(f"image path {value!r} cannot be resolved: {exc}", where=where,
-                             fix="give the path of an existing image file") from None
+        raise TunesmithError(
+            f"image path {value!r} cannot be resolved: {exc}",
+            where=where,
+            fix="give the path of an existing image file",
+        ) from None
     if not allow_outside and not resolved.is_relative_to(root.resolve()):
-        raise TunesmithError(f"image path {value!r} leads outside the data folder {root}"
-                             + (" (through a symlink)" if not candidate.is_absolute() and ".." not in candidate.parts else ""),
-                             where=where,
-                             fix="keep the files under the data file's folder and refer to them by relative paths, or set "
-                                 "data.allow_outside_paths: true if you trust the data file")
+        raise TunesmithError(
+            f"image path {value!r} leads outside the data folder {root}"
+            + (" (through a symlink)" if not candidate.is_absolute() and ".." not in candidate.parts else ""),
+            where=where,
+            fix="keep the files under the data file's folder and refer to them by relative paths, or set "
+            "data.allow_outside_paths: true if you trust the data file",
+        )
     return str(resolved)
 
 
@@ -146,22 +170,34 @@ def _example_of(record, columns: dict, data_cfg) -> LabeledImage:
     image_col, label_col = columns.get("image", "image"), columns.get("label", "label")
     if image_col not in record.fields:
         found = ", ".join(map(str, record.fields)) or "none"
-        raise TunesmithError(f"no {image_col!r} column (columns found: {found})", where=record.where,
-                             fix="map yours with data.columns, e.g. data.columns: {image: <path column>, label: <label column>}")
+        raise TunesmithError(
+            f"no {image_col!r} column (columns found: {found})",
+            where=record.where,
+            fix="map yours with data.columns, e.g. data.columns: {image: <path column>, label: <label column>}",
+        )
     value = record.fields[image_col]
     if not isinstance(value, str) or not value.strip() or "\x00" in value:
-        raise TunesmithError("the image path is empty or not a string", where=record.where,
-                             fix="give every record the path of its image file")
+        raise TunesmithError(
+            "the image path is empty or not a string",
+            where=record.where,
+            fix="give every record the path of its image file",
+        )
     label = record.fields.get(label_col)
     if isinstance(label, (list, tuple, dict)):
-        raise TunesmithError(f"the label is a {type(label).__name__}, not one label", where=record.where,
-                             fix="give every record one label, such as 'cat'")
+        raise TunesmithError(
+            f"the label is a {type(label).__name__}, not one label",
+            where=record.where,
+            fix="give every record one label, such as 'cat'",
+        )
     label = None if label is None else str(label).strip()
     if label == "":
-        raise TunesmithError("the label is empty", where=record.where, fix="give every record a label, or drop the record")
+        raise TunesmithError(
+            "the label is empty", where=record.where, fix="give every record a label, or drop the record"
+        )
     idx = _idx_ref(value)  # `<idx file>#<i>`: how a run saves the IDX images of its test split
-    path = resolve_inside(idx[0] if idx else value, _source_file(record.where).parent, record.where,
-                          data_cfg.allow_outside_paths)
+    path = resolve_inside(
+        idx[0] if idx else value, _source_file(record.where).parent, record.where, data_cfg.allow_outside_paths
+    )
     return LabeledImage(record.where, f"{path}#{idx[1]}" if idx else path, label, "image table")
 
 
@@ -176,28 +212,39 @@ def _open_maybe_gzip(path: Path):
 @lru_cache(maxsize=4)
 def read_idx(path: str):
     """The array in an IDX file (LeCun's format: magic 0x0000 0x08 ndim, big-endian sizes, uint8 data)."""
-    import numpy as np
-
     import zlib
+
+    import numpy as np
 
     try:
         with _open_maybe_gzip(Path(path)) as handle:
             data = handle.read()
     except (OSError, EOFError, zlib.error) as exc:
-        raise TunesmithError(f"cannot read the IDX file: {exc}", where=path, fix="check the file is complete (re-download it)") from None
+        raise TunesmithError(
+            f"cannot read the IDX file: {exc}", where=path, fix="check the file is complete (re-download it)"
+        ) from None
     if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
-        raise TunesmithError("not an IDX file of unsigned bytes (bad magic number)", where=path,
-                             fix="point data.train at a *-images-idx3-ubyte[.gz] file")
+        raise TunesmithError(
+            "not an IDX file of unsigned bytes (bad magic number)",
+            where=path,
+            fix="point data.train at a *-images-idx3-ubyte[.gz] file",
+        )
     ndim = data[3]
     if len(data) < 4 + 4 * ndim:
-        raise TunesmithError(f"the IDX file is truncated inside its header ({ndim} sizes announced)", where=path,
-                             fix="re-download the file")
+        raise TunesmithError(
+            f"the IDX file is truncated inside its header ({ndim} sizes announced)",
+            where=path,
+            fix="re-download the file",
+        )
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = data[4 + 4 * ndim :]
     expected = math.prod(shape)  # Python ints: numpy's product of forged sizes would overflow
     if len(body) != expected:
-        raise TunesmithError(f"the IDX file is truncated: {len(body)} bytes of data, its header says {expected}",
-                             where=path, fix="re-download the file")
+        raise TunesmithError(
+            f"the IDX file is truncated: {len(body)} bytes of data, its header says {expected}",
+            where=path,
+            fix="re-download the file",
+        )
     return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
@@ -207,20 +254,33 @@ def read_idx_pair(images: Path) -> list[LabeledImage]:
     labels_path = next((p for p in candidates if p.is_file()), candidates[0])
     pixels = read_idx(str(images))
     if not labels_path.is_file():
-        raise TunesmithError(f"no labels file beside the IDX images (looked for {labels_path.name})", where=str(images),
-                             fix="keep the *-labels-idx1-ubyte file next to the images file")
+        raise TunesmithError(
+            f"no labels file beside the IDX images (looked for {labels_path.name})",
+            where=str(images),
+            fix="keep the *-labels-idx1-ubyte file next to the images file",
+        )
     labels = read_idx(str(labels_path))
     if pixels.ndim != 3 or labels.ndim != 1:
-        raise TunesmithError(f"the IDX files hold arrays of {pixels.ndim} and {labels.ndim} dimensions; images need 3 "
-                             "(count, height, width) and labels 1", where=str(images), fix="use an images file and its labels file")
+        raise TunesmithError(
+            f"the IDX files hold arrays of {pixels.ndim} and {labels.ndim} dimensions; images need 3 "
+            "(count, height, width) and labels 1",
+            where=str(images),
+            fix="use an images file and its labels file",
+        )
     if len(labels) != len(pixels):
-        raise TunesmithError(f"{len(pixels)} images but {len(labels)} labels", where=str(labels_path),
-                             fix="use the images and labels files of the same split")
+        raise TunesmithError(
+            f"{len(pixels)} images but {len(labels)} labels",
+            where=str(labels_path),
+            fix="use the images and labels files of the same split",
+        )
     # Fashion-MNIST's files are named like MNIST's; the class names tell the 10 classes apart only for it.
     names = FASHION_MNIST_CLASSES if "fashion" in str(images).lower() else tuple(str(i) for i in range(10))
     if len(labels) and int(labels.max()) >= len(names):
-        raise TunesmithError(f"label {int(labels.max())} is not one of the {len(names)} classes", where=str(labels_path),
-                             fix="use the labels file of an MNIST-family data set (labels 0-9)")
+        raise TunesmithError(
+            f"label {int(labels.max())} is not one of the {len(names)} classes",
+            where=str(labels_path),
+            fix="use the labels file of an MNIST-family data set (labels 0-9)",
+        )
     path = str(images.resolve())
     return [LabeledImage(f"{images}:[{i}]", f"{path}#{i}", names[int(label)], "IDX") for i, label in enumerate(labels)]
 
@@ -245,11 +305,25 @@ def load_image(ref: str):
         return image.convert("RGB")
 
 
-def check_images(examples: list[LabeledImage], skip_bad: bool) -> list[LabeledImage]:
-    """Decode every image file once: a bad one is an error naming it, or skipped with `skip_bad`."""
-    kept, bad = [], []
+class _ImageExample(Protocol):
+    """What check_images reads of an example: LabeledImage, or data/captions.py's CaptionedImage."""
+
+    @property
+    def where(self) -> str: ...
+    @property
+    def image(self) -> str | None: ...
+
+
+_Example = TypeVar("_Example", bound=_ImageExample)
+
+
+def check_images(examples: list[_Example], skip_bad: bool) -> list[_Example]:
+    """Decode every image file once: a bad one is an error naming it, or skipped with `skip_bad`. An example
+    without an image (a prompt to generate from) has nothing to decode and is kept."""
+    kept: list[_Example] = []
+    bad: list[str] = []
     for example in examples:
-        if _idx_ref(example.image) is not None:
+        if example.image is None or _idx_ref(example.image) is not None:
             kept.append(example)  # IDX arrays were checked as a whole when read
             continue
         try:
@@ -258,8 +332,11 @@ def check_images(examples: list[LabeledImage], skip_bad: bool) -> list[LabeledIm
         # DecompressionBombError, ZeroDivisionError, ...): all mean "this file is not an image we can use".
         except Exception as exc:
             if not skip_bad:
-                raise TunesmithError(f"cannot decode the image {example.image}: {exc}", where=example.where,
-                                     fix="replace or remove the file, or set data.skip_bad_images: true to skip such images") from None
+                raise TunesmithError(
+                    f"cannot decode the image {example.image}: {exc}",
+                    where=example.where,
+                    fix="replace or remove the file, or set data.skip_bad_images: true to skip such images",
+                ) from None
             bad.append(example.image)
             continue
         kept.append(example)

@@ -25,11 +25,7 @@ from dataclasses import dataclass, field
 
 from tunesmith.data.chat_template import IGNORE_INDEX
 from tunesmith.errors import TunesmithError
-from tunesmith.models.attention import VARLEN_SDPA
-
-# Attention implementations that attend within examples only when the rows are laid end to end (and
-# read the example boundaries from `cu_seq_lens_q/k`; train/padding_free.py).
-VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "flash_attention_4", VARLEN_SDPA)
+from tunesmith.models.attention import VARLEN_ATTENTION, attention_implementation, varlen_kwargs
 
 
 @dataclass
@@ -80,7 +76,9 @@ def pack_examples(examples: list, max_length: int) -> list[PackedRow]:
     """Encoded causal-LM examples (input_ids, labels, where) packed into rows of <= max_length tokens."""
     rows = []
     for members in first_fit_decreasing([len(e.input_ids) for e in examples], max_length):
-        input_ids, labels, positions = [], [], []
+        input_ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
         for index in members:
             example = examples[index]
             input_ids += example.input_ids
@@ -89,10 +87,17 @@ def pack_examples(examples: list, max_length: int) -> list[PackedRow]:
             labels += [IGNORE_INDEX] + list(example.labels[1:])
             positions += range(len(example.input_ids))
         first = examples[members[0]]
-        rows.append(PackedRow(input_ids, labels, positions,
-                              f"{first.where} (+{len(members) - 1} more packed)" if len(members) > 1 else first.where,
-                              [len(examples[i].input_ids) for i in members],
-                              any(getattr(examples[i], "truncated", False) for i in members), len(input_ids)))
+        rows.append(
+            PackedRow(
+                input_ids,
+                labels,
+                positions,
+                f"{first.where} (+{len(members) - 1} more packed)" if len(members) > 1 else first.where,
+                [len(examples[i].input_ids) for i in members],
+                any(getattr(examples[i], "truncated", False) for i in members),
+                len(input_ids),
+            )
+        )
     return rows
 
 
@@ -134,12 +139,6 @@ def varlen_layout(batch: dict, attn_implementation: str | None) -> dict:
     return {key: value.reshape(1, -1) for key, value in batch.items()}
 
 
-def attention_implementation(model) -> str | None:
-    from tunesmith.train.loss import innermost_model
-
-    return getattr(innermost_model(model).config, "_attn_implementation", None)
-
-
 def check_packing(model, setting: str = "data.packing") -> None:
     """Refuse packing where the model would attend across examples (or restart no positions): two
     examples packed must give the logits each gives alone. The packed difference is compared with what
@@ -152,26 +151,31 @@ def check_packing(model, setting: str = "data.packing") -> None:
     generator = torch.Generator().manual_seed(0)
     low = min(1000, vocab // 2)  # past the special tokens most vocabularies start with
     a, b = (torch.randint(low, vocab, (n,), generator=generator).tolist() for n in (12, 8))
-    rows = [PackedRow(a + b, list(a + b), list(range(12)) + list(range(8)), "probe"),
-            PackedRow(b, list(b), list(range(8)), "probe")]
+    rows = [
+        PackedRow(a + b, list(a + b), list(range(12)) + list(range(8)), "probe"),
+        PackedRow(b, list(b), list(range(8)), "probe"),
+    ]
     device = next(model.parameters()).device
     packed = {k: v.to(device) for k, v in varlen_layout(collate_packed(rows, 0), attn).items()}
     boundaries = {}
     if attn in VARLEN_ATTENTION:
-        from tunesmith.train.padding_free import varlen_kwargs
-
         boundaries = varlen_kwargs(packed["position_ids"])
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False,
-                           **boundaries).logits
+            logits = model(
+                input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False, **boundaries
+            ).logits
             logits = logits.float().reshape(2, 20, -1)
             alone = model(input_ids=torch.tensor([b], device=device), use_cache=False).logits.float()[0]
             ids = torch.tensor([a + b], device=device)
-            crossed = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False,
-                            position_ids=torch.tensor([rows[0].position_ids], device=device)).logits.float()[0, 12:]
+            crossed = model(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                use_cache=False,
+                position_ids=torch.tensor([rows[0].position_ids], device=device),
+            ).logits.float()[0, 12:]
     finally:
         model.train(was_training)
     off = max(float((logits[0, 12:] - alone).abs().max()), float((logits[1, :8] - alone).abs().max()))

@@ -34,14 +34,15 @@ class DataSplits:
         return {"format": self.format, "records": {name: len(x) for name, x in self.items()}, **bad.report()}
 
 
-def load_examples(source: str, data_cfg, normalise_records, split: str | None = None, reader=None,
-                  bad: BadRecords | None = None) -> tuple[list, str]:
+def load_examples(
+    source: str, data_cfg, normalise_records, split: str | None = None, reader=None, bad: BadRecords | None = None
+) -> tuple[list, str]:
     """Read one source and turn its records into the task's examples: (examples, format name).
     `reader(source, data_cfg, split, bad)`, a task's own reader (image folders, IDX files), replaces
     read_records. Bad records go to `bad` (one per run, see prepare_splits); without it, to a new one
     that follows data.on_bad_record and prints what it skipped."""
     own = bad is None
-    bad = BadRecords(data_cfg.on_bad_record) if own else bad
+    bad = BadRecords(data_cfg.on_bad_record) if bad is None else bad
     records = reader(source, data_cfg, split, bad) if reader else read_records(source, split=split, bad=bad)
     examples, fmt = normalise_skipping(records, data_cfg, normalise_records, bad)
     if own and bad.note():
@@ -53,13 +54,19 @@ def prepare_splits(data_cfg, seed: int, normalise_records, stratify_key=None, re
     """`normalise_records(records, data_cfg) -> (examples, format name)` is the task's reader;
     `stratify_key(example)`, when given, keeps each key's share in every carved split (None: random)."""
     if not data_cfg.train:
-        raise TunesmithError("no training data given", where="data.train",
-                             fix="set data.train to a .jsonl/.json/.csv/.parquet file, e.g. examples/data/support_tickets.jsonl")
+        raise TunesmithError(
+            "no training data given",
+            where="data.train",
+            fix="set data.train to a .jsonl/.json/.csv/.parquet file, e.g. examples/data/support_tickets.jsonl",
+        )
     bad = BadRecords(data_cfg.on_bad_record)
     train, fmt = load_examples(data_cfg.train, data_cfg, normalise_records, "train", reader, bad)
     given = {"validation": data_cfg.validation, "test": data_cfg.test}
-    loaded = {name: load_examples(path, data_cfg, normalise_records, name, reader, bad)[0]
-              for name, path in given.items() if path}
+    loaded = {
+        name: load_examples(path, data_cfg, normalise_records, name, reader, bad)[0]
+        for name, path in given.items()
+        if path
+    }
     if bad.note():
         print(bad.note())
 
@@ -68,7 +75,11 @@ def prepare_splits(data_cfg, seed: int, normalise_records, stratify_key=None, re
     if carve:
         share = ratios["train"] + sum(ratios[n] for n in carve)
         carve_ratios = tuple(ratios[n] / share if (n == "train" or n in carve) else 0.0 for n in SPLITS)
-        cut = split_stratified(train, carve_ratios, seed, stratify_key) if stratify_key is not None else split_examples(train, carve_ratios, seed)
+        cut = (
+            split_stratified(train, carve_ratios, seed, stratify_key)
+            if stratify_key is not None
+            else split_examples(train, carve_ratios, seed)
+        )
         train = cut["train"]
         loaded.update({n: cut[n] for n in carve})
     return DataSplits(train, loaded.get("validation", []), loaded.get("test", []), fmt, bad)

@@ -43,7 +43,9 @@ class RawRecord:
     where: str
 
 
-def read_records(source: str | os.PathLike, *, split: str | None = None, bad: BadRecords | None = None) -> list[RawRecord]:
+def read_records(
+    source: str | os.PathLike, *, split: str | None = None, bad: BadRecords | None = None
+) -> list[RawRecord]:
     """Read every row of `source`.
 
     `source` is a `.jsonl`/`.json`/`.csv`/`.tsv`/`.parquet` file, a folder written by
@@ -64,8 +66,11 @@ def read_records(source: str | os.PathLike, *, split: str | None = None, bad: Ba
     else:
         raise _missing_file_error(path, name)
     if not records and bad is not None and bad.count:
-        raise TunesmithError(f"no records left: every one was bad and skipped ({bad.count}; the first: "
-                             + "; ".join(bad.first) + ")", where=name, fix="fix the records as the messages say")
+        raise TunesmithError(
+            f"no records left: every one was bad and skipped ({bad.count}; the first: " + "; ".join(bad.first) + ")",
+            where=name,
+            fix="fix the records as the messages say",
+        )
     if not records:
         raise TunesmithError(
             "no records: the data source is empty",
@@ -91,7 +96,8 @@ def _read_file(path: Path, name: str, bad: BadRecords | None = None) -> list[Raw
     raise TunesmithError(
         f"unsupported file type '{path.suffix or '(no extension)'}'",
         where=name,
-        fix="use one of " + ", ".join(SUPPORTED_EXTENSIONS)
+        fix="use one of "
+        + ", ".join(SUPPORTED_EXTENSIONS)
         + ", a folder saved with datasets' save_to_disk, or a hub dataset name owner/name",
     )
 
@@ -145,8 +151,9 @@ def _read_text(path: Path, name: str) -> str:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise TunesmithError(f"cannot read the file: {exc.strerror or exc}", where=name,
-                             fix="check the file's permissions") from None
+        raise TunesmithError(
+            f"cannot read the file: {exc.strerror or exc}", where=name, fix="check the file's permissions"
+        ) from None
     utf16_fix = "re-save the file as UTF-8 (in Excel: 'CSV UTF-8'; or `iconv -f utf-16 -t utf-8`)"
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise TunesmithError(
@@ -160,10 +167,16 @@ def _read_text(path: Path, name: str) -> str:
     if nul >= 0:
         utf16 = data.count(b"\x00", 0, 4096) * 3 > min(len(data), 4096)  # about half of the bytes are NUL
         raise TunesmithError(
-            ("file looks like UTF-16 text without a byte-order mark" if utf16 else "file holds a NUL byte, so it is "
-             "not a text file") + f" (first NUL at byte offset {nul}), not UTF-8",
+            (
+                "file looks like UTF-16 text without a byte-order mark"
+                if utf16
+                else "file holds a NUL byte, so it is not a text file"
+            )
+            + f" (first NUL at byte offset {nul}), not UTF-8",
             where=f"{name}:{_line_at(data, nul)}",
-            fix=utf16_fix if utf16 else "point data.train at the text data file (JSONL, CSV), or re-export it as UTF-8 text",
+            fix=utf16_fix
+            if utf16
+            else "point data.train at the text data file (JSONL, CSV), or re-export it as UTF-8 text",
         )
     # Strip the BOM ourselves so error offsets below count from the start of the file.
     skip = len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0
@@ -173,8 +186,7 @@ def _read_text(path: Path, name: str) -> str:
         offset = skip + exc.start
         line = _line_at(data, offset)
         raise TunesmithError(
-            f"file is not UTF-8: byte 0x{data[offset]:02x} at byte offset {offset} (line {line}) "
-            "is not valid UTF-8",
+            f"file is not UTF-8: byte 0x{data[offset]:02x} at byte offset {offset} (line {line}) is not valid UTF-8",
             where=f"{name}:{line}",
             fix="re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`)",
         ) from None
@@ -225,12 +237,20 @@ def _parse_jsonl(text: str, name: str, bad: BadRecords | None = None) -> list[Ra
         try:
             value = _loads(line)
         except _BadJSON as exc:
-            drop(bad, TunesmithError(f"line is not valid JSON: {exc.msg} (column {exc.colno})",
-                                     where=f"{name}:{lineno}", fix=_JSONL_FIX))
+            drop(
+                bad,
+                TunesmithError(
+                    f"line is not valid JSON: {exc.msg} (column {exc.colno})", where=f"{name}:{lineno}", fix=_JSONL_FIX
+                ),
+            )
             continue
         if not isinstance(value, dict):
-            drop(bad, TunesmithError(f"line is a JSON {_json_type(value)}, not an object",
-                                     where=f"{name}:{lineno}", fix=_JSONL_FIX))
+            drop(
+                bad,
+                TunesmithError(
+                    f"line is a JSON {_json_type(value)}, not an object", where=f"{name}:{lineno}", fix=_JSONL_FIX
+                ),
+            )
             continue
         records.append(RawRecord(fields=value, where=f"{name}:{lineno}"))
     return records
@@ -273,11 +293,14 @@ def _read_json(path: Path, name: str, bad: BadRecords | None = None) -> list[Raw
     records = []
     for i, item in enumerate(value):
         if not isinstance(item, dict):
-            drop(bad, TunesmithError(
-                f"item is a JSON {_json_type(item)}, not an object",
-                where=f"{name}:[{i}]",
-                fix="every item of the list must be one record object, e.g. {\"text\": \"...\"}",
-            ))
+            drop(
+                bad,
+                TunesmithError(
+                    f"item is a JSON {_json_type(item)}, not an object",
+                    where=f"{name}:[{i}]",
+                    fix='every item of the list must be one record object, e.g. {"text": "..."}',
+                ),
+            )
             continue
         records.append(RawRecord(fields=item, where=f"{name}:[{i}]"))
     return records
@@ -302,10 +325,9 @@ def _records_list_in_object(value: dict, name: str) -> list:
             fix='make the file a list of objects [{...}, {...}], or {"data": [{...}, ...]}',
         )
     raise TunesmithError(
-        "top-level JSON object has several lists (" + ", ".join(list_keys)
-        + "); cannot tell which holds the records",
+        "top-level JSON object has several lists (" + ", ".join(list_keys) + "); cannot tell which holds the records",
         where=name,
-        fix="keep only the list of records in the file, e.g. {\"data\": [...]}",
+        fix='keep only the list of records in the file, e.g. {"data": [...]}',
     )
 
 
@@ -333,16 +355,18 @@ def _read_csv(path: Path, name: str, *, delimiter: str, bad: BadRecords | None =
                     header = _check_header(row, f"{name}:{start}")
                     continue
                 if len(row) != len(header):
-                    drop(bad, TunesmithError(
-                        f"row has {len(row)} fields but the header has {len(header)}",
-                        where=f"{name}:{start}",
-                        fix=quote_fix,
-                    ))
+                    drop(
+                        bad,
+                        TunesmithError(
+                            f"row has {len(row)} fields but the header has {len(header)}",
+                            where=f"{name}:{start}",
+                            fix=quote_fix,
+                        ),
+                    )
                     continue
                 records.append(RawRecord(fields=dict(zip(header, row)), where=f"{name}:{start}"))
         except csv.Error as exc:
-            raise TunesmithError(f"malformed CSV: {exc}", where=f"{name}:{reader.line_num}",
-                                 fix=quote_fix) from None
+            raise TunesmithError(f"malformed CSV: {exc}", where=f"{name}:{reader.line_num}", fix=quote_fix) from None
         return records
     finally:
         csv.field_size_limit(old_limit)

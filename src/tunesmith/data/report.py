@@ -25,9 +25,9 @@ def _empty_turns(examples) -> int:
     return count
 
 
-def data_report(config, resolved, tokenizer, splits, encoded) -> str:
-    from tunesmith.tasks import get_task
-
+def data_report(config, resolved, tokenizer, splits, encoded, task) -> str:
+    """`task` is the run's task module (`tasks.get_task(config.task)`), passed in by the caller: its
+    `describe` shows the first training example as the model will see it (data sits below tasks)."""
     lines = [
         f"model: {config.model.name} -> {resolved.path} ({resolved.source})",
         f"task: {config.task}; format: {splits.format}; max_length: {config.data.max_length}"
@@ -39,8 +39,10 @@ def data_report(config, resolved, tokenizer, splits, encoded) -> str:
         enc = encoded[name]
         truncated = sum(e.truncated for e in enc)
         lengths = [e.full_length for e in enc]
-        lines.append(f"{name:<11}{len(examples):>8}{truncated:>11}{find_duplicates(examples):>12}"
-                     f"{_empty_turns(examples):>13}   {_percentiles(lengths)}")
+        lines.append(
+            f"{name:<11}{len(examples):>8}{truncated:>11}{find_duplicates(examples):>12}"
+            f"{_empty_turns(examples):>13}   {_percentiles(lengths)}"
+        )
     if splits.bad is not None and splits.bad.count:
         lines += ["", f"skipped bad records (data.on_bad_record: skip): {splits.bad.count}; the first:"]
         lines += [f"  {where}" for where in splits.bad.first]
@@ -48,5 +50,5 @@ def data_report(config, resolved, tokenizer, splits, encoded) -> str:
     if trained:
         lines += ["", f"loss-bearing tokens per training record: {_percentiles(trained)}; total {sum(trained):,}"]
     if encoded["train"]:
-        lines += ["", get_task(config.task).describe(encoded["train"][0], tokenizer)]
+        lines += ["", task.describe(encoded["train"][0], tokenizer)]
     return "\n".join(lines)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from tunesmith.errors import TunesmithError
 
@@ -15,10 +16,10 @@ _TOLERANCE = 1e-6
 
 
 def split_examples(
-    examples: list,
-    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    examples: Sequence[Any],
+    ratios: Sequence[float] = (0.8, 0.1, 0.1),  # three: _check_ratios refuses other lengths
     seed: int = 42,
-) -> dict[str, list]:
+) -> dict[str, list[Any]]:
     """Shuffle `examples` with `seed` and cut them into train/validation/test by `ratios`.
 
     The same input, ratios and seed always give the same split. Every split with a non-zero ratio
@@ -28,8 +29,11 @@ def split_examples(
     _check_ratios(ratios)
     n = len(examples)
     if n == 0:
-        raise TunesmithError("dataset is empty: there is nothing to split", where="data.train",
-                             fix="point data.train at a file with records")
+        raise TunesmithError(
+            "dataset is empty: there is nothing to split",
+            where="data.train",
+            fix="point data.train at a file with records",
+        )
     wanted = sum(1 for r in ratios if r > 0)
     if n < wanted:
         raise TunesmithError(
@@ -41,9 +45,10 @@ def split_examples(
     counts = _counts(n, ratios)
     shuffled = list(examples)
     random.Random(seed).shuffle(shuffled)
-    result, start = {}, 0
+    result: dict[str, list[Any]] = {}
+    start = 0
     for name, count in zip(SPLITS, counts):
-        result[name] = shuffled[start:start + count]
+        result[name] = shuffled[start : start + count]
         start += count
     return result
 
@@ -58,7 +63,7 @@ def split_stratified(examples: Sequence[Any], ratios=(0.8, 0.1, 0.1), seed: int 
     groups: dict = {}
     for example in examples:
         groups.setdefault(key(example), []).append(example)
-    result = {name: [] for name in SPLITS}
+    result: dict[str, list[Any]] = {name: [] for name in SPLITS}
     rng = random.Random(seed)
     for group_key in sorted(groups, key=str):
         members = list(groups[group_key])
@@ -68,7 +73,7 @@ def split_stratified(examples: Sequence[Any], ratios=(0.8, 0.1, 0.1), seed: int 
         start = 0
         cut = {"validation": sizes[0], "test": sizes[1]}
         for name in ("validation", "test"):
-            result[name] += members[start:start + cut[name]]
+            result[name] += members[start : start + cut[name]]
             start += cut[name]
         result["train"] += members[start:]
     for name, ratio in zip(SPLITS[1:], ratios[1:]):
@@ -106,20 +111,23 @@ def _check_ratios(ratios: Sequence[float]) -> None:
     try:
         values = list(ratios)
     except TypeError:
-        raise TunesmithError(f"split ratios must be a list of three numbers, got {ratios!r}",
-                             where="data.split", fix=fix) from None
+        raise TunesmithError(
+            f"split ratios must be a list of three numbers, got {ratios!r}", where="data.split", fix=fix
+        ) from None
     if len(values) != 3 or not all(
         isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) for r in values
     ):
         raise TunesmithError(
             f"split ratios must be three numbers (train, validation, test), got {ratios!r}",
-            where="data.split", fix=fix,
+            where="data.split",
+            fix=fix,
         )
     if any(r < 0 for r in values):
         raise TunesmithError(f"split ratios must not be negative, got {ratios!r}", where="data.split", fix=fix)
     if abs(sum(values) - 1.0) > _TOLERANCE:
-        raise TunesmithError(f"split ratios must add up to 1, but {ratios!r} adds up to {sum(values):g}",
-                             where="data.split", fix=fix)
+        raise TunesmithError(
+            f"split ratios must add up to 1, but {ratios!r} adds up to {sum(values):g}", where="data.split", fix=fix
+        )
 
 
 def _counts(n: int, ratios: Sequence[float]) -> list[int]:

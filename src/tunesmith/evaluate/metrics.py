@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 

@@ -27,15 +27,35 @@ def ranking_metrics(queries: list[str], references: list[float], predictions: li
         groups[query].append((reference, prediction))
     ranked = [g for g in groups.values() if len(g) > 1 and len({r for r, _ in g}) > 1]
     if ranked:
-        metrics[f"ndcg@{k}"] = float(sum(ndcg_score([[r for r, _ in g]], [[p for _, p in g]], k=k) for g in ranked) / len(ranked))
+        metrics[f"ndcg@{k}"] = float(
+            sum(ndcg_score([[r for r, _ in g]], [[p for _, p in g]], k=k) for g in ranked) / len(ranked)
+        )
         metrics[f"mrr@{k}"] = float(sum(_reciprocal_rank(g, k) for g in ranked) / len(ranked))
         metrics["ranked_queries"] = len(ranked)
     return metrics
 
 
 def _reciprocal_rank(group: list[tuple[float, float]], k: int) -> float:
-    order = sorted(group, key=lambda pair: -pair[1])[:k]
-    return next((1.0 / (rank + 1) for rank, (reference, _) in enumerate(order) if reference >= RELEVANT), 0.0)
+    """1 / rank of the first relevant passage in the top k. Passages with the same predicted score count in
+    every order of the tie alike (the expected value), as sklearn's `ndcg_score` averages ties (McSherry &
+    Najork 2008): sorting would rank them in file order, and a model that scores everything alike would
+    score an MRR of 1 on a file that lists each query's relevant passage first."""
+    above = 0  # passages ranked strictly above the current tie
+    for score in sorted({p for _, p in group}, reverse=True):
+        if above >= k:
+            break
+        tied = [r for r, p in group if p == score]
+        relevant = sum(r >= RELEVANT for r in tied)
+        if relevant:
+            # P(the first relevant passage is the j-th of the tie) = C(n - j, relevant - 1) / C(n, relevant)
+            n = len(tied)
+            return sum(
+                math.comb(n - j, relevant - 1) / math.comb(n, relevant) / (above + j)
+                for j in range(1, n - relevant + 2)
+                if above + j <= k
+            )
+        above += len(tied)
+    return 0.0
 
 
 def tfidf_cosine(train_texts: list[str], queries: list[str], passages: list[str]) -> list[float]:

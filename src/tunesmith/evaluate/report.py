@@ -58,21 +58,40 @@ def write_report(run: RunDir, summary: dict, base_rows: list[dict], tuned_rows: 
     ]
     if reference:
         # A task's baseline may say what it is; classification's TF-IDF baseline predates that.
-        lines += [reference.get("description") or "The baseline is TF-IDF (word 1-2 grams) + logistic regression "
-                  "trained on the same training split.", ""]
-    lines += ["| metric | base |" + (" baseline |" if reference else "") + " tuned |",
-              "|---|---|" + ("---|" if reference else "") + "---|"]
-    lines += [f"| {k} | {_fmt(base.get(k))} |" + (f" {_fmt(reference.get(k))} |" if reference else "") + f" {_fmt(v)} |"
-              for k, v in tuned.items() if not isinstance(v, dict)]
+        lines += [
+            reference.get("description")
+            or "The baseline is TF-IDF (word 1-2 grams) + logistic regression trained on the same training split.",
+            "",
+        ]
+    lines += [
+        "| metric | base |" + (" baseline |" if reference else "") + " tuned |",
+        "|---|---|" + ("---|" if reference else "") + "---|",
+    ]
+    lines += [
+        f"| {k} | {_fmt(base.get(k))} |" + (f" {_fmt(reference.get(k))} |" if reference else "") + f" {_fmt(v)} |"
+        for k, v in tuned.items()
+        if not isinstance(v, dict)
+    ]
     if reference and "accuracy" in tuned and "accuracy" in reference:
-        lines += ["", f"Tuned accuracy is {tuned['accuracy'] - reference['accuracy']:+.4f} against the baseline "
-                      f"({tuned['accuracy']:.4f} vs {reference['accuracy']:.4f}); macro-F1 "
-                      f"{tuned['f1_macro'] - reference['f1_macro']:+.4f}."]
+        lines += [
+            "",
+            f"Tuned accuracy is {tuned['accuracy'] - reference['accuracy']:+.4f} against the baseline "
+            f"({tuned['accuracy']:.4f} vs {reference['accuracy']:.4f}); macro-F1 "
+            f"{tuned['f1_macro'] - reference['f1_macro']:+.4f}.",
+        ]
     per_class = tuned.get("per_class")
     if per_class:
-        lines += ["", "### Per class (tuned)", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
-        lines += [f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
-                  for name, m in per_class.items()]
+        lines += [
+            "",
+            "### Per class (tuned)",
+            "",
+            "| class | precision | recall | F1 | support |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
+            for name, m in per_class.items()
+        ]
     if (run.plots / "confusion.png").exists():
         lines += ["", "![confusion matrix](plots/confusion.png)"]
     if summary.get("samples"):  # a task's outputs for fixed inputs, before and after (text-to-image grids)

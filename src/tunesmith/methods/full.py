@@ -2,14 +2,48 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
+from pydantic import Field
+
+from tunesmith.methods.base import ALL_KINDS, Footprint, MethodSettings, Recommendable
+
+
+class Config(MethodSettings):
+    name: Literal["full"] = Field("full", description="full: every weight trains")
+
+
+summary = (
+    "every weight trains: the highest quality ceiling, 16 bytes per parameter (fp32 weight, gradient, two AdamW states)"
+)
+model_kinds = ALL_KINDS
 saves_adapter = False
+footprint = Footprint(trains_base=True, efficiency=1.0, half_base_on_gpu=False)
+recommend = Recommendable(
+    quality=1.5,
+    learning_rate=2e-5,
+    trade_off="full fine-tuning updates every weight: the highest quality ceiling, at 16 bytes per parameter "
+    "for fp32 weights, gradients and AdamW states",
+)
 
 
-def load_kwargs(method_cfg) -> dict:
+def trainable_parameters(shape: Any, cfg: Config) -> int:
+    return int(shape.parameters)
+
+
+def search_space(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Every weight moves, so the learning rate is ten times lower than for adapters (docs/search.md)."""
+    return {
+        "train.learning_rate": {"type": "log-float", "low": 1e-5, "high": 1e-4},
+        "train.weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+    }
+
+
+def load_kwargs(cfg: Config) -> dict[str, Any]:
     return {}
 
 
-def apply(model, method_cfg, gradient_checkpointing: bool = False):
+def apply(model: Any, cfg: Config, gradient_checkpointing: bool = False, task_type: str | None = None) -> Any:
     for param in model.parameters():
         param.requires_grad_(True)
     if gradient_checkpointing:

@@ -14,6 +14,8 @@ govern them as they governed torch's. GPUs keep torch's fused dropout kernel.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -22,18 +24,22 @@ _LEVELS = 1 << 16
 
 class _DropScale(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, drop, scale):
+    def forward(ctx: Any, x: torch.Tensor, drop: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.save_for_backward(drop)
         ctx.scale = scale
         return x.masked_fill(drop, 0).mul_(scale)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (drop,) = ctx.saved_tensors
         return grad.masked_fill(drop, 0).mul_(ctx.scale), None, None
 
 
-def drop_mask(shape, p: float, device) -> tuple[torch.Tensor, float]:
+# torch's Function.apply is untyped (`*args, **kwargs`); this alias states what _DropScale takes and returns.
+_drop_scale: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] = _DropScale.apply
+
+
+def drop_mask(shape: Sequence[int], p: float, device: torch.device | str | None) -> tuple[torch.Tensor, float]:
     """(elements to drop, the exact drop rate used): uniform 16-bit integers below round(p * 65536)."""
     levels = round(p * _LEVELS)
     count = math.prod(shape)
@@ -51,13 +57,13 @@ class FastDropout(torch.nn.Module):
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return torch.nn.functional.dropout(x, self.p, self.training)
         drop, rate = drop_mask(x.shape, self.p, x.device)
-        return _DropScale.apply(x, drop, 1.0 / (1.0 - rate))
+        return _drop_scale(x, drop, 1.0 / (1.0 - rate))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
 
-def use_fast_dropout(model) -> int:
+def use_fast_dropout(model: Any) -> int:
     """Replace PEFT's LoRA dropout modules (`lora_dropout[adapter]`) by FastDropout; returns how many."""
     replaced = 0
     for module in model.modules():

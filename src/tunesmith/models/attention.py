@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.errors import TunesmithError
+from tunesmith.models.unwrap import innermost_model
 
 
 def flash_attn_installed() -> bool:
@@ -34,18 +35,24 @@ def supports_flash_attention(model_class, path: str, trust_remote_code: bool = F
     return bool(getattr(concrete, "_supports_flash_attn", False) or getattr(concrete, "_supports_flash_attn_2", False))
 
 
-def choose_attention(requested: str, dtype: torch.dtype, *, cuda: bool, flash_installed: bool,
-                     flash_supported) -> str | None:
+def choose_attention(
+    requested: str, dtype: torch.dtype, *, cuda: bool, flash_installed: bool, flash_supported
+) -> str | None:
     """The `attn_implementation` to pass to from_pretrained; None lets transformers pick (sdpa or eager).
     `flash_supported` is called only when FA2 is otherwise possible (it reads the model's config)."""
     if requested == "flash_attention_2":
         if not cuda:
-            raise TunesmithError("model.attn_implementation: flash_attention_2 runs on CUDA GPUs only",
-                                 where="model.attn_implementation", fix="use auto or sdpa on this machine")
+            raise TunesmithError(
+                "model.attn_implementation: flash_attention_2 runs on CUDA GPUs only",
+                where="model.attn_implementation",
+                fix="use auto or sdpa on this machine",
+            )
         if not flash_installed:
-            raise TunesmithError("model.attn_implementation: flash_attention_2 needs the flash-attn package",
-                                 where="model.attn_implementation",
-                                 fix="pip install flash-attn --no-build-isolation, or use auto (sdpa)")
+            raise TunesmithError(
+                "model.attn_implementation: flash_attention_2 needs the flash-attn package",
+                where="model.attn_implementation",
+                fix="pip install flash-attn --no-build-isolation, or use auto (sdpa)",
+            )
         return requested
     if requested != "auto":
         return requested
@@ -55,19 +62,42 @@ def choose_attention(requested: str, dtype: torch.dtype, *, cuda: bool, flash_in
 
 
 def attention_for(model_cfg, model_class, path: str, dtype: torch.dtype) -> str | None:
-    return choose_attention(model_cfg.attn_implementation, dtype, cuda=torch.cuda.is_available(),
-                            flash_installed=flash_attn_installed(),
-                            flash_supported=lambda: supports_flash_attention(model_class, path, model_cfg.trust_remote_code))
+    return choose_attention(
+        model_cfg.attn_implementation,
+        dtype,
+        cuda=torch.cuda.is_available(),
+        flash_installed=flash_attn_installed(),
+        flash_supported=lambda: supports_flash_attention(model_class, path, model_cfg.trust_remote_code),
+    )
+
+
+def attention_implementation(model) -> str | None:
+    """The attention implementation a loaded model runs (under any DDP/FSDP/PEFT wrapper)."""
+    return getattr(innermost_model(model).config, "_attn_implementation", None)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Variable-length SDPA: attention per example of a flattened row (train.padding_free)
+# Variable-length attention: one row of several examples, each attending only to itself (data.packing's
+# flash-attention layout, train.padding_free). Here, below both, so that data and train share it.
 
 VARLEN_SDPA = "tunesmith_varlen_sdpa"
+# Attention implementations that attend within examples only when the rows are laid end to end (and
+# read the example boundaries from `cu_seq_lens_q/k`; train/padding_free.py).
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "flash_attention_4", VARLEN_SDPA)
 
 
-def varlen_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                          is_causal=None, **kwargs):
+def varlen_kwargs(position_ids: torch.Tensor) -> dict:
+    """FlashAttention's variable-length keywords for one row whose position ids restart per example."""
+    row = position_ids[0]
+    starts = (row == 0).nonzero().squeeze(1)
+    bounds = torch.cat([starts, torch.tensor([row.numel()], device=row.device)]).to(torch.int32)
+    longest = int((bounds[1:] - bounds[:-1]).max())
+    return {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": longest, "max_length_k": longest}
+
+
+def varlen_sdpa_attention(
+    module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kwargs
+):
     """Attention for one row holding several examples end to end (`cu_seq_lens_q`: where each starts, the
     keyword FlashAttention-2's variable-length path reads): causal PyTorch SDPA on each example's slice,
     so no example sees another and no `T x T` mask exists. Without `cu_seq_lens_q` (a padded batch,
@@ -81,8 +111,9 @@ def varlen_sdpa_attention(module, query, key, value, attention_mask, dropout: fl
 
     bounds = kwargs.get("cu_seq_lens_q")
     if bounds is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
     if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
         raise NotImplementedError("attention soft-capping and sinks are not supported by variable-length SDPA")
     if query.shape[0] != 1:
@@ -98,8 +129,11 @@ def varlen_sdpa_attention(module, query, key, value, attention_mask, dropout: fl
             position = torch.arange(end - start, device=query.device)
             distance = position[:, None] - position[None, :]
             mask = (distance >= 0) & (distance < window)
-        outputs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling,
-                                                      is_causal=mask is None, enable_gqa=gqa))
+        outputs.append(
+            F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling, is_causal=mask is None, enable_gqa=gqa
+            )
+        )
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
 

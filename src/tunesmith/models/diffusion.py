@@ -30,6 +30,8 @@ import torch.nn.functional as F
 
 from tunesmith.config import uses_gradient_checkpointing
 from tunesmith.errors import TunesmithError
+from tunesmith.extras import require
+from tunesmith.methods import get_method
 
 # The diffusers recipes' LoRA targets: the attention projections of every transformer block of the UNet.
 UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -49,42 +51,58 @@ def _hub_kwargs(resolved, model_cfg) -> dict:
 
 def _model_index(resolved, model_cfg) -> dict:
     """model_index.json: which components the pipeline has (downloaded alone for a hub id)."""
+    require("diffusers", "diffusion", "text-to-image")
     from diffusers import DiffusionPipeline
 
     try:
         return dict(DiffusionPipeline.load_config(resolved.path, **_hub_kwargs(resolved, model_cfg)))
     except (OSError, ValueError) as exc:
-        raise TunesmithError(f"{resolved.path} is not a diffusers pipeline: {exc}", where="model.name",
-                             fix="point model.name at a folder with model_index.json or a hub id such as "
-                                 "stable-diffusion-v1-5/stable-diffusion-v1-5") from None
+        raise TunesmithError(
+            f"{resolved.path} is not a diffusers pipeline: {exc}",
+            where="model.name",
+            fix="point model.name at a folder with model_index.json or a hub id such as "
+            "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        ) from None
 
 
 def pipeline_info(resolved, model_cfg) -> dict:
     """SD 1.5-style or SDXL, and the native image size, from the configs alone (no weights)."""
+    require("diffusers", "diffusion", "text-to-image")
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     index = _model_index(resolved, model_cfg)
     present = {name for name, value in index.items() if isinstance(value, (list, tuple)) and value and value[0]}
     if "unet" not in present or "vae" not in present:
-        raise TunesmithError(f"the pipeline {index.get('_class_name', '?')} has no UNet and VAE", where="model.name",
-                             fix="text-to-image trains Stable Diffusion 1.x/2.x and SDXL UNets; point model.name at one")
+        raise TunesmithError(
+            f"the pipeline {index.get('_class_name', '?')} has no UNet and VAE",
+            where="model.name",
+            fix="text-to-image trains Stable Diffusion 1.x/2.x and SDXL UNets; point model.name at one",
+        )
     try:
         unet = UNet2DConditionModel.load_config(resolved.path, subfolder="unet", **_hub_kwargs(resolved, model_cfg))
         vae = AutoencoderKL.load_config(resolved.path, subfolder="vae", **_hub_kwargs(resolved, model_cfg))
     except (OSError, ValueError) as exc:
-        raise TunesmithError(f"cannot read the UNet/VAE config: {exc}", where="model.name", fix="check the pipeline folder") from None
+        raise TunesmithError(
+            f"cannot read the UNet/VAE config: {exc}", where="model.name", fix="check the pipeline folder"
+        ) from None
     xl = unet.get("addition_embed_type") == "text_time"
     encoders = [name for name in ("text_encoder", "text_encoder_2") if name in present]
     if encoders != (["text_encoder", "text_encoder_2"] if xl else ["text_encoder"]):
-        raise TunesmithError(f"unsupported pipeline {index.get('_class_name', '?')}: text encoders {encoders}",
-                             where="model.name", fix="use an SD 1.x/2.x pipeline (one text encoder) or an SDXL base "
-                                                     "(two); the SDXL refiner is not supported")
+        raise TunesmithError(
+            f"unsupported pipeline {index.get('_class_name', '?')}: text encoders {encoders}",
+            where="model.name",
+            fix="use an SD 1.x/2.x pipeline (one text encoder) or an SDXL base "
+            "(two); the SDXL refiner is not supported",
+        )
     scale = 2 ** (len(vae["block_out_channels"]) - 1)
     sample = unet["sample_size"]
     sample = sample[0] if isinstance(sample, (list, tuple)) else sample
-    return {"pipeline": "StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline", "image_size": int(sample) * scale,
-            "scheduler": index.get("scheduler", [None, "DDPMScheduler"])[1],
-            "force_zeros_for_empty_prompt": bool(index.get("force_zeros_for_empty_prompt", True))}
+    return {
+        "pipeline": "StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline",
+        "image_size": int(sample) * scale,
+        "scheduler": index.get("scheduler", [None, "DDPMScheduler"])[1],
+        "force_zeros_for_empty_prompt": bool(index.get("force_zeros_for_empty_prompt", True)),
+    }
 
 
 class PromptTokenizers:
@@ -124,14 +142,22 @@ def load_tokenizers(resolved, model_cfg) -> PromptTokenizers:
         index = _model_index(resolved, model_cfg)
         names = [name for name in TOKENIZER_FOLDERS if (index.get(name) or [None])[0]]
     if not names:
-        raise TunesmithError(f"{resolved.path} has no tokenizer/ folder", where="model.name",
-                             fix="point model.name at a diffusers pipeline folder (model_index.json, tokenizer/, unet/, vae/, ...)")
+        raise TunesmithError(
+            f"{resolved.path} has no tokenizer/ folder",
+            where="model.name",
+            fix="point model.name at a diffusers pipeline folder (model_index.json, tokenizer/, unet/, vae/, ...)",
+        )
     try:
-        return PromptTokenizers(AutoTokenizer.from_pretrained(resolved.path, subfolder=name, **_hub_kwargs(resolved, model_cfg))
-                                for name in names)
+        return PromptTokenizers(
+            AutoTokenizer.from_pretrained(resolved.path, subfolder=name, **_hub_kwargs(resolved, model_cfg))
+            for name in names
+        )
     except (OSError, ValueError) as exc:
-        raise TunesmithError(f"cannot load the tokenizer of {resolved.path}: {exc}", where="model.name",
-                             fix="check the pipeline's tokenizer/ folder") from None
+        raise TunesmithError(
+            f"cannot load the tokenizer of {resolved.path}: {exc}",
+            where="model.name",
+            fix="check the pipeline's tokenizer/ folder",
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -157,20 +183,29 @@ class DiffusionModel(torch.nn.Module):
     # -- method -------------------------------------------------------------------------------------
 
     def make_trainable(self, method_cfg, gradient_checkpointing: bool) -> None:
-        if method_cfg.name == "lora":
+        if get_method(method_cfg.name).saves_adapter:  # LoRA, the one adapter method declaring diffusion
             from diffusers.training_utils import cast_training_params
             from peft import LoraConfig
 
             # Gaussian A and zero B, as the diffusers recipes start: the adapter begins as an exact no-op.
-            config = LoraConfig(r=method_cfg.r, lora_alpha=method_cfg.alpha, lora_dropout=method_cfg.dropout,
-                                target_modules=method_cfg.target_modules, init_lora_weights="gaussian",
-                                use_dora=method_cfg.use_dora, use_rslora=method_cfg.use_rslora)
+            config = LoraConfig(
+                r=method_cfg.r,
+                lora_alpha=method_cfg.alpha,
+                lora_dropout=method_cfg.dropout,
+                target_modules=method_cfg.target_modules,
+                init_lora_weights="gaussian",
+                use_dora=method_cfg.use_dora,
+                use_rslora=method_cfg.use_rslora,
+            )
             try:
                 self.unet.add_adapter(config)
             except ValueError as exc:
-                raise TunesmithError(f"LoRA cannot be applied to the UNet: {exc}", where="method.target_modules",
-                                     fix=f"use the attention projections {UNET_LORA_TARGETS} (the default) or other "
-                                         "UNet module names such as proj_in, proj_out, ff.net.0.proj") from None
+                raise TunesmithError(
+                    f"LoRA cannot be applied to the UNet: {exc}",
+                    where="method.target_modules",
+                    fix=f"use the attention projections {UNET_LORA_TARGETS} (the default) or other "
+                    "UNet module names such as proj_in, proj_out, ff.net.0.proj",
+                ) from None
             cast_training_params(self.unet, torch.float32)  # fp32 adapter weights over a bf16 base
             self.lora = True
         else:
@@ -209,16 +244,21 @@ class DiffusionModel(torch.nn.Module):
 
             layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet))
             self.pipeline_class().save_lora_weights(
-                folder, unet_lora_layers=layers, unet_lora_adapter_metadata=self.unet.peft_config["default"].to_dict(),
-                safe_serialization=safe_serialization)
+                folder,
+                unet_lora_layers=layers,
+                unet_lora_adapter_metadata=self.unet.peft_config["default"].to_dict(),
+                safe_serialization=safe_serialization,
+            )
         else:
             self.pipeline().save_pretrained(folder, safe_serialization=safe_serialization)
 
-    def merge_and_unload(self) -> "DiffusionModel":
+    def merge_and_unload(self) -> DiffusionModel:
         """The LoRA folded into the UNet's weights; save_pretrained then writes a whole pipeline."""
         if not self.lora:
-            raise TunesmithError("this run trained the whole UNet: its model/ folder already holds a full pipeline",
-                                 fix="load that folder with StableDiffusionPipeline.from_pretrained")
+            raise TunesmithError(
+                "this run trained the whole UNet: its model/ folder already holds a full pipeline",
+                fix="load that folder with StableDiffusionPipeline.from_pretrained",
+            )
         self.unet.fuse_lora()
         self.unet.unload_lora()
         self.lora = False
@@ -233,11 +273,20 @@ class DiffusionModel(torch.nn.Module):
 
     def pipeline(self):
         """A stock diffusers pipeline over these very modules (no copy): what users get after reloading."""
-        parts = dict(vae=self.vae, text_encoder=self.text_encoders[0], tokenizer=self.tokenizers.tokenizers[0],
-                     unet=self.unet, scheduler=self.sampler)
+        parts = dict(
+            vae=self.vae,
+            text_encoder=self.text_encoders[0],
+            tokenizer=self.tokenizers.tokenizers[0],
+            unet=self.unet,
+            scheduler=self.sampler,
+        )
         if self.xl:
-            parts.update(text_encoder_2=self.text_encoders[1], tokenizer_2=self.tokenizers.tokenizers[1],
-                         force_zeros_for_empty_prompt=self.info["force_zeros_for_empty_prompt"], add_watermarker=False)
+            parts.update(
+                text_encoder_2=self.text_encoders[1],
+                tokenizer_2=self.tokenizers.tokenizers[1],
+                force_zeros_for_empty_prompt=self.info["force_zeros_for_empty_prompt"],
+                add_watermarker=False,
+            )
         else:
             parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         pipe = self.pipeline_class()(**parts)
@@ -275,7 +324,9 @@ class DiffusionModel(torch.nn.Module):
                 generator = torch.Generator().manual_seed(int(seed)) if seed >= 0 else None
                 eps.append(torch.randn(mean.shape[1:], generator=generator))
                 noise.append(torch.randn(mean.shape[1:], generator=generator))
-                timesteps.append(int((k + 0.5) * steps / EVAL_TIMESTEPS) if k >= 0 else int(torch.randint(0, steps, (1,))))
+                timesteps.append(
+                    int((k + 0.5) * steps / EVAL_TIMESTEPS) if k >= 0 else int(torch.randint(0, steps, (1,)))
+                )
             device = mean.device
             eps, noise = torch.stack(eps).to(device), torch.stack(noise).to(device)
             timesteps = torch.tensor(timesteps, dtype=torch.long, device=device)
@@ -295,7 +346,9 @@ class DiffusionModel(torch.nn.Module):
                 raise TunesmithError(f"unknown prediction_type {kind!r} in the scheduler config", where="model.name")
             embeddings, pooled = self._prompt_embeddings(input_ids, input_ids_2)
         dtype = self.unet.dtype
-        extra = {"added_cond_kwargs": {"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}} if self.xl else {}
+        extra = (
+            {"added_cond_kwargs": {"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}} if self.xl else {}
+        )
         prediction = self.unet(noisy.to(dtype), timesteps, embeddings.to(dtype), return_dict=False, **extra)[0]
         return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
 
@@ -307,16 +360,16 @@ def _device() -> torch.device:
 def load(config, resolved, meta: dict, weights=None) -> DiffusionModel:
     """The pipeline's parts with config.method applied (weights=None), or a finished run's model: the base
     plus its saved LoRA, or the whole pipeline a full run saved."""
+    require("diffusers", "diffusion", "text-to-image")
     import diffusers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     from tunesmith.models.load import weights_dtype
     from tunesmith.models.resolve import ResolvedModel
-
     from tunesmith.models.safe_load import check_folder, explain_missing_safetensors, load_kwargs, refused_pickle
 
-    lora = config.method.name == "lora"
+    lora = get_method(config.method.name).saves_adapter
     if weights is not None and not lora:
         resolved = ResolvedModel(str(weights), None, "local", str(weights))
     allow_pickle = config.model.allow_pickle
@@ -334,19 +387,29 @@ def load(config, resolved, meta: dict, weights=None) -> DiffusionModel:
     try:
         unet = UNet2DConditionModel.from_pretrained(resolved.path, subfolder="unet", torch_dtype=dtype, **hub, **safe)
         vae = AutoencoderKL.from_pretrained(resolved.path, subfolder="vae", torch_dtype=vae_dtype, **hub, **safe)
-        encoders = [CLIPTextModel.from_pretrained(resolved.path, subfolder="text_encoder", dtype=dtype, **hub, **safe_encoders)]
+        encoders: list[CLIPTextModel | CLIPTextModelWithProjection] = [
+            CLIPTextModel.from_pretrained(resolved.path, subfolder="text_encoder", dtype=dtype, **hub, **safe_encoders)
+        ]
         if xl:
-            encoders.append(CLIPTextModelWithProjection.from_pretrained(resolved.path, subfolder="text_encoder_2", dtype=dtype,
-                                                                        **hub, **safe_encoders))
+            encoders.append(
+                CLIPTextModelWithProjection.from_pretrained(
+                    resolved.path, subfolder="text_encoder_2", dtype=dtype, **hub, **safe_encoders
+                )
+            )
         # Training noise comes from DDPM's schedule (the recipes' choice); sampling uses the pipeline's own scheduler.
         noise_scheduler = DDPMScheduler.from_pretrained(resolved.path, subfolder="scheduler", **hub)
-        sampler = getattr(diffusers, meta["scheduler"], DDPMScheduler).from_pretrained(resolved.path, subfolder="scheduler", **hub)
+        sampler = getattr(diffusers, meta["scheduler"], DDPMScheduler).from_pretrained(
+            resolved.path, subfolder="scheduler", **hub
+        )
     except pickle.UnpicklingError as exc:  # an allowed pickle that holds more than tensors
         raise refused_pickle(exc, "model.name") from None
     except (OSError, ValueError) as exc:
-        raise TunesmithError(f"cannot load the pipeline from {resolved.path}: {exc}", where="model.name",
-                             fix=explain_missing_safetensors(exc, allow_pickle)
-                             or "check the path or hub id (a diffusers pipeline with unet/, vae/, text_encoder/)") from None
+        raise TunesmithError(
+            f"cannot load the pipeline from {resolved.path}: {exc}",
+            where="model.name",
+            fix=explain_missing_safetensors(exc, allow_pickle)
+            or "check the path or hub id (a diffusers pipeline with unet/, vae/, text_encoder/)",
+        ) from None
     model = DiffusionModel(meta, unet, vae, encoders, load_tokenizers(resolved, config.model), noise_scheduler, sampler)
     if weights is None:
         model.make_trainable(config.method, uses_gradient_checkpointing(config))
@@ -378,8 +441,13 @@ def generate(model: DiffusionModel, prompts: list[str], seeds: list[int], config
     images = []
     for start in range(0, len(prompts), config.eval.batch_size):
         chunk = slice(start, start + config.eval.batch_size)
-        images += pipe(prompt=prompts[chunk], generator=[torch.Generator().manual_seed(int(s)) for s in seeds[chunk]],
-                       num_inference_steps=config.eval.num_inference_steps, guidance_scale=config.eval.guidance_scale,
-                       height=size, width=size).images
+        images += pipe(
+            prompt=prompts[chunk],
+            generator=[torch.Generator().manual_seed(int(s)) for s in seeds[chunk]],
+            num_inference_steps=config.eval.num_inference_steps,
+            guidance_scale=config.eval.guidance_scale,
+            height=size,
+            width=size,
+        ).images
     model.train(was_training)
     return images

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from tunesmith.errors import TunesmithError
+from tunesmith.methods import get_method
 from tunesmith.models.resolve import ResolvedModel
 
 
@@ -23,8 +24,11 @@ def load_tokenizer(resolved: ResolvedModel, model_cfg):
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved.path, **_pretrained_kwargs(resolved, model_cfg))
     except (OSError, ValueError) as exc:
-        raise TunesmithError(f"cannot load a tokenizer from {resolved.path}: {exc}", where="model.name",
-                             fix="point model.name at a directory with tokenizer files") from None
+        raise TunesmithError(
+            f"cannot load a tokenizer from {resolved.path}: {exc}",
+            where="model.name",
+            fix="point model.name at a directory with tokenizer files",
+        ) from None
     if tokenizer.pad_token_id is None:
         # Padding positions carry no loss and are masked from attention, so any id works; EOS is standard.
         tokenizer.pad_token = tokenizer.eos_token
@@ -35,7 +39,7 @@ def weights_dtype(model_cfg, method_name: str) -> torch.dtype:
     """fp32 master weights wherever they train; a frozen base may live in bf16 on GPUs that have it."""
     if model_cfg.dtype != "auto":
         return getattr(torch, model_cfg.dtype)
-    frozen_base = method_name in ("lora", "qlora")
+    frozen_base = not get_method(method_name).footprint.trains_base
     if frozen_base and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
@@ -60,6 +64,9 @@ def load_model(resolved: ResolvedModel, model_cfg, model_class, *, method_name: 
         with unpickling("model.name"):
             return model_class.from_pretrained(resolved.path, **kwargs)
     except (OSError, ValueError, ImportError) as exc:
-        raise TunesmithError(f"cannot load the model from {resolved.path}: {exc}", where="model.name",
-                             fix=explain_missing_safetensors(exc, model_cfg.allow_pickle)
-                             or "check the path or hub id; for attention errors set model.attn_implementation: eager") from None
+        raise TunesmithError(
+            f"cannot load the model from {resolved.path}: {exc}",
+            where="model.name",
+            fix=explain_missing_safetensors(exc, model_cfg.allow_pickle)
+            or "check the path or hub id; for attention errors set model.attn_implementation: eager",
+        ) from None

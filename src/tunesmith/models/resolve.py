@@ -46,10 +46,14 @@ def resolve_model(reference: str, gguf_file: str | None = None) -> ResolvedModel
 
         pickled = path.suffix.lower() in PICKLE_SUFFIXES
         raise TunesmithError(
-            f"{reference} is " + ("a pickle checkpoint (it can run code when loaded)" if pickled else "a file")
-            + ", not a model folder", where="model.name",
+            f"{reference} is "
+            + ("a pickle checkpoint (it can run code when loaded)" if pickled else "a file")
+            + ", not a model folder",
+            where="model.name",
             fix="point model.name at the model's folder (config.json + model.safetensors), a .gguf file, a hub id or a "
-                "starter" + ("; convert the checkpoint once with save_pretrained(dir, safe_serialization=True)" if pickled else ""))
+            "starter"
+            + ("; convert the checkpoint once with save_pretrained(dir, safe_serialization=True)" if pickled else ""),
+        )
     if path.is_dir():
         # A diffusers pipeline folder (text-to-image) has model_index.json and one config per component.
         if gguf_file is None and not (path / "config.json").exists() and not (path / "model_index.json").exists():

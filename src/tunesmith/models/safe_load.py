@@ -28,17 +28,23 @@ _NOT_WEIGHTS = ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.
 
 def _weight_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     # The folder and one level below: diffusers pipelines keep each component in a subfolder.
-    found = [p for pattern in ("*", "*/*") for p in folder.glob(pattern)
-             if p.is_file() and p.suffix.lower() in suffixes and p.name not in _NOT_WEIGHTS]
+    found = [
+        p
+        for pattern in ("*", "*/*")
+        for p in folder.glob(pattern)
+        if p.is_file() and p.suffix.lower() in suffixes and p.name not in _NOT_WEIGHTS
+    ]
     return sorted(found)
 
 
 def pickle_error(path: Path | str, where: str) -> TunesmithError:
     return TunesmithError(
         f"{path} is a pickle file, which can run arbitrary code when it is loaded; tunesmith loads safetensors "
-        "weights only unless told otherwise", where=where,
+        "weights only unless told otherwise",
+        where=where,
         fix="convert it once where you trust it (model.save_pretrained(dir, safe_serialization=True)), or pass "
-            "--allow-pickle (model.allow_pickle: true) to load it with torch.load(weights_only=True)")
+        "--allow-pickle (model.allow_pickle: true) to load it with torch.load(weights_only=True)",
+    )
 
 
 def check_folder(folder: str | Path, allow_pickle: bool, where: str = "model.name") -> None:
@@ -72,9 +78,11 @@ def explain_missing_safetensors(exc: Exception, allow_pickle: bool) -> str | Non
     text = str(exc)
     if allow_pickle or "safetensors" not in text:
         return None
-    return ("the model has no safetensors weights, only pickle files, which tunesmith does not load by default; pass "
-            "--allow-pickle (model.allow_pickle: true) to load them with torch.load(weights_only=True), or use a "
-            "safetensors copy of the model")
+    return (
+        "the model has no safetensors weights, only pickle files, which tunesmith does not load by default; pass "
+        "--allow-pickle (model.allow_pickle: true) to load them with torch.load(weights_only=True), or use a "
+        "safetensors copy of the model"
+    )
 
 
 def refused_pickle(exc: pickle.UnpicklingError, where: str) -> TunesmithError:
@@ -85,7 +93,8 @@ def refused_pickle(exc: pickle.UnpicklingError, where: str) -> TunesmithError:
         f"a pickle file holds more than tensors, so torch.load(weights_only=True) refused it ({first[:200]})",
         where=where,
         fix="get these weights as safetensors from a source you trust; tunesmith never unpickles with "
-            "weights_only=False, since such a file can run code")
+        "weights_only=False, since such a file can run code",
+    )
 
 
 @contextlib.contextmanager

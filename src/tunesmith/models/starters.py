@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +105,7 @@ def starter_directory(starter: StarterModel) -> Path:
     target = cache_root() / "models" / starter.name
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
+    convert: Callable[[Path, Path], None]
     if starter.build:
         convert = BUILDERS[starter.build]
     else:
@@ -122,9 +124,16 @@ def starter_directory(starter: StarterModel) -> Path:
 def efficientnet_lite0_config(num_labels: int = 1000):
     from transformers import EfficientNetConfig
 
-    return EfficientNetConfig(
-        image_size=224, width_coefficient=1.0, depth_coefficient=1.0, hidden_dim=1280, hidden_act="relu6",
-        dropout_rate=0.2, drop_connect_rate=0.2, num_labels=num_labels,
+    # num_labels goes to the base config through **kwargs, which the @strict dataclass signature does not show.
+    return EfficientNetConfig(  # type: ignore[call-arg]
+        image_size=224,
+        width_coefficient=1.0,
+        depth_coefficient=1.0,
+        hidden_dim=1280,
+        hidden_act="relu6",
+        dropout_rate=0.2,
+        drop_connect_rate=0.2,
+        num_labels=num_labels,
         # PyTorch's BatchNorm momentum is 1 - Keras's: transformers' default 0.99 (Keras' value) would
         # replace the pretrained running statistics by those of each fine-tuning batch.
         batch_norm_momentum=0.01,
@@ -135,11 +144,21 @@ def efficientnet_lite_state_dict(source: dict, model) -> dict:
     """lukemelas/EfficientNet-PyTorch keys -> transformers EfficientNetForImageClassification keys."""
     import torch
 
-    names = {"_conv_stem": "efficientnet.embeddings.convolution", "_bn0": "efficientnet.embeddings.batchnorm",
-             "_conv_head": "efficientnet.encoder.top_conv", "_bn1": "efficientnet.encoder.top_bn", "_fc": "classifier"}
-    block_names = {"_expand_conv": "expansion.expand_conv", "_bn0": "expansion.expand_bn",
-                   "_depthwise_conv": "depthwise_conv.depthwise_conv", "_bn1": "depthwise_conv.depthwise_norm",
-                   "_project_conv": "projection.project_conv", "_bn2": "projection.project_bn"}
+    names = {
+        "_conv_stem": "efficientnet.embeddings.convolution",
+        "_bn0": "efficientnet.embeddings.batchnorm",
+        "_conv_head": "efficientnet.encoder.top_conv",
+        "_bn1": "efficientnet.encoder.top_bn",
+        "_fc": "classifier",
+    }
+    block_names = {
+        "_expand_conv": "expansion.expand_conv",
+        "_bn0": "expansion.expand_bn",
+        "_depthwise_conv": "depthwise_conv.depthwise_conv",
+        "_bn1": "depthwise_conv.depthwise_norm",
+        "_project_conv": "projection.project_conv",
+        "_bn2": "projection.project_bn",
+    }
     out = {}
     for key, value in source.items():
         parts = key.split(".")
@@ -164,7 +183,9 @@ def _convert_efficientnet_lite(pth_path: Path, target: Path) -> None:
     model.eval()
     # TF-Lite preprocessing of these weights: (pixel - 127.5) / 127.5 (mean 0.5, std 0.5 after rescale);
     # a plain resize to 224 (no crop), bilinear.
-    processor = ViTImageProcessor(size={"height": 224, "width": 224}, resample=2, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = ViTImageProcessor(
+        size={"height": 224, "width": 224}, resample=2, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
     with atomic_directory(target) as staging:  # an interrupted conversion never looks complete
         model.save_pretrained(staging, safe_serialization=True)
         processor.save_pretrained(staging)

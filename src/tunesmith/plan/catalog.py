@@ -12,12 +12,15 @@ import difflib
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunesmith.errors import TunesmithError
+
+if TYPE_CHECKING:
+    from tunesmith.models.starters import StarterModel
 
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
 
@@ -50,7 +53,7 @@ class Entry(BaseModel):
     config: dict[str, Any]
 
     @model_validator(mode="after")
-    def _config_has_type(self) -> "Entry":
+    def _config_has_type(self) -> Entry:
         if "model_type" not in self.config:
             raise ValueError(f"{self.id}: config needs model_type")
         return self
@@ -63,7 +66,7 @@ class Catalog(BaseModel):
     models: list[Entry] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Catalog":
+    def _consistent(self) -> Catalog:
         seen: set[str] = set()
         for entry in self.models:
             for key in (entry.id.lower(), entry.name):
@@ -131,17 +134,19 @@ def load_catalog(path: str | Path = CATALOG_PATH) -> Catalog:
 # Model reference -> config dict
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise TunesmithError(f"cannot read model config: {exc}", where=str(path), fix="point at a valid config.json") from None
+        raise TunesmithError(
+            f"cannot read model config: {exc}", where=str(path), fix="point at a valid config.json"
+        ) from None
     if not isinstance(data, dict):
         raise TunesmithError("config.json must hold a JSON object", where=str(path))
     return data
 
 
-def _hub_config(reference: str, tried: list[str]) -> dict:
+def _hub_config(reference: str, tried: list[str]) -> dict[str, Any]:
     """config.json of a hub model, downloaded alone (no weights). Fails fast when the hub is unreachable."""
     from tunesmith.models.resolve import hub_reachable
 
@@ -150,8 +155,10 @@ def _hub_config(reference: str, tried: list[str]) -> dict:
         raise TunesmithError(
             f"cannot read the config of {reference!r}: tried " + "; ".join(tried),
             where="model",
-            fix=(f"on a machine with network run `huggingface-cli download {reference} config.json --local-dir x`, "
-                 "then pass the folder or x/config.json; or use a catalog model"),
+            fix=(
+                f"on a machine with network run `huggingface-cli download {reference} config.json --local-dir x`, "
+                "then pass the folder or x/config.json; or use a catalog model"
+            ),
         )
     try:
         from huggingface_hub import hf_hub_download
@@ -168,7 +175,7 @@ def _hub_config(reference: str, tried: list[str]) -> dict:
         ) from None
 
 
-def _starter_config(starter) -> Path | None:
+def _starter_config(starter: StarterModel) -> Path | None:
     """config.json of a starter without converting it: the packaged folder, or the converted cache."""
     import importlib.util
 
@@ -180,7 +187,7 @@ def _starter_config(starter) -> Path | None:
     return next((f / "config.json" for f in folders if (f / "config.json").is_file()), None)
 
 
-def model_config(reference: str | dict | Entry) -> tuple[str, dict, Entry | None]:
+def model_config(reference: str | dict[str, Any] | Entry) -> tuple[str, dict[str, Any], Entry | None]:
     """(display name, config dict, catalog entry or None) for a reference, without loading weights.
 
     Tried in order: a config dict or catalog entry as given; a config.json file; a model directory;
@@ -193,13 +200,19 @@ def model_config(reference: str | dict | Entry) -> tuple[str, dict, Entry | None
     path = Path(reference).expanduser()
     if path.is_file():
         if path.suffix == ".gguf":
-            raise TunesmithError("a .gguf file holds no config.json the planner can read", where=str(path),
-                                 fix="pass the matching catalog name or the hub model's config.json")
+            raise TunesmithError(
+                "a .gguf file holds no config.json the planner can read",
+                where=str(path),
+                fix="pass the matching catalog name or the hub model's config.json",
+            )
         return path.parent.name if path.name == "config.json" else path.name, _read_json(path), None
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise TunesmithError(f"{path} has no config.json", where=str(path),
-                                 fix="point at a Hugging Face model folder, or name the catalog model it copies")
+            raise TunesmithError(
+                f"{path} has no config.json",
+                where=str(path),
+                fix="point at a Hugging Face model folder, or name the catalog model it copies",
+            )
         return path.name, _read_json(path / "config.json"), None
 
     catalog = load_catalog()

@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.errors import TunesmithError
+from tunesmith.methods import DEFAULT_METHOD, METHODS, by_quality, get_method, methods_for
 from tunesmith.plan.estimate import (
     ATTENTION,
     DTYPES,
-    METHODS,
     OPTIMIZERS,
     PRECISIONS,
     Estimate,
@@ -22,7 +23,29 @@ from tunesmith.plan.estimate import (
     human_bytes,
     human_count,
     human_duration,
+    run_settings,
 )
+from tunesmith.taskcards import TASKS
+
+if TYPE_CHECKING:
+    from rich.console import Console, JustifyMethod
+
+    from tunesmith.plan.recommend import Recommendation
+
+# The estimator's model families and the model kinds tasks train on them (taskcards.py, methods/base.py).
+_FAMILY_KINDS = {
+    "decoder": "causal-lm",
+    "encoder": "classifier",
+    "seq2seq": "seq2seq",
+    "vision": "vision",
+    "cnn": "vision",
+}
+
+
+def methods_for_family(family: str) -> list[str]:
+    """Registered methods for a model family, best quality first."""
+    return by_quality(methods_for(_FAMILY_KINDS.get(family, "causal-lm")))
+
 
 # ---------------------------------------------------------------------------------------------------
 # Value parsers
@@ -35,7 +58,9 @@ def parse_duration(text: str) -> float:
         return float(cleaned)
     parts = re.findall(r"(\d+(?:\.\d+)?)(d|h|m|min|s)", cleaned)
     if not parts or "".join(n + u for n, u in parts) != cleaned:
-        raise TunesmithError(f"cannot read the duration {text!r}", where="--budget", fix="write e.g. 30m, 2h, 1.5h or 1h30m")
+        raise TunesmithError(
+            f"cannot read the duration {text!r}", where="--budget", fix="write e.g. 30m, 2h, 1.5h or 1h30m"
+        )
     per_hour = {"d": 24, "h": 1, "m": 1 / 60, "min": 1 / 60, "s": 1 / 3600}
     return sum(float(n) * per_hour[u] for n, u in parts)
 
@@ -44,7 +69,9 @@ def parse_cost(text: str) -> float:
     """'20usd', '$20', '20 USD', '12.5' -> US dollars."""
     match = re.fullmatch(r"\$?\s*(\d+(?:\.\d+)?)\s*(usd|\$)?", text.strip().lower())
     if not match:
-        raise TunesmithError(f"cannot read the cost {text!r}", where="--max-cost", fix="write e.g. 20usd or $20 (US dollars)")
+        raise TunesmithError(
+            f"cannot read the cost {text!r}", where="--max-cost", fix="write e.g. 20usd or $20 (US dollars)"
+        )
     return float(match.group(1))
 
 
@@ -56,7 +83,7 @@ def parse_count(text: str) -> int:
     return int(float(match.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9}[match.group(2)])
 
 
-def _console():
+def _console() -> Console:
     from rich.console import Console
 
     console = Console()
@@ -68,38 +95,54 @@ def _console():
 # estimate
 
 
-def _from_run_config(path: str) -> dict:
-    """Settings of a run YAML as estimate() arguments, so `tunesmith estimate run.yaml` sizes that run."""
+def _from_run_config(path: str) -> dict[str, Any]:
+    """Settings of a run YAML as estimate() arguments (plan/estimate.py run_settings, the mapping the
+    pre-flight check uses), so `tunesmith estimate run.yaml` sizes that run."""
     from tunesmith.config import load_config
 
     cfg = load_config(path)
-    dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype, "auto")
-    settings = {
-        "model": cfg.model.name, "method": cfg.method.name, "seq_len": cfg.data.max_length,
-        "batch": cfg.train.batch_size, "grad_checkpointing": cfg.train.gradient_checkpointing is True,  # as preflight sizes it (plan/preflight.py)
-        "lora_r": cfg.method.r, "lora_targets": cfg.method.target_modules, "dtype": dtype,
-        # auto: transformers picks sdpa where the model supports it, which is what the estimate should assume
-        "attention": {"flash_attention_2": "flash", "auto": "sdpa"}.get(cfg.model.attn_implementation, cfg.model.attn_implementation),
-        "precision": cfg.train.precision, "freeze_train_top": cfg.method.freeze_train_top,
-        "double_quant": cfg.method.double_quant, "loss_chunk_tokens": cfg.train.loss_chunk_tokens,
-    }
+    settings = {"model": cfg.model.name, **run_settings(cfg)}
     if cfg.data.train and Path(cfg.data.train).exists():
         settings["data"] = cfg.data.train
     return settings
 
 
-def cmd_estimate(args) -> Estimate:
-    settings = {"method": "lora", "seq_len": 1024, "batch": 8, "grad_checkpointing": False, "lora_r": 8,
-                "lora_targets": "all-linear", "attention": "sdpa", "precision": "auto", "dtype": "auto"}
+def cmd_estimate(args: argparse.Namespace) -> Estimate:
+    settings: dict[str, Any] = {
+        "method": DEFAULT_METHOD,
+        "seq_len": 1024,
+        "batch": 8,
+        "grad_checkpointing": False,
+        "attention": "sdpa",
+        "precision": "auto",
+        "dtype": "auto",
+    }
     model = args.model
     if str(model).endswith((".yaml", ".yml")):
         settings.update(_from_run_config(model))
         model = settings.pop("model")
     data = settings.pop("data", None)
-    for key in ("method", "seq_len", "batch", "grad_checkpointing", "lora_r", "lora_targets", "attention", "precision"):
+    for key in (
+        "method",
+        "seq_len",
+        "batch",
+        "grad_checkpointing",
+        "lora_r",
+        "lora_targets",
+        "attention",
+        "precision",
+        "optimizer",
+    ):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
+    if not isinstance(settings["method"], str):  # a run YAML's method config: the flags change its copy
+        method = settings["method"]
+        flags = {"r": args.lora_r, "target_modules": args.lora_targets}
+        updates = {k: v for k, v in flags.items() if v is not None and k in type(method).model_fields}
+        if isinstance(updates.get("target_modules"), str) and updates["target_modules"] != "all-linear":
+            updates["target_modules"] = [t.strip() for t in updates["target_modules"].split(",") if t.strip()]
+        settings["method"] = type(method).model_validate({**method.model_dump(), **updates})
     if args.dtype != "auto":
         settings["dtype"] = args.dtype
     epoch_tokens = parse_count(args.tokens) if args.tokens else None
@@ -108,10 +151,16 @@ def cmd_estimate(args) -> Estimate:
 
         epoch_tokens = data_stats(data).epoch_tokens(settings["seq_len"])
     result = estimate(
-        model, hardware=args.hardware, gpus=args.gpus, zero=args.zero, fsdp=args.fsdp, optimizer=args.optimizer,
-        target_len=args.target_len, epoch_tokens=epoch_tokens,
+        model,
+        hardware=args.hardware,
+        gpus=args.gpus,
+        zero=args.zero,
+        fsdp=args.fsdp,
+        target_len=args.target_len,
+        epoch_tokens=epoch_tokens,
         epoch_examples=parse_count(args.examples) if args.examples else None,
-        price_per_hour=parse_cost(args.price) if args.price else None, **settings,
+        price_per_hour=parse_cost(args.price) if args.price else None,
+        **settings,
     )
     print_estimate(result)
     return result
@@ -124,10 +173,10 @@ def _fixes(est: Estimate) -> list[str]:
         fixes.append(f"--batch {est.max_batch}")
     if not est.grad_checkpointing and est.breakdown.get("activations", 0) > 0.2 * est.total_bytes:
         fixes.append("--grad-checkpointing")
-    if est.method in ("full", "freeze"):
-        fixes.append("--method lora")
-    elif est.method == "lora":
-        fixes.append("--method qlora")
+    quality = get_method(est.method).recommend.quality
+    cheaper = [name for name in methods_for_family(est.family) if get_method(name).recommend.quality < quality]
+    if cheaper:
+        fixes.append(f"--method {cheaper[0]}")
     if est.optimizer == "adamw" and est.breakdown.get("optimizer", 0) > 0.2 * est.total_bytes:
         fixes.append("--optimizer adamw8bit")
     if est.gpus == 1:
@@ -139,11 +188,13 @@ def print_estimate(est: Estimate) -> None:
     from rich.table import Table
 
     console = _console()
-    setup = (f"{est.model} ({est.model_type}, {human_count(est.parameters)} params) | {est.method}, "
-             f"{human_count(est.trainable_parameters)} trainable | {est.precision} compute, {est.weight_dtype} weights | "
-             f"seq {est.seq_len}{f' -> {est.target_len}' if est.target_len else ''}, batch {est.batch}"
-             f"{', checkpointing' if est.grad_checkpointing else ''} | {est.attention}, {est.optimizer} | "
-             f"{est.gpus} x {est.hardware.name}{f', ZeRO-{est.zero_stage}' if est.zero_stage else ''}")
+    setup = (
+        f"{est.model} ({est.model_type}, {human_count(est.parameters)} params) | {est.method}, "
+        f"{human_count(est.trainable_parameters)} trainable | {est.precision} compute, {est.weight_dtype} weights | "
+        f"seq {est.seq_len}{f' -> {est.target_len}' if est.target_len else ''}, batch {est.batch}"
+        f"{', checkpointing' if est.grad_checkpointing else ''} | {est.attention}, {est.optimizer} | "
+        f"{est.gpus} x {est.hardware.name}{f', ZeRO-{est.zero_stage}' if est.zero_stage else ''}"
+    )
     table = Table(title="Memory per device", title_justify="left")
     table.add_column("component")
     table.add_column("GiB", justify="right")
@@ -168,59 +219,87 @@ def print_estimate(est: Estimate) -> None:
     if est.seconds_per_epoch is not None:
         summary.add_row("time per epoch", human_duration(est.seconds_per_epoch))
     else:
-        summary.add_row("time per 1M tokens" if est.tokens_per_second else "time per 10k examples",
-                        human_duration(est.seconds_for_tokens(1e6 if est.tokens_per_second else 1e4)))
+        summary.add_row(
+            "time per 1M tokens" if est.tokens_per_second else "time per 10k examples",
+            human_duration(est.seconds_for_tokens(1e6 if est.tokens_per_second else 1e4)),
+        )
     if est.cost_per_epoch_usd is not None:
         summary.add_row("cost per epoch", f"${est.cost_per_epoch_usd:,.2f}")
     console.print(summary)
     for note in est.notes:
         console.print(f"note: {note}", soft_wrap=True)
     if not est.fits:
-        console.print(f"[red]does not fit[/]: {human_bytes(est.total_bytes)} > {human_bytes(est.device_bytes)}; "
-                      f"try {', or '.join(_fixes(est))}", soft_wrap=True)
+        console.print(
+            f"[red]does not fit[/]: {human_bytes(est.total_bytes)} > {human_bytes(est.device_bytes)}; "
+            f"try {', or '.join(_fixes(est))}",
+            soft_wrap=True,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
 # recommend
 
 
-def cmd_recommend(args):
+def cmd_recommend(args: argparse.Namespace) -> list[Recommendation]:
     from tunesmith.plan.recommend import recommend, write_config
 
     recs = recommend(
-        args.task, language=args.language, domain=args.domain, hardware=args.hardware, data_path=args.data,
+        args.task,
+        language=args.language,
+        domain=args.domain,
+        hardware=args.hardware,
+        data_path=args.data,
         budget_hours=parse_duration(args.budget) if args.budget else None,
-        max_cost_usd=parse_cost(args.max_cost) if args.max_cost else None, top=args.top,
+        max_cost_usd=parse_cost(args.max_cost) if args.max_cost else None,
+        top=args.top,
         tokens=parse_count(args.tokens) if args.tokens else None,
         price_per_hour=parse_cost(args.price) if args.price else None,
+        method=args.method,
     )
     if args.write and Path(args.write).exists():
         raise TunesmithError(f"{args.write} exists", where="--write", fix="choose another file name or delete it first")
     print_recommendations(recs)
     if args.write:
         path = write_config(recs[0], args.write)
-        _console().print(f"wrote {path} for {recs[0].entry.id}: check it with `tunesmith validate {path}`", soft_wrap=True)
+        _console().print(
+            f"wrote {path} for {recs[0].entry.id}: check it with `tunesmith validate {path}`", soft_wrap=True
+        )
     return recs
 
 
-def print_recommendations(recs) -> None:
+def print_recommendations(recs: list[Recommendation]) -> None:
     from rich.table import Table
 
     console = _console()
     first = recs[0]
     basis = first.time_basis
     table = Table(title=f"{first.task} on {first.hardware.name}", title_justify="left")
-    for column, justify in (("#", "right"), ("model", "left"), ("params", "right"), ("method", "left"),
-                            ("batch x accum", "right"), ("seq", "right"), ("memory", "right"),
-                            (f"time / {basis}", "right"), ("cost", "right"), ("score", "right")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("#", "right"),
+        ("model", "left"),
+        ("params", "right"),
+        ("method", "left"),
+        ("batch x accum", "right"),
+        ("seq", "right"),
+        ("memory", "right"),
+        (f"time / {basis}", "right"),
+        ("cost", "right"),
+        ("score", "right"),
+    )
+    for column, justify in columns:
         table.add_column(column, justify=justify, overflow="fold")
     for i, rec in enumerate(recs, 1):
         table.add_row(
-            str(i), rec.entry.name, human_count(rec.entry.parameters),
+            str(i),
+            rec.entry.name,
+            human_count(rec.entry.parameters),
             rec.method + (f" r{rec.lora_r}" if rec.lora_r else "") + (" +ckpt" if rec.grad_checkpointing else ""),
-            f"{rec.batch} x {rec.grad_accum}", "-" if rec.task in ("image-classification", "image-segmentation", "text-to-image") else str(rec.seq_len),
-            human_bytes(rec.memory_bytes), human_duration(rec.hours_per_epoch * 3600) if rec.hours_per_epoch is not None else "-",
-            f"${rec.cost_usd:,.2f}" if rec.cost_usd is not None else "-", f"{rec.score:.1f}",
+            f"{rec.batch} x {rec.grad_accum}",
+            "-" if TASKS[rec.task].images else str(rec.seq_len),
+            human_bytes(rec.memory_bytes),
+            human_duration(rec.hours_per_epoch * 3600) if rec.hours_per_epoch is not None else "-",
+            f"${rec.cost_usd:,.2f}" if rec.cost_usd is not None else "-",
+            f"{rec.score:.1f}",
         )
     console.print(table)
     for i, rec in enumerate(recs, 1):
@@ -232,33 +311,45 @@ def print_recommendations(recs) -> None:
         for why in first.excluded:
             console.print(f"  - {why}", soft_wrap=True, markup=False)
     if basis != "epoch":
-        console.print(f"\ntimes are per {basis}: give --data (or --tokens) for per-epoch time, cost and budget checks",
-                      soft_wrap=True)
+        console.print(
+            f"\ntimes are per {basis}: give --data (or --tokens) for per-epoch time, cost and budget checks",
+            soft_wrap=True,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
 # Registration
 
 
-def add_commands(subparsers) -> None:
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `estimate` and `recommend` to the main CLI's subparsers."""
     p = subparsers.add_parser(
-        "estimate", help="memory, fit, largest batch, tokens/s and epoch time of a fine-tuning setup",
-        description="Estimate a fine-tuning run from the model's config alone (no weights are loaded).")
-    p.add_argument("model", help="catalog name or hub id, model folder, config.json, or a run YAML (its settings are the defaults)")
-    p.add_argument("--method", choices=METHODS, help="full, freeze, lora or qlora (default lora)")
+        "estimate",
+        help="memory, fit, largest batch, tokens/s and epoch time of a fine-tuning setup",
+        description="Estimate a fine-tuning run from the model's config alone (no weights are loaded).",
+    )
+    p.add_argument(
+        "model", help="catalog name or hub id, model folder, config.json, or a run YAML (its settings are the defaults)"
+    )
+    p.add_argument("--method", choices=list(METHODS), help=f"{', '.join(METHODS)} (default {DEFAULT_METHOD})")
     p.add_argument("--seq-len", type=int, help="tokens per example (default 1024; seq2seq: source length)")
     p.add_argument("--target-len", type=int, help="seq2seq target tokens (default seq-len/4)")
     p.add_argument("--batch", type=int, help="examples per device per step (default 8)")
     p.add_argument("--grad-checkpointing", action="store_true", default=None, help="recompute activations in backward")
-    p.add_argument("--hardware", default="auto", help="A100-40GB, H100-80GB, L4, T4, RTX4090, M3-Max, cpu, ... (auto: this machine)")
+    p.add_argument(
+        "--hardware",
+        default="auto",
+        help="A100-40GB, H100-80GB, L4, T4, RTX4090, M3-Max, cpu, ... (auto: this machine)",
+    )
     p.add_argument("--gpus", type=int, default=1, help="data-parallel devices")
     shard = p.add_mutually_exclusive_group()
     shard.add_argument("--zero", type=int, choices=[0, 1, 2, 3], help="DeepSpeed ZeRO stage")
     shard.add_argument("--fsdp", action="store_true", help="FSDP full sharding (like ZeRO-3)")
     p.add_argument("--lora-r", type=int, help="LoRA rank (default 8)")
     p.add_argument("--lora-targets", help="all-linear (default) or names, e.g. q_proj,v_proj")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    p.add_argument(
+        "--optimizer", choices=OPTIMIZERS, help="adamw (default), or bitsandbytes' 8-bit states (train.optimizer)"
+    )
     p.add_argument("--attention", choices=ATTENTION, help="sdpa (default), flash, or eager (keeps the S x S scores)")
     p.add_argument("--dtype", choices=DTYPES, default="auto", help="weight storage dtype (auto: as tunesmith loads it)")
     p.add_argument("--precision", choices=PRECISIONS, help="compute precision (auto: bf16 where supported)")
@@ -268,10 +359,12 @@ def add_commands(subparsers) -> None:
     p.set_defaults(func=cmd_estimate)
 
     p = subparsers.add_parser(
-        "recommend", help="rank catalog models for a task and hardware, with method, settings and reasons",
-        description="Choose a base model and method before spending compute.")
-    p.add_argument("--task", required=True, help="chat, text-classification, token-classification, summarization, "
-                   "reranking, continued-pretraining, image-classification, image-segmentation, text-to-image")
+        "recommend",
+        help="rank catalog models for a task and hardware, with method, settings and reasons",
+        description="Choose a base model and method before spending compute.",
+    )
+    p.add_argument("--task", required=True, choices=list(TASKS), help="the task to train (taskcards.py)")
+    p.add_argument("--method", choices=list(METHODS), help="consider only this method (default: the best that fits)")
     p.add_argument("--language", default="en", help="ISO 639-1 code of your data's language (default en)")
     p.add_argument("--domain", help="e.g. legal, finance, biomedical, news")
     p.add_argument("--hardware", default="auto", help="hardware profile (auto: this machine)")

@@ -14,24 +14,24 @@ quantise to fp32. Every formula is documented, with its source, in docs/planner.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tunesmith.errors import TunesmithError
+from tunesmith.methods import DEFAULT_METHOD, METHODS, get_method
+from tunesmith.methods.base import MethodModule, MethodSettings
+from tunesmith.methods.lora import adapter_parameters
 from tunesmith.plan.catalog import Entry, model_config
-from tunesmith.plan.hardware import GiB, MiB, Hardware, get_hardware
+from tunesmith.plan.hardware import GiB, Hardware, MiB, get_hardware
 
-METHODS = ("full", "freeze", "lora", "qlora")
 OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit")
 ATTENTION = ("sdpa", "eager", "flash")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
-# QLoRA (Dettmers et al. 2023, sec. 3): NF4 stores 4 bits per weight plus one fp32 absmax per 64-weight
-# block (32/64 = 0.5 bit); double quantisation stores those constants in 8 bits with one fp32 constant
-# per 256 of them: 8/64 + 32/(64*256) = 0.127 bit per weight.
-NF4_BITS = {True: 4 + 8 / 64 + 32 / (64 * 256), False: 4 + 32 / 64}
 # 8-bit Adam (Dettmers et al. 2022, "8-bit Optimizers via Block-wise Quantization"): two 1-byte states
 # per parameter plus one fp32 absmax per block of 2048 values.
 ADAM8_BYTES = 2 * (1 + 4 / 2048)
@@ -42,13 +42,12 @@ LOGIT_BYTES = 12
 CHUNKED_LOSS_HIDDEN_BYTES = 8
 
 # Calibration constants. MFU = achieved / peak dense FLOP/s at the training precision, by hardware kind,
-# for full fine-tuning with a good kernel set; METHOD_EFFICIENCY scales it for the extra small kernels of
-# LoRA adapters and the 4-bit dequantisation of QLoRA. Fit them on measured runs: MFU = tokens/s x
+# for full fine-tuning with a good kernel set; each method's footprint.efficiency scales it for the extra small kernels of
+# LoRA adapters and the 4-bit dequantisation of QLoRA (each method's `footprint.efficiency`). Fit them on measured runs: MFU = tokens/s x
 # FLOPs/token / peak (see docs/planner.md). "cpu" was fitted on the quickstart run (SmolLM2-135M, LoRA
 # r=16, bf16 autocast, 2 Zen 4 cores: 207 processed tokens/s); the GPU values are typical published MFUs
 # of Hugging Face + PyTorch fine-tuning, not yet measured by tunesmith.
 MFU = {"datacenter-gpu": 0.40, "consumer-gpu": 0.35, "apple": 0.20, "cpu": 0.42}
-METHOD_EFFICIENCY = {"full": 1.0, "freeze": 1.0, "lora": 0.85, "qlora": 0.55}
 # CUDA context, cuBLAS/cuDNN workspaces and allocator slack on GPUs; the Python + torch + transformers
 # + peft process on CPUs (measured: 0.43 GiB RSS after the imports) and on Apple's unified memory.
 FRAMEWORK_BYTES = {"gpu": 1.0 * GiB - 64 * MiB, "other": 0.5 * GiB}
@@ -69,21 +68,19 @@ CUBLAS_WORKSPACE_BYTES = 64 * MiB
 #    linear (sum of fan_in 4,992 per block); QLoRA 25.2 KB more = 5.0 bytes on the CPU (bitsandbytes' CPU
 #    4-bit matmul also keeps its own copy of each input), 3 on the H100 (fitted: 5 over-predicted QLoRA by
 #    16-31%). On a GPU, LoRA over bf16 weights keeps the same 3 bytes (fitted on SmolLM2-135M/360M-shaped
-#    and MiniLM-L6: 2.4-3.2) and no stream term;
+#    and MiniLM-L6: 2.4-3.2) and no stream term. These are each method's `footprint.adapter_input_bytes`;
 #  - with the freeze method and a tied head (SmolLM2) the embedding trains, so the gradient runs through every
 #    frozen block: they kept 14.5 KB per token per block, 0.53 of a trained block.
 AUTOCAST_STREAM_BYTES = 13  # per hidden unit, per token, per block
-ADAPTER_INPUT_BYTES = {("lora", "cpu"): 3, ("lora", "gpu"): 3, ("qlora", "cpu"): 5, ("qlora", "gpu"): 3}  # per fan_in, token
 FROZEN_BLOCK_SHARE = 0.53
 
 # CPU heap retention (see _cpu_heap_retention), per token: bytes per hidden unit of every block that keeps
 # activations (the fp32 stream's freed norm and residual temporaries), and per input feature of each adapted
 # linear (PEFT's fp32 input cast and lora_dropout output, freed after the adapter matmul); QLoRA also keeps
-# freed dequantised weights, per 4-bit parameter. Least squares gave 24.7, 5.8, 7.3 and 3.9; without them
+# freed dequantised weights, per 4-bit parameter (the methods' footprint.heap_adapter_input_bytes and
+# heap_dequant_bytes). Least squares gave 24.7, 5.8, 7.3 and 3.9; without them
 # LoRA/QLoRA were predicted at 0.61-0.91 of measured RSS, with them 24 of 24 points within 15%.
 HEAP_STREAM_BYTES = 25
-HEAP_ADAPTER_INPUT_BYTES = {"lora": 6, "qlora": 7}
-HEAP_DEQUANT_BYTES = 4
 
 DECODERS = ("llama", "mistral", "qwen2", "gemma", "gemma2", "phi3", "bitnet", "dbrx")
 ENCODERS = ("bert", "roberta", "xlm-roberta", "deberta-v2")
@@ -150,14 +147,22 @@ class Shape:
     conv_flops: int = 0  # CNNs: forward FLOPs per image
     notes: tuple[str, ...] = ()
 
+    def targeted(self, targets: str | list[str]) -> list[Linear]:
+        """The linear layers a method's `target_modules` selects (methods count their parameters with it)."""
+        return targeted(self, targets)
 
-def _num_labels(config: dict, default: int) -> int:
+    @property
+    def hidden(self) -> int:
+        return self.stacks[0].hidden
+
+
+def _num_labels(config: dict[str, Any], default: int) -> int:
     if config.get("num_labels"):
         return int(config["num_labels"])
     return len(config["id2label"]) if config.get("id2label") else default
 
 
-def _decoder(c: dict) -> Shape:
+def _decoder(c: dict[str, Any]) -> Shape:
     mt = c["model_type"]
     if mt == "dbrx":  # DBRX names its fields differently and nests attention/MoE settings.
         h, layers, heads, vocab = c["d_model"], c["n_layers"], c["n_heads"], c["vocab_size"]
@@ -184,10 +189,17 @@ def _decoder(c: dict) -> Shape:
         # all-linear and bitsandbytes reach only the attention and the router.
         mlp = [Linear("ffn.router.layer", h, experts, layers)]
     else:
-        attn = [Linear("self_attn.q_proj", h, q, layers), Linear("self_attn.k_proj", h, k, layers),
-                Linear("self_attn.v_proj", h, k, layers), Linear("self_attn.o_proj", q, h, layers)]
-        mlp = [Linear("mlp.gate_proj", h, inter, layers), Linear("mlp.up_proj", h, inter, layers),
-               Linear("mlp.down_proj", inter, h, layers)]
+        attn = [
+            Linear("self_attn.q_proj", h, q, layers),
+            Linear("self_attn.k_proj", h, k, layers),
+            Linear("self_attn.v_proj", h, k, layers),
+            Linear("self_attn.o_proj", q, h, layers),
+        ]
+        mlp = [
+            Linear("mlp.gate_proj", h, inter, layers),
+            Linear("mlp.up_proj", h, inter, layers),
+            Linear("mlp.down_proj", inter, h, layers),
+        ]
     linear_weights = sum(lin.fan_in * lin.fan_out for lin in attn + mlp)
     biases = 0
     if mt == "qwen2" or c.get("attention_bias"):
@@ -199,15 +211,41 @@ def _decoder(c: dict) -> Shape:
     embedding = vocab * h
     head = h + (0 if tied else vocab * h)  # final norm and an untied output head
     active_mlp = 3 * top_k * inter * h if mt == "dbrx" else 0
-    stack = Stack(layers, h, heads, kv, d, top_k * inter, True, norms + (1 if mt == "bitnet" else 0), False, True,
-                  linear_weights + active_mlp)
+    stack = Stack(
+        layers,
+        h,
+        heads,
+        kv,
+        d,
+        top_k * inter,
+        True,
+        norms + (1 if mt == "bitnet" else 0),
+        False,
+        True,
+        linear_weights + active_mlp,
+    )
     notes = ("mixture of experts: memory counts all experts, FLOPs the active ones",) if experts > 1 else ()
     # The freeze method trains the head; when it is tied, that is the embedding table.
-    return Shape(mt, "decoder", embedding + layers * block + head, layers * linear_weights, block, h + vocab * h, layers,
-                 tuple(attn + mlp), (stack,), vocab * h, vocab, "source", context, tied_head=bool(tied), notes=notes)
+    return Shape(
+        mt,
+        "decoder",
+        embedding + layers * block + head,
+        layers * linear_weights,
+        block,
+        h + vocab * h,
+        layers,
+        tuple(attn + mlp),
+        (stack,),
+        vocab * h,
+        vocab,
+        "source",
+        context,
+        tied_head=bool(tied),
+        notes=notes,
+    )
 
 
-def _encoder(c: dict) -> Shape:
+def _encoder(c: dict[str, Any]) -> Shape:
     mt = c["model_type"]
     h, layers, heads, inter = c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"], c["intermediate_size"]
     vocab, positions = c["vocab_size"], c.get("max_position_embeddings", 512)
@@ -225,8 +263,10 @@ def _encoder(c: dict) -> Shape:
         embedding += positions * h
         names = ("attention.self.query", "attention.self.key", "attention.self.value")
     linears = [Linear(n, h, h, layers) for n in names] + [
-        Linear("attention.output.dense", h, h, layers), Linear("intermediate.dense", h, inter, layers),
-        Linear("output.dense", inter, h, layers)]
+        Linear("attention.output.dense", h, h, layers),
+        Linear("intermediate.dense", h, inter, layers),
+        Linear("output.dense", inter, h, layers),
+    ]
     linear_weights = 4 * h * h + 2 * h * inter
     block = linear_weights + 4 * h + inter + h + 2 * 2 * h  # + biases and two LayerNorms
     # Heads as the published parameter counts include them: BERT keeps its pooler (not for token
@@ -241,17 +281,37 @@ def _encoder(c: dict) -> Shape:
     else:
         head = (h * h + h if mt != "deberta-v2" else 0) + (h * labels + labels if labels else 0)
     stack = Stack(layers, h, heads, heads, h // heads, inter, False, 2, True, False, linear_weights)
-    return Shape(mt, "encoder", embedding + layers * block + head, layers * linear_weights, block, head, layers,
-                 tuple(linears), (stack,), head, max(labels, 2), "source" if token_level else "one", positions)
+    return Shape(
+        mt,
+        "encoder",
+        embedding + layers * block + head,
+        layers * linear_weights,
+        block,
+        head,
+        layers,
+        tuple(linears),
+        (stack,),
+        head,
+        max(labels, 2),
+        "source" if token_level else "one",
+        positions,
+    )
 
 
-def _seq2seq(c: dict) -> Shape:
+def _seq2seq(c: dict[str, Any]) -> Shape:
     mt = c["model_type"]
     if mt == "bart":
         d, enc_layers, dec_layers = c["d_model"], c["encoder_layers"], c["decoder_layers"]
         heads, ffn, vocab = c["encoder_attention_heads"], c["encoder_ffn_dim"], c["vocab_size"]
         inner, gated, context = d, False, c.get("max_position_embeddings", 1024)
-        names = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj", "self": "self_attn", "cross": "encoder_attn"}
+        names = {
+            "q": "q_proj",
+            "k": "k_proj",
+            "v": "v_proj",
+            "o": "out_proj",
+            "self": "self_attn",
+            "cross": "encoder_attn",
+        }
         ffn_linears = [("fc1", d, ffn), ("fc2", ffn, d)]
         bias = True
         # shared token embedding (tied to the head) + learned positions with BART's offset of 2 + embedding norms
@@ -273,7 +333,10 @@ def _seq2seq(c: dict) -> Shape:
         upcast = True  # T5 computes the softmax in fp32
 
     def attention(kind: str, layers: int) -> list[Linear]:
-        return [Linear(f"{names[kind]}.{names[p]}", d if p != "o" else inner, inner if p != "o" else d, layers) for p in "qkvo"]
+        return [
+            Linear(f"{names[kind]}.{names[p]}", d if p != "o" else inner, inner if p != "o" else d, layers)
+            for p in "qkvo"
+        ]
 
     def mlp(layers: int) -> list[Linear]:
         return [Linear(name, fan_in, fan_out, layers) for name, fan_in, fan_out in ffn_linears]
@@ -286,13 +349,28 @@ def _seq2seq(c: dict) -> Shape:
     dec_block = 2 * (attn_w + attn_b) + ffn_w + ffn_b + 3 * norm
     parameters = embedding + enc_layers * enc_block + dec_layers * dec_block + head
     encoder = Stack(enc_layers, d, heads, heads, inner // heads, ffn, gated, 2, True, upcast, attn_w + ffn_w)
-    decoder = Stack(dec_layers, d, heads, heads, inner // heads, ffn, gated, 3, True, upcast, 2 * attn_w + ffn_w, "target", True)
+    decoder = Stack(
+        dec_layers, d, heads, heads, inner // heads, ffn, gated, 3, True, upcast, 2 * attn_w + ffn_w, "target", True
+    )
     quantizable = enc_layers * (attn_w + ffn_w) + dec_layers * (2 * attn_w + ffn_w)
-    return Shape(mt, "seq2seq", parameters, quantizable, dec_block, norm + head, enc_layers + dec_layers,
-                 tuple(linears), (encoder, decoder), vocab * d, vocab, "target", context)
+    return Shape(
+        mt,
+        "seq2seq",
+        parameters,
+        quantizable,
+        dec_block,
+        norm + head,
+        enc_layers + dec_layers,
+        tuple(linears),
+        (encoder, decoder),
+        vocab * d,
+        vocab,
+        "target",
+        context,
+    )
 
 
-def _encoder_decoder(c: dict) -> Shape:
+def _encoder_decoder(c: dict[str, Any]) -> Shape:
     """transformers' EncoderDecoderModel of two BERT-style halves (BERT2BERT, Rothe et al. 2020): the encoder
     as an encoder (with its pooler), the decoder as the same blocks plus cross-attention and a masked-LM head
     (dense + LayerNorm + the output layer, tied to the decoder's input embeddings, with its own bias)."""
@@ -300,30 +378,61 @@ def _encoder_decoder(c: dict) -> Shape:
     for half in (enc_cfg, dec_cfg):
         half.pop("num_labels", None), half.pop("id2label", None), half.pop("architectures", None)
     if enc_cfg.get("model_type") not in ENCODERS or dec_cfg.get("model_type") not in ENCODERS:
-        raise UnsupportedModel(f"the estimator models encoder-decoders of BERT-style halves, not "
-                               f"{enc_cfg.get('model_type')} + {dec_cfg.get('model_type')}", where="model_type",
-                               fix="size memory from the parameter count (16 bytes/param for full fine-tuning)")
+        raise UnsupportedModel(
+            f"the estimator models encoder-decoders of BERT-style halves, not "
+            f"{enc_cfg.get('model_type')} + {dec_cfg.get('model_type')}",
+            where="model_type",
+            fix="size memory from the parameter count (16 bytes/param for full fine-tuning)",
+        )
     encoder, decoder = _encoder(enc_cfg), _encoder(dec_cfg)
     h, vocab, layers = dec_cfg["hidden_size"], dec_cfg["vocab_size"], dec_cfg["num_hidden_layers"]
     cross = 4 * h * h
     cross_block = cross + 4 * h + 2 * h  # Q, K, V, output projections with biases, and their LayerNorm
     lm_head = h * h + h + 2 * h + vocab  # transform dense, LayerNorm, output bias (the weight is tied)
     dec_params = decoder.parameters - decoder.head_parameters + layers * cross_block + lm_head
-    cross_linears = tuple(Linear(f"crossattention.{n}", h, h, layers) for n in
-                          ("self.query", "self.key", "self.value", "output.dense"))
+    cross_linears = tuple(
+        Linear(f"crossattention.{n}", h, h, layers) for n in ("self.query", "self.key", "self.value", "output.dense")
+    )
     # all-linear LoRA also finds the encoder's pooler and the LM head's transform (not the tied output layer).
-    cross_linears += (Linear("pooler.dense", enc_cfg["hidden_size"], enc_cfg["hidden_size"], 1),
-                      Linear("cls.predictions.transform.dense", h, h, 1))
+    cross_linears += (
+        Linear("pooler.dense", enc_cfg["hidden_size"], enc_cfg["hidden_size"], 1),
+        Linear("cls.predictions.transform.dense", h, h, 1),
+    )
     (enc_stack,), (dec_stack,) = encoder.stacks, decoder.stacks
-    dec_stack = Stack(dec_stack.layers, h, dec_stack.heads, dec_stack.kv_heads, dec_stack.head_dim, dec_stack.ffn, False,
-                      3, True, False, dec_stack.matmul_parameters + cross, "target", True)
-    return Shape("encoder-decoder", "seq2seq", encoder.parameters + dec_params,
-                 encoder.quantizable + decoder.quantizable + layers * cross, decoder.block_parameters + cross_block,
-                 lm_head, encoder.layers + layers, encoder.linears + decoder.linears + cross_linears, (enc_stack, dec_stack),
-                 vocab * h, vocab, "target", min(encoder.context, decoder.context), tied_head=True)
+    dec_stack = Stack(
+        dec_stack.layers,
+        h,
+        dec_stack.heads,
+        dec_stack.kv_heads,
+        dec_stack.head_dim,
+        dec_stack.ffn,
+        False,
+        3,
+        True,
+        False,
+        dec_stack.matmul_parameters + cross,
+        "target",
+        True,
+    )
+    return Shape(
+        "encoder-decoder",
+        "seq2seq",
+        encoder.parameters + dec_params,
+        encoder.quantizable + decoder.quantizable + layers * cross,
+        decoder.block_parameters + cross_block,
+        lm_head,
+        encoder.layers + layers,
+        encoder.linears + decoder.linears + cross_linears,
+        (enc_stack, dec_stack),
+        vocab * h,
+        vocab,
+        "target",
+        min(encoder.context, decoder.context),
+        tied_head=True,
+    )
 
 
-def _vit(c: dict) -> Shape:
+def _vit(c: dict[str, Any]) -> Shape:
     h, layers, heads, inter = c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"], c["intermediate_size"]
     image, patch, channels = c.get("image_size", 224), c.get("patch_size", 16), c.get("num_channels", 3)
     labels = _num_labels(c, 1000)
@@ -334,23 +443,41 @@ def _vit(c: dict) -> Shape:
     block = linear_weights + 4 * h + inter + h + 2 * 2 * h
     head = 2 * h + h * labels + labels
     linears = [Linear(f"attention.attention.{n}", h, h, layers) for n in ("query", "key", "value")] + [
-        Linear("attention.output.dense", h, h, layers), Linear("intermediate.dense", h, inter, layers),
-        Linear("output.dense", inter, h, layers)]
+        Linear("attention.output.dense", h, h, layers),
+        Linear("intermediate.dense", h, inter, layers),
+        Linear("output.dense", inter, h, layers),
+    ]
     dropout = bool(c.get("hidden_dropout_prob", 0.0) or c.get("attention_probs_dropout_prob", 0.0))
     stack = Stack(layers, h, heads, heads, h // heads, inter, False, 2, dropout, False, linear_weights, "image")
-    return Shape("vit", "vision", embedding + layers * block + head, layers * linear_weights, block, head, layers,
-                 tuple(linears), (stack,), h * labels, labels, "one", image, image_tokens=tokens,
-                 conv_flops=2 * patch_embed * (tokens - 1))
+    return Shape(
+        "vit",
+        "vision",
+        embedding + layers * block + head,
+        layers * linear_weights,
+        block,
+        head,
+        layers,
+        tuple(linears),
+        (stack,),
+        h * labels,
+        labels,
+        "one",
+        image,
+        image_tokens=tokens,
+        conv_flops=2 * patch_embed * (tokens - 1),
+    )
 
 
 class _ConvCounter:
     """Accumulates a CNN's parameters, kept activation elements and forward FLOPs, conv by conv."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.params = self.elements = self.flops = 0
         self.convs: dict[str, Linear] = {}
 
-    def conv(self, name: str, c_in: int, c_out: int, kernel: int, size_out: int, groups: int = 1, bn: bool = True):
+    def conv(
+        self, name: str, c_in: int, c_out: int, kernel: int, size_out: int, groups: int = 1, bn: bool = True
+    ) -> None:
         weights = c_in // groups * c_out * kernel * kernel
         self.params += weights + (2 * c_out if bn else 0)
         self.flops += 2 * weights * size_out * size_out
@@ -358,11 +485,11 @@ class _ConvCounter:
             old = self.convs.get(name)
             self.convs[name] = Linear(name, c_in * kernel * kernel, c_out, (old.count if old else 0) + 1)
 
-    def keep(self, channels: int, size: int, tensors: int = 1):
+    def keep(self, channels: int, size: int, tensors: int = 1) -> None:
         self.elements += tensors * channels * size * size
 
 
-def _resnet(c: dict) -> Shape:
+def _resnet(c: dict[str, Any]) -> Shape:
     # HF ResNet (v1.5): stride in the 3x3 conv, a 1x1 projection shortcut where the shape changes.
     n = _ConvCounter()
     image = c.get("image_size", 224)
@@ -397,7 +524,7 @@ def _resnet(c: dict) -> Shape:
     return _cnn_shape("resnet", n, c_in, _num_labels(c, 1000), blocks, image)
 
 
-def _efficientnet(c: dict) -> Shape:
+def _efficientnet(c: dict[str, Any]) -> Shape:
     # transformers' EfficientNetConfig fields; width/depth multipliers of 1.0 (B0, Lite0) leave sizes as listed.
     n = _ConvCounter()
     image = c.get("image_size", 224)
@@ -405,8 +532,9 @@ def _efficientnet(c: dict) -> Shape:
     n.conv("embeddings.convolution", c.get("num_channels", 3), c["in_channels"][0], 3, size)
     n.keep(c["in_channels"][0], size, 2)
     blocks = 0
-    for k, c_in, c_out, stride, repeats, ratio in zip(c["kernel_sizes"], c["in_channels"], c["out_channels"], c["strides"],
-                                                       c["num_block_repeats"], c["expand_ratios"]):
+    for k, c_in, c_out, stride, repeats, ratio in zip(
+        c["kernel_sizes"], c["in_channels"], c["out_channels"], c["strides"], c["num_block_repeats"], c["expand_ratios"]
+    ):
         for i in range(repeats):
             block_in, s = (c_in, stride) if i == 0 else (c_out, 1)
             expanded, size_out = block_in * ratio, size // s
@@ -429,12 +557,27 @@ def _efficientnet(c: dict) -> Shape:
 def _cnn_shape(model_type: str, n: _ConvCounter, features: int, labels: int, blocks: int, image: int) -> Shape:
     head = features * labels + labels
     parameters = n.params + head
-    return Shape(model_type, "cnn", parameters, 0, n.params // blocks, head, blocks, tuple(n.convs.values()), (),
-                 features * labels, labels, "one", image, conv_elements=n.elements, conv_flops=n.flops,
-                 notes=("CNN: activations from feature-map sizes, rough; gradient checkpointing not modelled",))
+    return Shape(
+        model_type,
+        "cnn",
+        parameters,
+        0,
+        n.params // blocks,
+        head,
+        blocks,
+        tuple(n.convs.values()),
+        (),
+        features * labels,
+        labels,
+        "one",
+        image,
+        conv_elements=n.elements,
+        conv_flops=n.flops,
+        notes=("CNN: activations from feature-map sizes, rough; gradient checkpointing not modelled",),
+    )
 
 
-def model_shape(config: dict) -> Shape:
+def model_shape(config: dict[str, Any]) -> Shape:
     """The sizes the estimator needs, from a config.json dict. Unsupported model types raise UnsupportedModel."""
     mt = config.get("model_type")
     try:
@@ -453,13 +596,16 @@ def model_shape(config: dict) -> Shape:
         if mt == "efficientnet":
             return _efficientnet(config)
     except KeyError as exc:
-        raise TunesmithError(f"model config of type {mt!r} lacks the field {exc.args[0]!r}", where="config.json",
-                             fix="pass the model's complete config.json") from None
+        raise TunesmithError(
+            f"model config of type {mt!r} lacks the field {exc.args[0]!r}",
+            where="config.json",
+            fix="pass the model's complete config.json",
+        ) from None
     raise UnsupportedModel(
         f"the estimator does not model {mt or 'configs without model_type'!r}",
         where="model_type",
         fix=f"supported model types: {', '.join(SUPPORTED)}; for others, size memory from the parameter count "
-            "(16 bytes/param for full fine-tuning with AdamW, plus activations)",
+        "(16 bytes/param for full fine-tuning with AdamW, plus activations)",
     )
 
 
@@ -469,7 +615,7 @@ def model_shape(config: dict) -> Shape:
 
 def lora_parameters(shape: Shape, r: int, targets: str | list[str] = "all-linear") -> int:
     """LoRA adds A (r x fan_in) and B (fan_out x r) to each targeted layer (Hu et al. 2021): r*(in+out)."""
-    return sum(r * (lin.fan_in + lin.fan_out) * lin.count for lin in targeted(shape, targets))
+    return adapter_parameters(shape, r, targets)
 
 
 def targeted(shape: Shape, targets: str | list[str]) -> list[Linear]:
@@ -480,8 +626,11 @@ def targeted(shape: Shape, targets: str | list[str]) -> list[Linear]:
     chosen = [lin for lin in shape.linears if any(lin.name == t or lin.name.endswith("." + t) for t in targets)]
     if not chosen:
         names = sorted({lin.name.rsplit(".", 1)[-1] for lin in shape.linears})
-        raise TunesmithError(f"no layer of this {shape.model_type} model matches {targets}", where="lora_targets",
-                             fix=f"use all-linear or names among: {', '.join(names)}")
+        raise TunesmithError(
+            f"no layer of this {shape.model_type} model matches {targets}",
+            where="lora_targets",
+            fix=f"use all-linear or names among: {', '.join(names)}",
+        )
     return chosen
 
 
@@ -539,8 +688,16 @@ def _lengths(shape: Shape, seq_len: int, target_len: int) -> dict[str, int]:
     return {"source": seq_len, "target": target_len, "image": shape.image_tokens}
 
 
-def activation_bytes(shape: Shape, seq_len: int, target_len: int, act: int, attention: str, checkpointing: bool,
-                     trained_blocks: int | None = None, on_gpu: bool = True) -> float:
+def activation_bytes(
+    shape: Shape,
+    seq_len: int,
+    target_len: int,
+    act: int,
+    attention: str,
+    checkpointing: bool,
+    trained_blocks: int | None = None,
+    on_gpu: bool = True,
+) -> float:
     """Per-example activation bytes. `trained_blocks` (freeze): only the top blocks keep activations."""
     if shape.family == "cnn":
         return shape.conv_elements * act * (1 if trained_blocks is None else min(1.0, trained_blocks / shape.layers))
@@ -595,14 +752,33 @@ class Estimate:
         return tokens / rate
 
 
-def _check(name: str, value, choices) -> None:
+def _check(name: str, value: Any, choices: Collection[Any]) -> None:
     if value not in choices:
         raise TunesmithError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}", where=name)
 
 
-def _weights(method: str, parameters: int, quantizable: int, dtype: str, double_quant: bool) -> float:
-    if method == "qlora":
-        return quantizable * NF4_BITS[double_quant] / 8 + (parameters - quantizable) * BYTES[dtype]
+def method_settings(method: str | MethodSettings, **options: Any) -> tuple[MethodModule, MethodSettings]:
+    """The method module and its settings: a method config as it is, or a name with the options of that
+    name's Config among `options` (others are ignored: `lora_r` means nothing to full fine-tuning)."""
+    if isinstance(method, MethodSettings):
+        return get_method(method.name), method
+    if method not in METHODS:
+        raise TunesmithError(f"method must be one of {', '.join(METHODS)}, got {method!r}", where="method")
+    module = get_method(method)
+    targets = options.get("target_modules")
+    if isinstance(targets, str) and targets != "all-linear":  # the CLI's comma-separated form
+        options["target_modules"] = [t.strip() for t in targets.split(",") if t.strip()]
+    fields = module.Config.model_fields
+    try:
+        return module, module.Config(**{k: v for k, v in options.items() if k in fields and v is not None})
+    except ValueError as exc:
+        raise TunesmithError(f"method {method}: {exc}", where="method") from None
+
+
+def _weights(m: MethodModule, cfg: MethodSettings | None, parameters: int, quantizable: int, dtype: str) -> float:
+    bits: Callable[[MethodSettings | None], float] | None = getattr(m, "quantized_bits", None)
+    if m.footprint.quantized and bits is not None:
+        return quantizable * bits(cfg) / 8 + (parameters - quantizable) * BYTES[dtype]
     return parameters * BYTES[dtype]
 
 
@@ -611,30 +787,41 @@ def _optimizer(trainable: int, trainable_bytes: int, optimizer: str) -> float:
     return trainable * (2 * trainable_bytes if optimizer == "adamw" else ADAM8_BYTES)
 
 
-def resolve_dtypes(method: str, hw: Hardware, dtype: str, precision: str) -> tuple[str, str, int]:
+def resolve_dtypes(method: str | MethodModule, hw: Hardware, dtype: str, precision: str) -> tuple[str, str, int]:
     """(compute precision, weight storage dtype, bytes per trainable parameter), as tunesmith chooses them."""
+    m = get_method(method) if isinstance(method, str) else method
     if precision == "auto":  # train/precision.py: bf16 where the hardware has it, else fp32
         precision = "bf16" if hw.bf16 else "fp32"
     if dtype == "auto":  # models/load.py: fp32 where weights train; a frozen base in bf16 on bf16 GPUs
         # QLoRA: prepare_model_for_kbit_training casts what is not 4-bit (embeddings, norms, head) to fp32.
-        dtype = "bf16" if (method == "lora" and hw.is_gpu and hw.bf16) else "fp32"
-    trainable_bytes = BYTES[dtype] if method in ("full", "freeze") else 4  # PEFT keeps adapters in fp32
+        dtype = "bf16" if (m.footprint.half_base_on_gpu and hw.is_gpu and hw.bf16) else "fp32"
+    trainable_bytes = BYTES[dtype] if m.footprint.trains_base else 4  # PEFT keeps adapters in fp32
     return precision, dtype, trainable_bytes
 
 
-def parameter_memory(parameters: int, trainable: int, method: str, hw: Hardware, dtype: str = "auto",
-                     optimizer: str = "adamw", quantizable: int | None = None, double_quant: bool = True,
-                     precision: str = "auto") -> dict[str, float]:
+def parameter_memory(
+    parameters: int,
+    trainable: int,
+    method: str | MethodModule,
+    hw: Hardware,
+    dtype: str = "auto",
+    optimizer: str = "adamw",
+    quantizable: int | None = None,
+    cfg: MethodSettings | None = None,
+    precision: str = "auto",
+) -> dict[str, float]:
     """Weights, adapters, gradients, optimizer states and autocast copies (unsharded), from counts alone.
 
     Shared by `estimate` and by the recommender for architectures without a shape builder.
     """
-    precision, dtype, trainable_bytes = resolve_dtypes(method, hw, dtype, precision)
-    adapters = method in ("lora", "qlora")
+    m = get_method(method) if isinstance(method, str) else method
+    cfg = cfg if cfg is not None else m.Config.model_validate({})  # every field at its default
+    precision, dtype, trainable_bytes = resolve_dtypes(m, hw, dtype, precision)
+    adapters = not m.footprint.trains_base
     quantizable = parameters if quantizable is None else quantizable
     half = precision in ("bf16", "fp16")
     return {
-        "weights": _weights(method, parameters, quantizable, dtype, double_quant),
+        "weights": _weights(m, cfg, parameters, quantizable, dtype),
         "adapters": trainable * trainable_bytes if adapters else 0,
         "gradients": trainable * trainable_bytes,
         "optimizer": _optimizer(trainable, trainable_bytes, optimizer),
@@ -659,8 +846,9 @@ def _shard(memory: dict[str, float], gpus: int, stage: int, block_bytes: float) 
     return out
 
 
-def _flops_per_example(shape: Shape, method: str, seq_len: int, target_len: int, checkpointing: bool,
-                       trained_blocks: int | None) -> float:
+def _flops_per_example(
+    shape: Shape, m: MethodModule, seq_len: int, target_len: int, checkpointing: bool, trained_blocks: int | None
+) -> float:
     """Training FLOPs of one example.
 
     Forward = 2 FLOPs per weight per token (Kaplan et al. 2020) plus attention's QK^T and AV,
@@ -680,17 +868,17 @@ def _flops_per_example(shape: Shape, method: str, seq_len: int, target_len: int,
     positions = {"one": 1}.get(shape.output_positions) or lengths[shape.output_positions]
     matmul += 2 * shape.head_matmul * positions + shape.conv_flops
     forward = matmul + attention
-    if method == "freeze":
-        share = min(1.0, (trained_blocks or 0) / shape.layers)
+    if trained_blocks is not None:  # the freeze method: backward stops below its top blocks
+        share = min(1.0, trained_blocks / shape.layers)
         backward = 2 * forward * share + 2 * shape.head_matmul * positions
         return forward + backward + (forward * share if checkpointing else 0)
-    backward = 2 * forward if method == "full" else matmul + 2 * attention
+    backward = 2 * forward if m.footprint.trains_base else matmul + 2 * attention
     return forward + backward + (forward if checkpointing else 0)
 
 
 def estimate(
-    model: str | dict | Entry | Path,
-    method: str = "lora",
+    model: str | dict[str, Any] | Entry | Path,
+    method: str | MethodSettings = DEFAULT_METHOD,
     seq_len: int = 1024,
     batch: int = 8,
     grad_checkpointing: bool = False,
@@ -698,15 +886,15 @@ def estimate(
     gpus: int = 1,
     zero: int | None = None,
     fsdp: bool = False,
-    lora_r: int = 8,
-    lora_targets: str | list[str] = "all-linear",
+    lora_r: int | None = None,
+    lora_targets: str | list[str] | None = None,
     optimizer: str = "adamw",
     attention: str = "sdpa",
     dtype: str = "auto",
     precision: str = "auto",
     target_len: int | None = None,
-    freeze_train_top: int = 2,
-    double_quant: bool = True,
+    freeze_train_top: int | None = None,
+    double_quant: bool | None = None,
     epoch_tokens: float | None = None,
     epoch_examples: float | None = None,
     price_per_hour: float | None = None,
@@ -718,46 +906,50 @@ def estimate(
     source length (encoder-decoders: `target_len` defaults to seq_len // 4; image models use the config's
     image size). `batch` is per device. `epoch_tokens` (or `epoch_examples`) gives the epoch time and cost.
     `loss_chunk_tokens`: tunesmith's `train.loss_chunk_tokens` (causal LMs; 0 = whole logits tensor).
+    `method` is a method name, whose options `lora_r`, `lora_targets`, `freeze_train_top` and `double_quant`
+    set where its config has them (None: the method's defaults), or a method config (`RunConfig.method`), which carries its own.
     """
     # 1. Inputs
-    _check("method", method, METHODS)
+    m, cfg = method_settings(
+        method, r=lora_r, target_modules=lora_targets, freeze_train_top=freeze_train_top, double_quant=double_quant
+    )
     _check("optimizer", optimizer, OPTIMIZERS)
     _check("attention", attention, ATTENTION)
     _check("dtype", dtype, DTYPES)
     _check("precision", precision, PRECISIONS)
     _check("zero", zero, (None, 0, 1, 2, 3))
     if zero and fsdp:
-        raise TunesmithError("choose ZeRO or FSDP, not both", where="--zero/--fsdp", fix="FSDP full sharding is ZeRO-3's equivalent")
-    for name, value in (("seq_len", seq_len), ("batch", batch), ("gpus", gpus), ("lora_r", lora_r)):
+        raise TunesmithError(
+            "choose ZeRO or FSDP, not both", where="--zero/--fsdp", fix="FSDP full sharding is ZeRO-3's equivalent"
+        )
+    for name, value in (("seq_len", seq_len), ("batch", batch), ("gpus", gpus), ("lora_r", lora_r or 1)):
         if not isinstance(value, int) or value < 1:
             raise TunesmithError(f"{name} must be a positive integer, got {value!r}", where=name)
     name, config, entry = model_config(str(model) if isinstance(model, Path) else model)
     shape = model_shape(config)
     hw = get_hardware(hardware)
-    precision, dtype, trainable_bytes = resolve_dtypes(method, hw, dtype, precision)
+    precision, dtype, trainable_bytes = resolve_dtypes(m, hw, dtype, precision)
     act = 2 if precision in ("bf16", "fp16") else 4
     target_len = target_len or max(1, seq_len // 4)
     stage = 3 if fsdp else (zero or 0)
     notes = list(shape.notes)
     if shape.family in ("vision", "cnn"):
-        notes.append(f"image model: seq_len is ignored, {shape.context} px images ({shape.image_tokens or 'no'} tokens)")
+        notes.append(
+            f"image model: seq_len is ignored, {shape.context} px images ({shape.image_tokens or 'no'} tokens)"
+        )
     elif seq_len > shape.context:
         notes.append(f"seq_len {seq_len} exceeds the model's context {shape.context}")
 
     # 2. What trains
-    trained_blocks = None
-    if method == "full":
-        trainable = shape.parameters
-    elif method == "freeze":
-        trained_blocks = min(freeze_train_top, shape.layers)
-        trainable = min(shape.parameters, trained_blocks * shape.block_parameters + shape.head_parameters)
-    else:
-        trainable = lora_parameters(shape, lora_r, lora_targets)
+    blocks_of = getattr(m, "trained_blocks", None)
+    trained_blocks = blocks_of(shape, cfg) if blocks_of is not None else None
+    trainable = m.trainable_parameters(shape, cfg)
+    targets = getattr(cfg, "target_modules", None)  # adapted linears: autocast and heap terms per input feature
 
     # 3. Memory that does not depend on the batch, sharded
-    fixed = parameter_memory(shape.parameters, trainable, method, hw, dtype, optimizer, shape.quantizable, double_quant,
-                             precision)
-    block_bytes = shape.block_parameters * (NF4_BITS[double_quant] / 8 if method == "qlora" else BYTES[dtype])
+    fixed = parameter_memory(shape.parameters, trainable, m, hw, dtype, optimizer, shape.quantizable, cfg, precision)
+    bits = getattr(m, "quantized_bits", None)
+    block_bytes = shape.block_parameters * (bits(cfg) / 8 if m.footprint.quantized and bits else BYTES[dtype])
     fixed = _shard(fixed, gpus, stage, block_bytes)
     fixed["framework"] = FRAMEWORK_BYTES["gpu" if hw.is_gpu else "other"]
     if hw.is_gpu:
@@ -767,23 +959,44 @@ def estimate(
     positions = {"one": 1}.get(shape.output_positions) or _lengths(shape, seq_len, target_len)[shape.output_positions]
     chunked = loss_chunk_tokens > 0 and shape.family == "decoder" and shape.output_positions != "one"
     per_example = {
-        "activations": activation_bytes(shape, seq_len, target_len, act, attention, grad_checkpointing, trained_blocks,
-                                        on_gpu=hw.is_gpu),
+        "activations": activation_bytes(
+            shape, seq_len, target_len, act, attention, grad_checkpointing, trained_blocks, on_gpu=hw.is_gpu
+        ),
         # Chunked (train/loss.py): per loss position only the gradient of the final hidden state (fp32) and
         # its gathered copy; the logits of one chunk at a time (below), never the whole tensor.
-        "logits": positions * (CHUNKED_LOSS_HIDDEN_BYTES * shape.stacks[-1].hidden if chunked else shape.outputs * LOGIT_BYTES),
+        "logits": positions
+        * (CHUNKED_LOSS_HIDDEN_BYTES * shape.stacks[-1].hidden if chunked else shape.outputs * LOGIT_BYTES),
     }
     if chunked:
-        head_trains = method in ("full", "freeze")  # the gradient of a trained head is summed inside the loss
+        head_trains = m.footprint.trains_base  # the gradient of a trained head is summed inside the loss
         fixed["loss chunk"] = min(loss_chunk_tokens, positions) * shape.outputs * LOGIT_BYTES + (
-            shape.head_matmul * 4 if head_trains else 0)
+            shape.head_matmul * 4 if head_trains else 0
+        )
 
     if precision in ("bf16", "fp16") and shape.family in ("decoder", "encoder"):
-        _autocast(shape, method, hw.is_gpu, dtype, trainable, trained_blocks, lora_targets, seq_len, act, attention,
-                  grad_checkpointing, fixed, per_example)
+        _autocast(
+            shape,
+            m,
+            hw.is_gpu,
+            dtype,
+            trainable,
+            trained_blocks,
+            targets,
+            seq_len,
+            act,
+            attention,
+            grad_checkpointing,
+            fixed,
+            per_example,
+        )
 
-    if not hw.is_gpu and precision in ("bf16", "fp16") and shape.family in ("decoder", "encoder") and not grad_checkpointing:
-        _cpu_heap_retention(shape, method, trained_blocks, lora_targets, seq_len, fixed, per_example)
+    if (
+        not hw.is_gpu
+        and precision in ("bf16", "fp16")
+        and shape.family in ("decoder", "encoder")
+        and not grad_checkpointing
+    ):
+        _cpu_heap_retention(shape, m, trained_blocks, targets, seq_len, fixed, per_example)
 
     def moments(b: int) -> tuple[float, float]:
         """(backward peak, optimizer step peak). Backward frees each block's activations as its parameter gradients
@@ -800,18 +1013,24 @@ def estimate(
     def total_for(b: int) -> float:
         return max(moments(b))
 
-    breakdown = {**{k: v for k, v in fixed.items() if k != "framework"},
-                 **{k: v * batch for k, v in per_example.items()}, "framework": fixed["framework"]}
+    breakdown = {
+        **{k: v for k, v in fixed.items() if k != "framework"},
+        **{k: v * batch for k, v in per_example.items()},
+        "framework": fixed["framework"],
+    }
     total = total_for(batch)
     backward, step = moments(batch)
-    peak = ("at the peak: gradients replace freed activations" if backward >= step
-            else "at the peak (optimizer step): no activations, + AdamW temporaries")
+    peak = (
+        "at the peak: gradients replace freed activations"
+        if backward >= step
+        else "at the peak (optimizer step): no activations, + AdamW temporaries"
+    )
     breakdown[peak] = total - sum(breakdown.values())
     device = hw.memory_bytes
 
     # 5. Speed, time and cost
-    flops = _flops_per_example(shape, method, seq_len, target_len, grad_checkpointing, trained_blocks)
-    rate = hw.peak_flops(precision) * MFU[hw.kind] * METHOD_EFFICIENCY[method] * gpus
+    flops = _flops_per_example(shape, m, seq_len, target_len, grad_checkpointing, trained_blocks)
+    rate = hw.peak_flops(precision) * MFU[hw.kind] * m.footprint.efficiency * gpus
     examples_per_s = rate / flops
     tokens_per_example = None if shape.family in ("vision", "cnn") else seq_len
     tokens_per_s = examples_per_s * tokens_per_example if tokens_per_example else None
@@ -823,29 +1042,67 @@ def estimate(
     price = price_per_hour if price_per_hour is not None else hw.price_per_hour
     cost = seconds / 3600 * price * gpus if (seconds is not None and price is not None) else None
     if hw.is_gpu and not hw.bf16 and precision == "fp32":
-        notes.append(f"{hw.name} has no bf16, so tunesmith's precision auto trains in fp32 here; precision fp16 "
-                     f"(train.precision: fp16) would use its {hw.bf16_tflops:g} fp16 TFLOPS instead of {hw.fp32_tflops:g}")
-    if method == "freeze":
-        notes.append(f"freeze: top {trained_blocks} of {shape.layers} blocks plus the head train")
-    if shape.output_positions != "one" and shape.family == "seq2seq" or (
-            shape.family == "decoder" and shape.output_positions != "one" and not chunked):
+        notes.append(
+            f"{hw.name} has no bf16, so tunesmith's precision auto trains in fp32 here; precision fp16 "
+            f"(train.precision: fp16) would use its {hw.bf16_tflops:g} fp16 TFLOPS instead of {hw.fp32_tflops:g}"
+        )
+    if trained_blocks is not None:
+        notes.append(f"{cfg.name}: top {trained_blocks} of {shape.layers} blocks plus the head train")
+    if (
+        shape.output_positions != "one"
+        and shape.family == "seq2seq"
+        or (shape.family == "decoder" and shape.output_positions != "one" and not chunked)
+    ):
         notes.append("logits counted at every position; tunesmith computes them only where the loss is taken")
 
     return Estimate(
-        model=name, model_type=shape.model_type, family=shape.family, hardware=hw, method=method,
-        precision=precision, weight_dtype="nf4+" + dtype if method == "qlora" else dtype, seq_len=seq_len,
-        target_len=target_len if shape.family == "seq2seq" else None, batch=batch, gpus=gpus, zero_stage=stage,
-        grad_checkpointing=grad_checkpointing, attention=attention, optimizer=optimizer,
-        parameters=shape.parameters, trainable_parameters=trainable, breakdown=breakdown, total_bytes=total,
-        device_bytes=device, fits=total <= device, max_batch=_largest(total_for, device),
-        flops_per_example=flops, examples_per_second=examples_per_s, tokens_per_second=tokens_per_s,
-        tokens_per_example=tokens_per_example, seconds_per_epoch=seconds, cost_per_epoch_usd=cost, notes=notes,
+        model=name,
+        model_type=shape.model_type,
+        family=shape.family,
+        hardware=hw,
+        method=cfg.name,
+        precision=precision,
+        weight_dtype=f"{m.footprint.quantized}+{dtype}" if m.footprint.quantized else dtype,
+        seq_len=seq_len,
+        target_len=target_len if shape.family == "seq2seq" else None,
+        batch=batch,
+        gpus=gpus,
+        zero_stage=stage,
+        grad_checkpointing=grad_checkpointing,
+        attention=attention,
+        optimizer=optimizer,
+        parameters=shape.parameters,
+        trainable_parameters=trainable,
+        breakdown=breakdown,
+        total_bytes=total,
+        device_bytes=device,
+        fits=total <= device,
+        max_batch=_largest(total_for, device),
+        flops_per_example=flops,
+        examples_per_second=examples_per_s,
+        tokens_per_second=tokens_per_s,
+        tokens_per_example=tokens_per_example,
+        seconds_per_epoch=seconds,
+        cost_per_epoch_usd=cost,
+        notes=notes,
     )
 
 
-def _autocast(shape: Shape, method: str, on_gpu: bool, dtype: str, trainable: int, trained_blocks: int | None,
-              lora_targets, seq_len: int, act: int, attention: str, checkpointing: bool, fixed: dict,
-              per_example: dict) -> None:
+def _autocast(
+    shape: Shape,
+    m: MethodModule,
+    on_gpu: bool,
+    dtype: str,
+    trainable: int,
+    trained_blocks: int | None,
+    targets: Any,
+    seq_len: int,
+    act: int,
+    attention: str,
+    checkpointing: bool,
+    fixed: dict[str, float],
+    per_example: dict[str, float],
+) -> None:
     """What half-precision autocast keeps beyond the 16-bit count (measured on CPU and H100; see the constants).
 
     Over fp32 weights (full, freeze, QLoRA's fp32 non-4-bit parts; LoRA on CPUs): autograd keeps the half
@@ -857,41 +1114,76 @@ def _autocast(shape: Shape, method: str, on_gpu: bool, dtype: str, trainable: in
     """
     layers = shape.layers
     fp32_weights = dtype == "fp32"
+    adapters = not m.footprint.trains_base
     if fp32_weights:
-        backward_blocks = layers if method != "freeze" or shape.tied_head else (trained_blocks or 0)
+        backward_blocks = layers if trained_blocks is None or shape.tied_head else trained_blocks
         linear = shape.quantizable / max(layers, 1)
-        weights = shape.head_matmul + (0 if method == "qlora" else backward_blocks * linear)
-        fixed["autocast copies"] = 2 * (weights + (trainable if method in ("lora", "qlora") else 0))
+        weights = shape.head_matmul + (0 if m.footprint.quantized else backward_blocks * linear)
+        fixed["autocast copies"] = 2 * (weights + (trainable if adapters else 0))
     if checkpointing:
         return  # only block inputs are kept; the stream term is inside the one recomputed block
     stack = shape.stacks[0]
-    per_token = AUTOCAST_STREAM_BYTES * stack.hidden if fp32_weights else 0
-    if method in ("lora", "qlora"):
-        fan_in = sum(lin.fan_in * lin.count for lin in targeted(shape, lora_targets)) / max(layers, 1)
-        per_token += ADAPTER_INPUT_BYTES[method, "gpu" if on_gpu else "cpu"] * fan_in
-    trained = layers if method != "freeze" else (trained_blocks or 0)
+    per_token: float = AUTOCAST_STREAM_BYTES * stack.hidden if fp32_weights else 0
+    kept = m.footprint.adapter_input_bytes[1 if on_gpu else 0]
+    if kept and targets is not None:
+        fan_in = sum(lin.fan_in * lin.count for lin in targeted(shape, targets)) / max(layers, 1)
+        per_token += kept * fan_in
+    trained = layers if trained_blocks is None else trained_blocks
     extra = seq_len * per_token * trained
-    if method == "freeze" and shape.tied_head and fp32_weights:
-        block = _block_bytes(stack, seq_len, seq_len, act, attention_mode(stack, attention, on_gpu)) + seq_len * per_token
+    if trained_blocks is not None and shape.tied_head and fp32_weights:
+        block = (
+            _block_bytes(stack, seq_len, seq_len, act, attention_mode(stack, attention, on_gpu)) + seq_len * per_token
+        )
         extra += FROZEN_BLOCK_SHARE * block * (layers - trained)
     per_example["activations"] += extra
 
 
-def _cpu_heap_retention(shape: Shape, method: str, trained_blocks: int | None, lora_targets, seq_len: int,
-                        fixed: dict, per_example: dict) -> None:
+def _cpu_heap_retention(
+    shape: Shape,
+    m: MethodModule,
+    trained_blocks: int | None,
+    targets: Any,
+    seq_len: int,
+    fixed: dict[str, float],
+    per_example: dict[str, float],
+) -> None:
     """Freed temporaries that stay in the process on a CPU (glibc keeps freed blocks under its dynamic mmap
     threshold, up to 32 MiB, in its heap), so RSS peaks above the tensors alive at once. Fitted by least
     squares on SmolLM2-135M and MiniLM-L6 (24 points, bench/MEMORY_RESULTS.md), checked on a
     SmolLM2-360M-shaped model; see the constants."""
     stack = shape.stacks[0]
-    blocks = trained_blocks if (method == "freeze" and not shape.tied_head) else shape.layers
-    per_token = HEAP_STREAM_BYTES * stack.hidden * blocks
-    if method in ("lora", "qlora"):
-        fan_in = sum(lin.fan_in * lin.count for lin in targeted(shape, lora_targets))
-        per_token += HEAP_ADAPTER_INPUT_BYTES[method] * fan_in
-    if method == "qlora":
-        fixed["freed dequantised weights"] = HEAP_DEQUANT_BYTES * shape.quantizable
+    blocks = trained_blocks if (trained_blocks is not None and not shape.tied_head) else shape.layers
+    per_token: float = HEAP_STREAM_BYTES * stack.hidden * blocks
+    if m.footprint.heap_adapter_input_bytes and targets is not None:
+        fan_in = sum(lin.fan_in * lin.count for lin in targeted(shape, targets))
+        per_token += m.footprint.heap_adapter_input_bytes * fan_in
+    if m.footprint.heap_dequant_bytes:
+        fixed["freed dequantised weights"] = m.footprint.heap_dequant_bytes * shape.quantizable
     per_example["freed temporaries"] = per_token * seq_len
+
+
+def run_settings(config: Any, seq_len: int | None = None, batch: int | None = None) -> dict[str, Any]:
+    """A RunConfig as `estimate` arguments: the one mapping the pre-flight check, `tunesmith estimate run.yaml`
+    and the recommender's written configs are sized by. Recomputation is counted only where the user asked
+    for it: `auto`'s QLoRA checkpointing is sized without it, an upper bound, because the estimator's
+    checkpointing terms are not yet calibrated on CPUs (a QLoRA run measured 3.77 GiB RSS against 1.25 GiB
+    estimated; bench/RESULTS.md)."""
+    model = config.model
+    batch_size = config.train.batch_size if batch is None else batch
+    return {
+        "method": config.method,  # the method's own config: rank, targets, blocks, quantisation
+        "seq_len": config.data.max_length if seq_len is None else seq_len,
+        "batch": batch_size if isinstance(batch_size, int) else 1,  # auto: the pre-flight sizes it from 1 up
+        "grad_checkpointing": config.train.gradient_checkpointing is True,
+        "dtype": {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(model.dtype, "auto"),
+        # auto: transformers picks sdpa where the model supports it, which is what the estimate should assume
+        "attention": {"flash_attention_2": "flash", "auto": "sdpa"}.get(
+            model.attn_implementation, model.attn_implementation
+        ),
+        "precision": config.train.precision,
+        "optimizer": config.train.optimizer,
+        "loss_chunk_tokens": config.train.loss_chunk_tokens,
+    }
 
 
 def implied_mfu(est: Estimate, measured_examples_per_s: float) -> float:
@@ -899,11 +1191,11 @@ def implied_mfu(est: Estimate, measured_examples_per_s: float) -> float:
 
     Count processed examples (or tokens / tokens_per_example), not only the tokens that carry loss.
     """
-    peak = est.hardware.peak_flops(est.precision) * METHOD_EFFICIENCY[est.method] * est.gpus
+    peak = est.hardware.peak_flops(est.precision) * get_method(est.method).footprint.efficiency * est.gpus
     return measured_examples_per_s * est.flops_per_example / peak
 
 
-def _largest(total_for, limit: float, cap: int = 1 << 16) -> int:
+def _largest(total_for: Callable[[int], float], limit: float, cap: int = 1 << 16) -> int:
     """Largest batch with total_for(batch) <= limit (0 if even 1 does not fit): doubling, then bisection."""
     if total_for(1) > limit:
         return 0
@@ -938,7 +1230,23 @@ def human_count(n: float) -> str:
     return f"{n:.0f}"
 
 
-__all__ = ["Estimate", "Shape", "Stack", "Linear", "UnsupportedModel", "estimate", "model_shape", "lora_parameters",
-           "implied_mfu",
-           "parameter_memory", "activation_bytes", "resolve_dtypes", "MFU", "METHOD_EFFICIENCY", "human_bytes",
-           "human_duration", "human_count"]
+__all__ = [
+    "Estimate",
+    "Shape",
+    "Stack",
+    "Linear",
+    "UnsupportedModel",
+    "estimate",
+    "model_shape",
+    "lora_parameters",
+    "implied_mfu",
+    "parameter_memory",
+    "activation_bytes",
+    "resolve_dtypes",
+    "method_settings",
+    "run_settings",
+    "MFU",
+    "human_bytes",
+    "human_duration",
+    "human_count",
+]

@@ -15,6 +15,7 @@ import platform
 import re
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -47,8 +48,21 @@ class Hardware:
         return (self.fp32_tflops if precision == "fp32" else self.bf16_tflops) * 1e12
 
 
-def _gpu(name, memory_mib, bf16_tflops, fp32_tflops, bf16, bandwidth, price, note="", aliases=(), kind="datacenter-gpu"):
-    return Hardware(name, kind, memory_mib * MiB, bf16_tflops, fp32_tflops, bf16, bandwidth, price, note, tuple(aliases))
+def _gpu(
+    name: str,
+    memory_mib: int,
+    bf16_tflops: float,
+    fp32_tflops: float,
+    bf16: bool,
+    bandwidth: float | None,
+    price: float | None,
+    note: str = "",
+    aliases: Iterable[str] = (),
+    kind: str = "datacenter-gpu",
+) -> Hardware:
+    return Hardware(
+        name, kind, memory_mib * MiB, bf16_tflops, fp32_tflops, bf16, bandwidth, price, note, tuple(aliases)
+    )
 
 
 # Sources: NVIDIA data sheets (A100, H100 SXM, H200 SXM, L4, A10, V100 SXM2, T4, Ada whitepaper for the 4090);
@@ -65,12 +79,34 @@ PROFILES: dict[str, Hardware] = {
         _gpu("V100-16GB", 16160, 125, 15.7, False, 900, 3.1, "V100 SXM2 16GB: fp16 only", ["v100", "v100-16"]),
         _gpu("V100-32GB", 32510, 125, 15.7, False, 900, 3.9, "V100 SXM2 32GB: fp16 only", ["v100-32"]),
         _gpu("T4-16GB", 15360, 65, 8.1, False, 320, 0.53, "T4 16GB: fp16 only", ["t4"]),
-        _gpu("RTX4090-24GB", 24564, 165, 82.6, True, 1008, 0.5, "GeForce RTX 4090", ["4090", "rtx4090"], "consumer-gpu"),
+        _gpu(
+            "RTX4090-24GB", 24564, 165, 82.6, True, 1008, 0.5, "GeForce RTX 4090", ["4090", "rtx4090"], "consumer-gpu"
+        ),
         # Unified memory: macOS lets the GPU wire about 75% of RAM (recommendedMaxWorkingSetSize).
-        Hardware("M2-Max-96GB", "apple", int(96 * GiB * 0.75), 13.6, 13.6, True, 400, None,
-                 "Apple M2 Max, 38-core GPU, 96 GB unified memory (75% usable by the GPU)", ("m2-max", "m2")),
-        Hardware("M3-Max-128GB", "apple", int(128 * GiB * 0.75), 16.4, 16.4, True, 400, None,
-                 "Apple M3 Max, 40-core GPU, 128 GB unified memory (75% usable by the GPU)", ("m3-max", "m3", "apple")),
+        Hardware(
+            "M2-Max-96GB",
+            "apple",
+            int(96 * GiB * 0.75),
+            13.6,
+            13.6,
+            True,
+            400,
+            None,
+            "Apple M2 Max, 38-core GPU, 96 GB unified memory (75% usable by the GPU)",
+            ("m2-max", "m2"),
+        ),
+        Hardware(
+            "M3-Max-128GB",
+            "apple",
+            int(128 * GiB * 0.75),
+            16.4,
+            16.4,
+            True,
+            400,
+            None,
+            "Apple M3 Max, 40-core GPU, 128 GB unified memory (75% usable by the GPU)",
+            ("m3-max", "m3", "apple"),
+        ),
     )
 }
 
@@ -83,8 +119,10 @@ def _cpu_flags() -> tuple[set[str], str, float | None]:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return set(), platform.processor(), None
-    flags = set(re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split()) if "flags" in text else set()
-    vendor = (re.search(r"^vendor_id\s*:\s*(\S+)", text, re.M) or [None, ""])[1]
+    flag_line = re.search(r"^flags\s*:(.*)$", text, re.M)
+    flags = set(flag_line.group(1).split()) if flag_line else set()
+    vendor_line = re.search(r"^vendor_id\s*:\s*(\S+)", text, re.M)
+    vendor = vendor_line.group(1) if vendor_line else ""
     family = re.search(r"^cpu family\s*:\s*(\d+)", text, re.M)
     mhz = re.search(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)
     # AMD Zen 3/4 (family 25) executes 512-bit vectors as two 256-bit halves.
@@ -144,8 +182,13 @@ def _local_gpu() -> Hardware | None:
     if shutil.which("nvidia-smi") is None:
         return None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     line = out.strip().splitlines()[0] if out.strip() else ""

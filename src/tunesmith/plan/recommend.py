@@ -10,12 +10,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from tunesmith.errors import TunesmithError
+from tunesmith.methods import by_quality, get_method, methods_for
 from tunesmith.plan.catalog import Entry, load_catalog
 from tunesmith.plan.estimate import (
+    FRAMEWORK_BYTES,
     Estimate,
     UnsupportedModel,
     estimate,
@@ -23,31 +26,19 @@ from tunesmith.plan.estimate import (
     human_count,
     human_duration,
     parameter_memory,
-    FRAMEWORK_BYTES,
 )
 from tunesmith.plan.hardware import Hardware, get_hardware
+from tunesmith.taskcards import get_card
 
 # Share of device memory a plan may use: the rest absorbs allocator fragmentation and transient peaks.
 HEADROOM = 0.9
 # A method is chosen only if batch 1 leaves this much free, so a real batch still fits.
 METHOD_MARGIN = 0.8
 EFFECTIVE_BATCH = 16
-DEFAULT_SEQ_LEN = {"chat": 1024, "continued-pretraining": 2048, "text-classification": 256,
-                   "token-classification": 256, "summarization": 1024, "reranking": 512}
-IMAGE_TASKS = ("image-classification", "image-segmentation", "text-to-image")
 # Time basis when neither data nor a token count is given.
 ASSUMED_TOKENS = 1_000_000
 ASSUMED_IMAGES = 10_000
-TRADE_OFFS = {
-    "full": "full fine-tuning updates every weight: the highest quality ceiling, at 16 bytes per parameter "
-            "for fp32 weights, gradients and AdamW states",
-    "lora": "LoRA trains small adapters on a frozen base: close to full fine-tuning on most tasks (Hu et al. "
-            "2021) for a fraction of the memory, and the adapter is a few MB",
-    "qlora": "QLoRA keeps the frozen base in 4-bit NF4: about a quarter of LoRA's weight memory, at slower "
-             "steps (4-bit dequantisation) and a small quality cost (Dettmers et al. 2023)",
-}
 LICENSE_SCORE = {"permissive": 1.0, "conditional": 0.0, "non-commercial": -2.0, "unknown": -1.0}
-METHOD_SCORE = {"full": 1.5, "lora": 1.0, "qlora": 0.5}
 
 
 @dataclass
@@ -90,7 +81,7 @@ class Recommendation:
 # Data lengths
 
 
-def _chars(value) -> int:
+def _chars(value: Any) -> int:
     if isinstance(value, str):
         return len(value)
     if isinstance(value, dict):
@@ -117,7 +108,7 @@ def data_stats(path: str) -> DataStats:
 def seq_len_for(task: str, context: int, stats: DataStats | None) -> tuple[int, str]:
     """(sequence length, why): the data's p95 rounded up to a power of two, capped by the context."""
     if stats is None:
-        wanted = DEFAULT_SEQ_LEN.get(task, 512)
+        wanted = get_card(task).default_seq_len
         why = f"{task} default {wanted} (give --data to size it from your records)"
     else:
         wanted = max(32, 2 ** math.ceil(math.log2(max(stats.p95, 1))))
@@ -131,26 +122,51 @@ def seq_len_for(task: str, context: int, stats: DataStats | None) -> tuple[int, 
 # Method and batch
 
 
-def _plan_memory(entry: Entry, hw: Hardware, seq_len: int, r: int):
+def candidate_methods(task: str, only: str | None = None) -> list[str]:
+    """The methods `recommend` tries for a task, best quality first: those registered for its model kind
+    that it may choose unasked (Recommendable.automatic), or only `only`."""
+    names = methods_for(get_card(task).model_kind)
+    if only is not None:
+        if only not in names:
+            raise TunesmithError(
+                f"method {only} cannot train task {task}", where="--method", fix=f"choose one of {', '.join(names)}"
+            )
+        return [only]
+    return by_quality([n for n in names if get_method(n).recommend.automatic])
+
+
+def _plan_memory(
+    entry: Entry,
+    hw: Hardware,
+    seq_len: int,
+    r: int,
+    methods: list[str],
+) -> tuple[str | None, bool, int, Estimate | None, list[Estimate]]:
     """Choose (method, checkpointing, batch, estimate) for an entry the estimator models.
 
-    Order: full, then LoRA, then QLoRA, each first without gradient checkpointing; a method qualifies when
-    batch 1 uses at most METHOD_MARGIN of the memory. Checkpointing is turned on when it is needed to fit,
-    or when it more than doubles a batch smaller than 4.
+    Order: `methods` (best quality first: full, LoRA, QLoRA), each first without gradient checkpointing; a
+    method qualifies when batch 1 uses at most METHOD_MARGIN of the memory. Checkpointing is turned on when
+    it is needed to fit, or when it more than doubles a batch smaller than 4.
     """
-    tried = []
-    for method in ("full", "lora", "qlora"):
+    tried: list[Estimate] = []
+    for method in methods:
         for ckpt in (False, True):
-            est = estimate(entry, method=method, seq_len=seq_len, batch=1, grad_checkpointing=ckpt, hardware=hw, lora_r=r)
+            est = estimate(
+                entry, method=method, seq_len=seq_len, batch=1, grad_checkpointing=ckpt, hardware=hw, lora_r=r
+            )
             tried.append(est)
             if est.total_bytes > METHOD_MARGIN * hw.memory_bytes:
                 continue
             batch = _batch(est, hw)
             if not ckpt and batch < 4:
-                other = estimate(entry, method=method, seq_len=seq_len, batch=1, grad_checkpointing=True, hardware=hw, lora_r=r)
+                other = estimate(
+                    entry, method=method, seq_len=seq_len, batch=1, grad_checkpointing=True, hardware=hw, lora_r=r
+                )
                 if _batch(other, hw) >= 2 * batch:
                     est, ckpt, batch = other, True, _batch(other, hw)
-            final = estimate(entry, method=method, seq_len=seq_len, batch=batch, grad_checkpointing=ckpt, hardware=hw, lora_r=r)
+            final = estimate(
+                entry, method=method, seq_len=seq_len, batch=batch, grad_checkpointing=ckpt, hardware=hw, lora_r=r
+            )
             return method, ckpt, batch, final, tried
     return None, False, 0, None, tried
 
@@ -164,18 +180,20 @@ def _batch(est: Estimate, hw: Hardware) -> int:
     return 0 if fitting < 1 else 2 ** int(math.log2(min(EFFECTIVE_BATCH, fitting)))
 
 
-def _rough_plan(entry: Entry, hw: Hardware):
+def _rough_plan(entry: Entry, hw: Hardware, methods: list[str]) -> tuple[str | None, float]:
     """Architectures without a shape builder: weights, gradients and optimizer from parameter counts only."""
     cfg = entry.config
     loaded, trained = entry.parameters, cfg.get("unet_parameters", entry.parameters)
     if cfg.get("base_model"):  # an adapter: its base model is loaded too, frozen
         base = load_catalog().find(cfg["base_model"])
         loaded += base.parameters if base else 0
-    for method in ("full", "lora", "qlora"):
-        if method == "full":  # the trained part with its gradients and states; frozen parts as plain weights
-            memory = parameter_memory(trained, trained, "full", hw)
+    for method in methods:
+        if get_method(
+            method
+        ).footprint.trains_base:  # the trained part with its gradients and states; frozen parts as plain weights
+            memory = parameter_memory(trained, trained, method, hw)
             memory["weights"] += (loaded - trained) * (2 if hw.is_gpu and hw.bf16 else 4)
-        else:  # LoRA on an unmodelled architecture: ~1% of the trained part, a typical adapter size
+        else:  # adapters on an unmodelled architecture: ~1% of the trained part, a typical LoRA size
             memory = parameter_memory(loaded, max(1, trained // 100), method, hw)
         total = sum(memory.values()) + FRAMEWORK_BYTES["gpu" if hw.is_gpu else "other"]
         # Activations are not modelled: keep a quarter of the memory free for them.
@@ -189,18 +207,26 @@ def _rough_plan(entry: Entry, hw: Hardware):
 
 
 def _language_score(entry: Entry, language: str, task: str) -> tuple[float, str | None]:
-    if task in IMAGE_TASKS and task != "text-to-image":
+    card = get_card(task)
+    if card.images and card.model_kind != "diffusion":  # no text goes in
         return 0.0, None
     lang = language.lower()
     if lang in entry.languages:
-        many = f" (one of {entry.language_count} languages)" if entry.language_count else (
-            f" (one of {len(entry.languages)})" if len(entry.languages) > 1 else "")
+        many = (
+            f" (one of {entry.language_count} languages)"
+            if entry.language_count
+            else (f" (one of {len(entry.languages)})" if len(entry.languages) > 1 else "")
+        )
         return 2.0, f"language: trained on '{lang}'{many}"
     if entry.language_count and entry.language_count > len(entry.languages):
-        return 0.5, (f"language: '{lang}' is not among its main languages, but it covers {entry.language_count}; "
-                     "check the model card")
-    return -4.0, (f"language: trained on {', '.join(entry.languages) or 'no text'} only, not '{lang}'; expect poor "
-                  "results without continued pre-training")
+        return 0.5, (
+            f"language: '{lang}' is not among its main languages, but it covers {entry.language_count}; "
+            "check the model card"
+        )
+    return -4.0, (
+        f"language: trained on {', '.join(entry.languages) or 'no text'} only, not '{lang}'; expect poor "
+        "results without continued pre-training"
+    )
 
 
 def _domain_score(entry: Entry, domain: str | None) -> tuple[float, str | None]:
@@ -225,48 +251,77 @@ def _time_penalty(hours: float | None) -> float:
     return 0.0 if not hours or hours <= 1 else 1.5 * math.log2(hours)
 
 
-def _candidate(entry, task, hw, language, domain, stats, tokens, price, budget_hours, max_cost_usd):
+def _candidate(
+    entry: Entry,
+    task: str,
+    hw: Hardware,
+    language: str,
+    domain: str | None,
+    stats: DataStats | None,
+    tokens: int | None,
+    price: float | None,
+    budget_hours: float | None,
+    max_cost_usd: float | None,
+    methods: list[str],
+) -> Recommendation | str:
+    """The recommendation, or why the entry is left out."""
     catalog = load_catalog()
     reasons: list[str] = []
     score = 0.0
-    image = task in IMAGE_TASKS
-    seq_len, seq_why = (entry.context_length, f"{entry.context_length} px images") if image else seq_len_for(
-        task, entry.context_length, stats)
-    r = 16 if task in ("chat", "summarization", "continued-pretraining") else 8
+    image = get_card(task).images
+    seq_len, seq_why = (
+        (entry.context_length, f"{entry.context_length} px images")
+        if image
+        else seq_len_for(task, entry.context_length, stats)
+    )
+    r = get_card(task).lora_rank
 
     # 1. Method by memory
     try:
-        method, ckpt, batch, est, tried = _plan_memory(entry, hw, seq_len, r)
+        method, ckpt, batch, est, tried = _plan_memory(entry, hw, seq_len, r, methods)
         rough = False
         memory = est.total_bytes if est else min(t.total_bytes for t in tried)
     except UnsupportedModel:
         est, ckpt, batch, rough = None, False, 1, True
-        method, memory = _rough_plan(entry, hw)
+        method, memory = _rough_plan(entry, hw, methods)
     if method is None:
-        return None, f"{entry.name}: does not fit {hw.name} even with QLoRA ({human_bytes(memory)} at batch 1)"
+        return f"{entry.name}: does not fit {hw.name} even with {methods[-1]} ({human_bytes(memory)} at batch 1)"
 
-    full_need = None if rough else next((t.total_bytes for t in tried if t.method == "full"), None)
+    full_need = (
+        None if rough else next((t.total_bytes for t in tried if get_method(t.method).footprint.trains_base), None)
+    )
     size = f"size: {human_count(entry.parameters)} parameters"
-    if method == "full":
-        reasons.append(f"{size}; full fine-tuning needs {human_bytes(memory)} of {human_bytes(hw.memory_bytes)} on {hw.name}")
+    if get_method(method).footprint.trains_base:
+        reasons.append(
+            f"{size}; full fine-tuning needs {human_bytes(memory)} of {human_bytes(hw.memory_bytes)} on {hw.name}"
+        )
     else:
-        reasons.append(f"{size}; full fine-tuning would need {human_bytes(full_need) if full_need else 'more than fits'}, "
-                       f"{method} needs {human_bytes(memory)} of {human_bytes(hw.memory_bytes)} on {hw.name}")
-    reasons.append(f"method: {method}: {TRADE_OFFS[method]}")
-    score += METHOD_SCORE[method] + _size_score(entry.parameters)
+        reasons.append(
+            f"{size}; full fine-tuning would need {human_bytes(full_need) if full_need else 'more than fits'}, "
+            f"{method} needs {human_bytes(memory)} of {human_bytes(hw.memory_bytes)} on {hw.name}"
+        )
+    reasons.append(f"method: {method}: {get_method(method).recommend.trade_off}")
+    score += get_method(method).recommend.quality + _size_score(entry.parameters)
     if rough:
         score -= 0.5
-        reasons.append(f"memory: {entry.config['model_type']} is sized from parameter counts only (activations not "
-                       "modelled; a quarter of the memory is left for them), batch 1")
+        reasons.append(
+            f"memory: {entry.config['model_type']} is sized from parameter counts only (activations not "
+            "modelled; a quarter of the memory is left for them), batch 1"
+        )
     else:
         accum = math.ceil(EFFECTIVE_BATCH / batch)
-        reasons.append(f"batch: {batch} per step{' with gradient checkpointing' if ckpt else ''} fits, x{accum} "
-                       f"accumulation = effective {batch * accum}")
+        reasons.append(
+            f"batch: {batch} per step{' with gradient checkpointing' if ckpt else ''} fits, x{accum} "
+            f"accumulation = effective {batch * accum}"
+        )
     if not image:
         reasons.append(f"sequence length: {seq_len}: {seq_why}")
-    if method in ("lora", "qlora"):
-        reasons.append(f"LoRA rank {r} on all linear layers: adapting every layer matters more than the rank "
-                       f"(QLoRA paper); {'generation tasks get 16' if r == 16 else 'classification needs little capacity, 8'}")
+    ranked = "r" in get_method(method).Config.model_fields
+    if ranked:
+        reasons.append(
+            f"LoRA rank {r} on all linear layers: adapting every layer matters more than the rank "
+            f"(QLoRA paper); {'generation tasks get 16' if r == 16 else 'classification needs little capacity, 8'}"
+        )
 
     # 2. Fit to the use case
     for part in (_language_score(entry, language, task), _domain_score(entry, domain)):
@@ -297,24 +352,39 @@ def _candidate(entry, task, hw, language, domain, stats, tokens, price, budget_h
         images = stats.records if stats is not None else (tokens or ASSUMED_IMAGES)
         basis = "epoch" if (stats is not None or tokens) else "10k images"
         hours = images / est.examples_per_second / 3600
-    if hours is not None:
+    if hours is not None and est is not None:  # hours are only known from an estimate
         hourly = price if price is not None else hw.price_per_hour
         cost = hours * hourly if hourly is not None else None
         score -= _time_penalty(hours)
-        reasons.append(f"time: {human_duration(hours * 3600)} per {basis} at ~{human_count(est.tokens_per_second or est.examples_per_second)}"
-                       f" {'tokens' if est.tokens_per_second else 'examples'}/s" + (f", ${cost:.2f}" if cost is not None else ""))
+        reasons.append(
+            f"time: {human_duration(hours * 3600)} per {basis} at ~{human_count(est.tokens_per_second or est.examples_per_second)}"
+            f" {'tokens' if est.tokens_per_second else 'examples'}/s" + (f", ${cost:.2f}" if cost is not None else "")
+        )
         if budget_hours is not None and basis == "epoch" and hours > budget_hours:
-            return None, f"{entry.name}: {human_duration(hours * 3600)} per epoch exceeds the {budget_hours:g} h budget"
+            return f"{entry.name}: {human_duration(hours * 3600)} per epoch exceeds the {budget_hours:g} h budget"
         if max_cost_usd is not None and basis == "epoch" and cost is not None and cost > max_cost_usd:
-            return None, f"{entry.name}: ${cost:.2f} per epoch exceeds the ${max_cost_usd:g} limit"
+            return f"{entry.name}: ${cost:.2f} per epoch exceeds the ${max_cost_usd:g} limit"
 
     return Recommendation(
-        entry=entry, task=task, hardware=hw, method=method, lora_r=r if method != "full" else None,
-        batch=batch, grad_accum=math.ceil(EFFECTIVE_BATCH / max(batch, 1)), seq_len=seq_len,
-        grad_checkpointing=ckpt, memory_bytes=memory, score=round(score, 2), reasons=reasons, estimate=est,
-        tokens_per_epoch=epoch_tokens, hours_per_epoch=hours, cost_usd=cost,
-        data_path=stats.path if stats else None, time_basis=basis,
-    ), None
+        entry=entry,
+        task=task,
+        hardware=hw,
+        method=method,
+        lora_r=r if ranked else None,
+        batch=batch,
+        grad_accum=math.ceil(EFFECTIVE_BATCH / max(batch, 1)),
+        seq_len=seq_len,
+        grad_checkpointing=ckpt,
+        memory_bytes=memory,
+        score=round(score, 2),
+        reasons=reasons,
+        estimate=est,
+        tokens_per_epoch=epoch_tokens,
+        hours_per_epoch=hours,
+        cost_usd=cost,
+        data_path=stats.path if stats else None,
+        time_basis=basis,
+    )
 
 
 def recommend(
@@ -328,24 +398,30 @@ def recommend(
     top: int = 5,
     tokens: int | None = None,
     price_per_hour: float | None = None,
+    method: str | None = None,
 ) -> list[Recommendation]:
     """The `top` catalog models for `task`, best first, each with its method, settings, time, cost and reasons.
 
     `data_path` sizes the sequence length and the epoch; without it `tokens` (training tokens, or images
     for image tasks, per epoch) does, else times are per 1M tokens or 10k images and the budget and cost limits are not applied. Models that do not
-    fit, or exceed the budget, are left out; the first recommendation's `excluded` lists them.
+    fit, or exceed the budget, are left out; the first recommendation's `excluded` lists them. `method`
+    restricts the choice to one registered method.
     """
     if top < 1:
         raise TunesmithError(f"top must be at least 1, got {top}", where="--top")
+    methods = candidate_methods(task, method)
     catalog = load_catalog()
     entries = catalog.for_task(task)
     hw = get_hardware(hardware)
     stats = data_stats(data_path) if data_path else None
-    chosen, excluded = [], []
+    chosen: list[Recommendation] = []
+    excluded: list[str] = []
     for entry in entries:
-        rec, why_not = _candidate(entry, task, hw, language, domain, stats, tokens, price_per_hour, budget_hours, max_cost_usd)
-        if rec is None:
-            excluded.append(why_not)
+        rec = _candidate(
+            entry, task, hw, language, domain, stats, tokens, price_per_hour, budget_hours, max_cost_usd, methods
+        )
+        if isinstance(rec, str):
+            excluded.append(rec)
         else:
             chosen.append(rec)
     if not chosen:
@@ -363,10 +439,7 @@ def recommend(
 # Run config
 
 
-LEARNING_RATE = {"full": 2e-5, "lora": 2e-4, "qlora": 2e-4}
-
-
-def run_config(rec: Recommendation, data_path: str | None = None) -> dict:
+def run_config(rec: Recommendation, data_path: str | None = None) -> dict[str, Any]:
     """The recommendation as a RunConfig-shaped dict (sections model/data/method/train/eval/output)."""
     from tunesmith.models.starters import find_starter
 
@@ -374,11 +447,11 @@ def run_config(rec: Recommendation, data_path: str | None = None) -> dict:
     model = {"name": starter.name if starter else rec.entry.id}
     if rec.entry.config.get("model_type") == "gemma2":
         model["attn_implementation"] = "eager"  # Gemma 2's logit soft-capping needs eager attention
-    method = {"name": rec.method}
-    if rec.method in ("lora", "qlora"):
+    method: dict[str, Any] = {"name": rec.method}
+    if rec.lora_r is not None:
         method.update(r=rec.lora_r, alpha=2 * rec.lora_r, target_modules="all-linear")
-    data = {"train": data_path or rec.data_path}
-    if rec.task not in IMAGE_TASKS:
+    data: dict[str, Any] = {"train": data_path or rec.data_path}
+    if not get_card(rec.task).images:
         data["max_length"] = rec.seq_len
     return {
         "name": f"{rec.entry.name}-{rec.method}",
@@ -386,8 +459,13 @@ def run_config(rec: Recommendation, data_path: str | None = None) -> dict:
         "model": model,
         "data": data,
         "method": method,
-        "train": {"epochs": 1, "batch_size": rec.batch, "grad_accum": rec.grad_accum,
-                  "learning_rate": LEARNING_RATE[rec.method], "gradient_checkpointing": rec.grad_checkpointing},
+        "train": {
+            "epochs": 1,
+            "batch_size": rec.batch,
+            "grad_accum": rec.grad_accum,
+            "learning_rate": get_method(rec.method).recommend.learning_rate,
+            "gradient_checkpointing": rec.grad_checkpointing,
+        },
         "output": {"dir": "runs"},
     }
 
@@ -397,10 +475,10 @@ def write_config(rec: Recommendation, path: str | Path, data_path: str | None = 
     path = Path(path)
     if path.exists() and not overwrite:
         raise TunesmithError(f"{path} exists", where="--write", fix="choose another file name or delete it first")
-    header = [f"# tunesmith run config written by `tunesmith recommend` for {rec.entry.id} on {rec.hardware.name}",
-              *(f"#   {reason}" for reason in rec.reasons)]
-    if rec.task != "chat":
-        header.append(f"# note: this tunesmith version trains task 'chat' only; '{rec.task}' configs await that task")
+    header = [
+        f"# tunesmith run config written by `tunesmith recommend` for {rec.entry.id} on {rec.hardware.name}",
+        *(f"#   {reason}" for reason in rec.reasons),
+    ]
     if not (data_path or rec.data_path):
         header.append("# set data.train to your training file before `tunesmith train`")
     data = data_path or rec.data_path

@@ -27,6 +27,7 @@ import shutil
 from pathlib import Path
 
 from tunesmith.errors import TunesmithError
+from tunesmith.runs.kill_points import kill_point
 
 PARTIAL = ".partial"  # suffix of everything not yet complete; `remove_partials` clears leftovers
 MANIFEST = "manifest.json"
@@ -64,14 +65,15 @@ def disk_full_reason(exc: BaseException) -> str | None:
     """Why a write failed when the disk (or a size limit) is full, else None. Looks through the chain:
     torch.save wraps the OSError in a RuntimeError, safetensors keeps only '(os error 28)' in its text."""
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
-            return _DISK_FULL[exc.errno]
-        found = re.search(r"os error (\d+)", str(exc))
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _DISK_FULL:
+            return _DISK_FULL[current.errno]
+        found = re.search(r"os error (\d+)", str(current))
         if found and int(found.group(1)) in _DISK_FULL:
             return _DISK_FULL[int(found.group(1))]
-        exc = exc.__cause__ or exc.__context__
+        current = current.__cause__ or current.__context__
     return None
 
 
@@ -137,8 +139,6 @@ def atomic_directory(target: Path, *, manifest: bool = False, then: str = ""):
     """Yield `<target>.partial-<pid>/`; when the block is done its files are fsynced, `manifest.json` is
     written last when `manifest`, and the folder is renamed to `target` (an existing `target` is moved
     aside first and removed only after the rename). On failure the staging folder is removed."""
-    from tunesmith.train.faults import kill_point
-
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Per process: two processes converting the same starter model must not write into one folder.

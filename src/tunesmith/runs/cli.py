@@ -10,8 +10,9 @@ import argparse
 import time
 from pathlib import Path
 
-from tunesmith.config import TASKS
 from tunesmith.errors import TunesmithError
+from tunesmith.methods import METHODS, default_settings
+from tunesmith.taskcards import TASKS
 
 
 def _console():
@@ -40,10 +41,11 @@ def hyperparameters(params: dict) -> str:
     if params.get("train.batch_size") is not None:
         parts.append(f"batch {params['train.batch_size']}x{params.get('train.grad_accum', 1)}")
     method = params.get("method.name")
-    if method in ("lora", "qlora"):
-        parts.append(f"r {params.get('method.r')} alpha {_num(params.get('method.alpha'))}")
-    elif method == "freeze":
-        parts.append(f"top {params.get('method.freeze_train_top')}")
+    if method in METHODS:  # the method's own searched options (its search_space), e.g. r and alpha for LoRA
+        module = METHODS[method]
+        keys = [k for k in module.search_space(default_settings(method)) if k.startswith("method.") and params.get(k) is not None]
+        if keys:
+            parts.append(" ".join(f"{k.removeprefix('method.')} {_num(params[k])}" for k in keys))
     return ", ".join(parts)
 
 

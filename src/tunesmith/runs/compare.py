@@ -105,7 +105,8 @@ def plot_curves(runs: list[RunDir], labels: list[str], output: Path) -> Path | N
         return None
     fig, ax = plt.subplots(figsize=(8, 4.5))
     # A fixed palette (matplotlib's tab10), not the style's colour cycle, which other libraries restyle.
-    colours = list(matplotlib.colormaps["tab10"].colors)
+    tab10 = matplotlib.colormaps["tab10"]
+    colours = [tab10(i) for i in range(tab10.N)]
     for i, (label, (train, val)) in enumerate(zip(labels, curves)):
         colour = colours[i % len(colours)]
         if train:

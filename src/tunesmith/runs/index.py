@@ -27,6 +27,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tunesmith.errors import TunesmithError
 from tunesmith.runs.trackers import safe_params
@@ -264,7 +265,11 @@ def record_from_disk(path: Path) -> RunRecord:
             summary = json.loads((path / "summary.json").read_text())
     status = summary.get("status") or "unknown"
     reason = summary.get("reason") if summary else "in no index and without summary.json: unfinished, or made before the index existed"
-    section = lambda name: config.get(name) if isinstance(config.get(name), dict) else {}  # noqa: E731
+
+    def section(name: str) -> dict[str, Any]:
+        value = config.get(name)
+        return value if isinstance(value, dict) else {}
+
     stat = (path / "config.yaml").stat()
     return RunRecord(
         path=path, name=path.name, status=status, reason=reason, task=config.get("task"),

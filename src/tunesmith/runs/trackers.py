@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 from tunesmith.errors import TunesmithError
+from tunesmith.extras import require as require_extra
 from tunesmith.redact import SECRET_KEY, has_masked_secret, redact, redact_tree  # noqa: F401  (redact is re-exported)
 
 TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # name -> module it needs
@@ -63,18 +64,10 @@ def numeric(record: dict) -> dict:
 
 
 def require(names: list[str]) -> None:
-    """Every tracker asked for can be imported, else one error naming the extra that installs them."""
-    import importlib
-
-    missing = []
+    """Every tracker asked for can be imported, else an error naming the extra that installs them (all of them)."""
     for name in names:
-        try:
-            importlib.import_module(TRACKERS[name])
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise TunesmithError(f"track.report_to asks for {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed",
-                             where="track.report_to", fix=f"{EXTRA} (or remove {', '.join(missing)} from track.report_to)")
+        require_extra(TRACKERS[name], "track", f"the {name} tracker", where="track.report_to",
+                      alternative=f"remove {name} from track.report_to")
 
 
 def mlflow_uri(config) -> str:

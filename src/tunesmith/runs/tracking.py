@@ -89,5 +89,5 @@ class RunTracking:
             self.index = None
 
     def _detach(self) -> None:
-        if self.trackers is not None and self.trackers.log in self.run.listeners:
+        if self.run is not None and self.trackers is not None and self.trackers.log in self.run.listeners:
             self.run.listeners.remove(self.trackers.log)

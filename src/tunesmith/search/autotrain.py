@@ -12,22 +12,33 @@ Phases of `autotrain`:
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.errors import TunesmithError
+from tunesmith.taskcards import TASKS
 
 # Columns (after data.columns' defaults) that identify a task, first match wins. Chat formats first:
 # their columns (messages, prompt/completion, instruction/output) never occur in the others' records.
 _TASK_COLUMNS = [
-    ("chat", ("messages",)), ("chat", ("conversations",)), ("chat", ("instruction", "output")),
+    ("chat", ("messages",)),
+    ("chat", ("conversations",)),
+    ("chat", ("instruction", "output")),
     ("chat", ("prompt", "completion")),
-    ("token-classification", ("tokens", "tags")), ("token-classification", ("words", "tags")),
-    ("token-classification", ("tokens", "ner_tags")), ("token-classification", ("text", "entities")),
-    ("text-to-image", ("image", "text")), ("image-classification", ("image", "label")),
-    ("summarization", ("document", "summary")), ("summarization", ("article", "highlights")),
-    ("summarization", ("source", "target")), ("summarization", ("dialogue", "summary")),
-    ("text-classification", ("text", "label")), ("text-classification", ("text", "labels")),
+    ("token-classification", ("tokens", "tags")),
+    ("token-classification", ("words", "tags")),
+    ("token-classification", ("tokens", "ner_tags")),
+    ("token-classification", ("text", "entities")),
+    ("text-to-image", ("image", "text")),
+    ("image-classification", ("image", "label")),
+    ("summarization", ("document", "summary")),
+    ("summarization", ("article", "highlights")),
+    ("summarization", ("source", "target")),
+    ("summarization", ("dialogue", "summary")),
+    ("text-classification", ("text", "label")),
+    ("text-classification", ("text", "labels")),
     ("text-classification", ("text", "text_pair", "score")),
     ("continued-pretraining", ("text",)),
 ]
@@ -53,28 +64,31 @@ def detect_task(columns: list[str], source: str) -> str:
         if have >= set(needed):
             return task
     raise TunesmithError(
-        f"cannot tell the task from the columns found ({', '.join(columns)})", where=source,
-        fix="pass --task (chat, text-classification, token-classification, summarization, continued-pretraining, "
-            "image-classification, text-to-image), or rename the columns, e.g. to prompt/completion or text/label")
+        f"cannot tell the task from the columns found ({', '.join(columns)})",
+        where=source,
+        fix=f"pass --task ({', '.join(TASKS)}), or rename the columns, e.g. to prompt/completion or text/label",
+    )
 
 
 def _choose(task: str, hardware: str, data: str, model: str | None, budget_hours: float) -> tuple[str, str, dict]:
     """(model reference, method, the planner's run config) for the task on this hardware."""
+    from tunesmith.methods import DEFAULT_METHOD, get_method
     from tunesmith.models.resolve import hub_reachable
     from tunesmith.models.starters import find_starter
     from tunesmith.plan.catalog import load_catalog
-    from tunesmith.plan.recommend import LEARNING_RATE, recommend, run_config
+    from tunesmith.plan.recommend import recommend, run_config
 
     recs = recommend(task, hardware=hardware, data_path=data, top=100)
     if model is not None:
-        entry = load_catalog().find(model) or (load_catalog().find(find_starter(model).hub_id) if find_starter(model) else None)
+        starter = find_starter(model)
+        entry = load_catalog().find(model) or (load_catalog().find(starter.hub_id) if starter else None)
         rec = next((r for r in recs if entry is not None and r.entry.id == entry.id), None)
         if rec is None:  # not in the catalog (a local folder): the planner's settings of its top pick, LoRA
             chosen = run_config(recs[0], data)
             chosen["model"] = {"name": model}
-            chosen["method"] = {"name": "lora"}
-            chosen["train"]["learning_rate"] = LEARNING_RATE["lora"]
-            return model, "lora", chosen
+            chosen["method"] = {"name": DEFAULT_METHOD}
+            chosen["train"]["learning_rate"] = get_method(DEFAULT_METHOD).recommend.learning_rate
+            return model, DEFAULT_METHOD, chosen
         return model, rec.method, run_config(rec, data)
     online = None
     for rec in recs:
@@ -86,14 +100,26 @@ def _choose(task: str, hardware: str, data: str, model: str | None, budget_hours
             continue  # an epoch would take three budgets: not even a few trials' worth of steps fit
         chosen = run_config(rec, data)
         return chosen["model"]["name"], rec.method, chosen
-    raise TunesmithError(f"no {task} model in the catalog can be loaded here and fits the budget",
-                         where="--model", fix="pass --model with a local model folder or a packaged starter, or a larger --budget")
+    raise TunesmithError(
+        f"no {task} model in the catalog can be loaded here and fits the budget",
+        where="--model",
+        fix="pass --model with a local model folder or a packaged starter, or a larger --budget",
+    )
 
 
-def autotrain(data: str, *, task: str | None = None, model: str | None = None, budget: str = "30m",
-              hardware: str = "auto", trials: int = 8, output: str = "runs", seed: int = 42) -> AutotrainResult:
-    import time
-
+def autotrain(
+    data: str,
+    *,
+    task: str | None = None,
+    model: str | None = None,
+    budget: str = "30m",
+    hardware: str = "auto",
+    trials: int = 8,
+    output: str = "runs",
+    seed: int = 42,
+    clock: Callable[[], float] = time.monotonic,
+) -> AutotrainResult:
+    """`clock` (seconds) measures the budget: every cut and the reported seconds come from it."""
     from tunesmith.config import RunConfig
     from tunesmith.data.readers import read_records
     from tunesmith.pipeline import read_splits
@@ -101,10 +127,14 @@ def autotrain(data: str, *, task: str | None = None, model: str | None = None, b
     from tunesmith.search.budget import SEARCH_SHARE, Budget
     from tunesmith.search.study import run_search
 
-    began = time.time()
+    began = clock()
     seconds = parse_duration(budget) * 3600
     if seconds < 10:
-        raise TunesmithError(f"a budget of {seconds:.0f} s cannot load a model and train", where="--budget", fix="give at least a minute, e.g. --budget 5m")
+        raise TunesmithError(
+            f"a budget of {seconds:.0f} s cannot load a model and train",
+            where="--budget",
+            fix="give at least a minute, e.g. --budget 5m",
+        )
     if trials < 1:
         raise TunesmithError("--trials must be at least 1", where="--trials")
 
@@ -116,8 +146,10 @@ def autotrain(data: str, *, task: str | None = None, model: str | None = None, b
     found = detect_task(columns, data)
     if task is None:
         task = found
-    print(f"data: {len(records)} records in {data}; columns {', '.join(columns)} -> task {task}"
-          + ("" if found == task else f" (as given; the columns suggest {found})"))
+    print(
+        f"data: {len(records)} records in {data}; columns {', '.join(columns)} -> task {task}"
+        + ("" if found == task else f" (as given; the columns suggest {found})")
+    )
 
     # 2. Model and method.
     name, method, planned = _choose(task, hardware, data, model, seconds / 3600)
@@ -127,36 +159,49 @@ def autotrain(data: str, *, task: str | None = None, model: str | None = None, b
     planned["data"]["train"] = str(Path(data).resolve())
     planned["output"] = {"dir": output}
     planned["train"].update(epochs=1)
-    planned["search"] = {"n_trials": trials, "sampler": "tpe", "pruner": "median", "pruner_startup_trials": 1,
-                         "objectives": {"eval_loss": "minimize"}, "timeout": SEARCH_SHARE * seconds, "final_train": True}
+    planned["search"] = {
+        "n_trials": trials,
+        "sampler": "tpe",
+        "pruner": "median",
+        "pruner_startup_trials": 1,
+        "objectives": {"eval_loss": "minimize"},
+        "timeout": SEARCH_SHARE * seconds,
+        "final_train": True,
+    }
     config = RunConfig.model_validate(planned)
     if task == "chat" and config.data.max_length > 1024:
         config.data.max_length = 1024
-    print(f"model: {name}, method {method} (the planner's choice for {hardware}); "
-          f"budget {seconds / 60:.1f} min: search {SEARCH_SHARE * seconds / 60:.1f}, final training the rest")
+    print(
+        f"model: {name}, method {method} (the planner's choice for {hardware}); "
+        f"budget {seconds / 60:.1f} min: search {SEARCH_SHARE * seconds / 60:.1f}, final training the rest"
+    )
 
     # 3-4. Search within the budget, then the final training (run_search does both).
     from tunesmith.search.space import check_search
 
     check_search(config)
-    clock = Budget(seconds, trials, len(read_splits(config).train), start=began)
-    result = run_search(config, budget=clock)
+    guard = Budget(seconds, trials, len(read_splits(config).train), start=began, clock=clock)
+    result = run_search(config, budget=guard)
 
     # 5. Where everything is.
     test: dict = {}
-    trained = time.time()
+    trained = clock()
     if result.final_run is not None:
         import json
 
         summary = json.loads((Path(result.final_run) / "summary.json").read_text())
         test = {k: v for k, v in summary.get("tuned", {}).items() if isinstance(v, float)}
-        # The weights are saved when training ends, before the test evaluation: that moment keeps the promise.
-        trained = max(f.stat().st_mtime for f in Path(summary["weights"]).iterdir())
-    cuts = clock.notes()
-    elapsed = time.time() - began
+        # The weights are saved when training ends, before the test evaluation: that moment keeps the promise
+        # (on the clock: now, less the wall time since the save).
+        saved = max(f.stat().st_mtime for f in Path(summary["weights"]).iterdir())
+        trained -= max(0.0, time.time() - saved)
+    cuts = guard.notes()
+    elapsed = clock() - began
     print("\nautotrain finished")
-    print(f"  task {task}, model {name}, method {method}; search and training took {(trained - began) / 60:.1f} min "
-          f"of the {seconds / 60:.1f} min budget, the test evaluation {(time.time() - trained) / 60:.1f} min more")
+    print(
+        f"  task {task}, model {name}, method {method}; search and training took {(trained - began) / 60:.1f} min "
+        f"of the {seconds / 60:.1f} min budget, the test evaluation {(began + elapsed - trained) / 60:.1f} min more"
+    )
     print(f"  study:        {result.study_dir}  (report.md, plots/, trials/)")
     print(f"  best config:  {result.best_config}")
     print(f"  final model:  {result.final_run}")
@@ -165,5 +210,15 @@ def autotrain(data: str, *, task: str | None = None, model: str | None = None, b
     print("  cut to keep the budget: " + ("; ".join(cuts) if cuts else "nothing"))
     if result.final_run is not None:
         print(f"  base vs tuned on the same test split: tunesmith eval {result.final_run}")
-    return AutotrainResult(task=task, model=name, method=method, study_dir=result.study_dir, best_config=result.best_config,
-                           final_run=result.final_run, test=test, cuts=cuts, seconds=elapsed, trained_seconds=trained - began)
+    return AutotrainResult(
+        task=task,
+        model=name,
+        method=method,
+        study_dir=result.study_dir,
+        best_config=result.best_config,
+        final_run=result.final_run,
+        test=test,
+        cuts=cuts,
+        seconds=elapsed,
+        trained_seconds=trained - began,
+    )

@@ -7,11 +7,18 @@ guessed: the first trial runs its planned steps and is stopped at its slice's en
 pass, keeping its best weights); later trials get a step limit that fits their slice at the measured
 seconds per step, and a trial starts only if one fits in what is left. The final training gets the
 steps that fit in the rest of the budget.
+
+Every time the budget compares comes from one clock (`clock`, a callable returning seconds;
+time.monotonic by default, and a test passes a fake one that advances per training step): the start,
+the slices, what is left, and the speed itself, which is read on that clock at the trial's validation
+passes (the seconds between its first and last pass per step in between: training steps with their
+share of validation, no loading or scoring), so that no decision mixes two clocks.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from tunesmith.config import RunConfig
 
@@ -25,9 +32,17 @@ SAFETY = 0.85
 
 
 class Budget:
-    def __init__(self, seconds: float, planned_trials: int, train_examples: int, start: float | None = None):
+    def __init__(
+        self,
+        seconds: float,
+        planned_trials: int,
+        train_examples: int,
+        start: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.clock = clock
         self.seconds = seconds
-        self.start = time.time() if start is None else start  # the command's start: planning counts too
+        self.start = clock() if start is None else start  # the command's start on `clock`: planning counts too
         self.end = self.start + seconds
         self.search_end = self.start + SEARCH_SHARE * seconds
         self.planned = planned_trials
@@ -38,6 +53,7 @@ class Budget:
         self.trial_start = self.start
         self.slice_end = self.search_end
         self.started = 0
+        self.passes: list[tuple[int, float]] = []  # (step, clock) at each validation pass of the running trial
         self.cuts: list[str] = []
         self.stopped: list[str] = []
 
@@ -55,7 +71,8 @@ class Budget:
 
     def limit(self, config: RunConfig, number: int) -> RunConfig:
         """The trial's config with a step limit that fits its slice, and validation passes to stop at."""
-        self.trial_start = time.time()
+        self.trial_start = self.clock()
+        self.passes = []
         self.slice_end = min(self.trial_start + self.slice, self.search_end)
         self.started += 1
         planned = self._planned_steps(config)
@@ -69,29 +86,41 @@ class Budget:
 
     def should_stop(self, step: int) -> bool:
         """At a validation pass: stop the trial (keeping its best weights) when its slice is spent."""
-        if time.time() < self.slice_end:
+        now = self.clock()
+        self.passes.append((step, now))
+        if now < self.slice_end:
             return False
         self.stopped.append(f"a trial stopped at step {step}: its {self.slice:.0f} s slice was spent")
         print(f"budget: stopping this trial at step {step}, its time slice is spent", flush=True)
         return True
 
     def measured(self, summary: dict) -> None:
-        steps, train_seconds = summary.get("steps") or 0, summary.get("train_seconds") or 0.0
-        total = time.time() - self.trial_start
+        """After a trial: seconds per step and the rest of its time (loading, scoring), on the budget's clock."""
+        now = self.clock()
+        steps = summary.get("steps") or 0
         if steps:
-            self.seconds_per_step = train_seconds / steps
-        self.overhead = max(0.0, total - train_seconds)
+            if len(self.passes) >= 2:  # first to last validation pass: steps and their share of passes
+                (first_step, first), (last_step, last) = self.passes[0], self.passes[-1]
+                self.seconds_per_step = (last - first) / (last_step - first_step)
+            elif self.seconds_per_step is None:
+                # One pass (or none) and no earlier measure: the trial up to that pass, loading included,
+                # per step (too slow: the safe side). With an earlier measure, that one stands.
+                step, at = self.passes[0] if self.passes else (steps, now)
+                self.seconds_per_step = (at - self.trial_start) / step
+        self.overhead = max(0.0, now - self.trial_start - (self.seconds_per_step or 0.0) * steps)
 
     def can_start(self) -> bool:
         """Another trial starts only if its loading, scoring and at least a quarter of a slice of
         training fit in the search's remaining time."""
-        left = self.search_end - time.time()
+        left = self.search_end - self.clock()
         need = (self.overhead or 0.0) + (0.25 * self.slice if self.seconds_per_step is not None else 0.0)
         if left > max(need, 1.0):
             return True
         if self.started < self.planned:
-            self.cuts.append(f"{self.planned - self.started} of {self.planned} planned trials not started: "
-                             f"{max(left, 0):.0f} s of the search's {SEARCH_SHARE * self.seconds:.0f} s were left")
+            self.cuts.append(
+                f"{self.planned - self.started} of {self.planned} planned trials not started: "
+                f"{max(left, 0):.0f} s of the search's {SEARCH_SHARE * self.seconds:.0f} s were left"
+            )
         return False
 
     # -- the final training ---------------------------------------------------------------------------
@@ -100,7 +129,7 @@ class Budget:
         """The final training's config (on `examples` records) with the steps that fit in what is left."""
         from tunesmith.train.loop import total_optimizer_steps
 
-        left = self.end - time.time()
+        left = self.end - self.clock()
         planned = config.train.max_steps or total_optimizer_steps(examples, config.train, 1)
         steps = min(planned, self._fitting_steps(left))
         if steps < 1:

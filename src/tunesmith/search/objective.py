@@ -19,10 +19,14 @@ import socket
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tunesmith.config import RunConfig, SearchParam
 from tunesmith.errors import TunesmithError
 from tunesmith.search.space import COST_METRICS, LOOP_METRICS, config_with, suggest
+
+if TYPE_CHECKING:
+    from tunesmith.search.budget import Budget
 
 
 class TrialFailed(Exception):
@@ -38,7 +42,7 @@ class TrialSetup:
     base: RunConfig  # the study's config; trials differ only in the searched values
     study_dir: Path
     space: dict[str, SearchParam]
-    budget: object | None = None  # search.budget.Budget for autotrain: step limits and a time guard
+    budget: Budget | None = None  # search.budget.Budget for autotrain: step limits and a time guard
     defaults: dict = field(default_factory=dict)  # the config's own values, to mark the trial that runs them
     extra_overrides: dict = field(default_factory=dict)
 
@@ -76,7 +80,9 @@ def _pruning_value(metrics: dict, objectives: dict) -> float:
     return metrics["eval_loss"] if direction == "minimize" else -metrics["eval_loss"]
 
 
-def _record(study_dir: Path, number: int, trial, state: str, reason: str | None, extra: dict | None = None) -> Path | None:
+def _record(
+    study_dir: Path, number: int, trial, state: str, reason: str | None, extra: dict | None = None
+) -> Path | None:
     """Write what happened into the trial's run directory and the trial's attributes."""
     from tunesmith.runs.rundir import RunDir
 
@@ -87,12 +93,29 @@ def _record(study_dir: Path, number: int, trial, state: str, reason: str | None,
         return None
     trial.set_user_attr("run_dir", str(run_dir))
     run = RunDir(run_dir)
-    run.write_json("trial.json", {"study_dir": str(study_dir), "trial": number, "state": state, "reason": reason,
-                                  "params": trial.params, **(extra or {})})
+    run.write_json(
+        "trial.json",
+        {
+            "study_dir": str(study_dir),
+            "trial": number,
+            "state": state,
+            "reason": reason,
+            "params": trial.params,
+            **(extra or {}),
+        },
+    )
     if state in ("pruned", "failed") and not (run_dir / "summary.json").exists():
         steps = [r["step"] for r in run.read_metrics() if "step" in r]
-        run.write_json("summary.json", {"status": state, "reason": reason, "run_dir": str(run_dir),
-                                        "steps": max(steps) if steps else 0, "search_trial": number})
+        run.write_json(
+            "summary.json",
+            {
+                "status": state,
+                "reason": reason,
+                "run_dir": str(run_dir),
+                "steps": max(steps) if steps else 0,
+                "search_trial": number,
+            },
+        )
     return run_dir
 
 
@@ -120,13 +143,17 @@ def run_trial(trial, setup: TrialSetup):
     def on_evaluation(step: int, metrics: dict) -> bool:
         loss = metrics.get("eval_loss")
         if loss is None or not math.isfinite(loss):
-            raise TrialFailed(f"validation loss is {loss} at step {step}: training diverged (NaN/inf loss); "
-                              "a lower train.learning_rate or train.max_grad_norm usually fixes it")
+            raise TrialFailed(
+                f"validation loss is {loss} at step {step}: training diverged (NaN/inf loss); "
+                "a lower train.learning_rate or train.max_grad_norm usually fixes it"
+            )
         if prune:
             trial.report(_pruning_value(metrics, objectives), step)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at step {step}: validation loss {loss:.4f} is behind the earlier "
-                                         f"trials at this step ({search.pruner} pruner)")
+                raise optuna.TrialPruned(
+                    f"pruned at step {step}: validation loss {loss:.4f} is behind the earlier "
+                    f"trials at this step ({search.pruner} pruner)"
+                )
         return setup.budget.should_stop(step) if setup.budget is not None else False
 
     try:
@@ -162,8 +189,11 @@ def run_trial(trial, setup: TrialSetup):
     for metric in objectives:
         value = scores.get(metric)
         if value is None:
-            raise StudyError(f"the trial produced no {metric!r}; it reported: {', '.join(sorted(scores)) or 'nothing'}",
-                             where="search.objectives", fix="choose one of the metrics it reported")
+            raise StudyError(
+                f"the trial produced no {metric!r}; it reported: {', '.join(sorted(scores)) or 'nothing'}",
+                where="search.objectives",
+                fix="choose one of the metrics it reported",
+            )
         if not math.isfinite(value):
             reason = f"{metric} is {value}: training diverged (NaN/inf); lower train.learning_rate"
             _record(study_dir, trial.number, trial, "failed", reason)
@@ -171,8 +201,14 @@ def run_trial(trial, setup: TrialSetup):
         values_out.append(float(value))
 
     # 4. Record.
-    _record(study_dir, trial.number, trial, "complete", None, {"values": dict(zip(objectives, values_out)),
-                                                               "metrics": trial.user_attrs["metrics"]})
+    _record(
+        study_dir,
+        trial.number,
+        trial,
+        "complete",
+        None,
+        {"values": dict(zip(objectives, values_out)), "metrics": trial.user_attrs["metrics"]},
+    )
     return values_out[0] if len(values_out) == 1 else values_out
 
 
@@ -183,8 +219,10 @@ def _objective_scores(run_dir: Path, summary: dict, objectives: dict, config: Ru
     from tunesmith.runs.rundir import RunDir
 
     passes = [r for r in RunDir(run_dir).read_metrics() if "eval_loss" in r]
-    scores: dict = {"train_seconds": summary.get("train_seconds"),
-                    "trainable_parameters": (summary.get("parameters") or {}).get("trainable")}
+    scores: dict = {
+        "train_seconds": summary.get("train_seconds"),
+        "trainable_parameters": (summary.get("parameters") or {}).get("trainable"),
+    }
     if passes:
         # load_best_at_end keeps the best pass's weights: that is the model this trial produced.
         kept = min(passes, key=lambda r: r["eval_loss"]) if config.train.load_best_at_end else passes[-1]

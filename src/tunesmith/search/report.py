@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from tunesmith.config import RunConfig, dump_config
 from tunesmith.errors import TunesmithError
 from tunesmith.search.space import config_with
+from tunesmith.search.trials import counts, interrupted_numbers
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def best_trials(study) -> list:
@@ -50,9 +55,16 @@ def _plots(study, folder: Path, objectives: list[str]) -> tuple[list[str], list[
     folder.mkdir(parents=True, exist_ok=True)
     made, missing = [], []
     first = (lambda t: t.values[0]) if len(objectives) > 1 else None
-    wanted = [("optimization_history.png", lambda: ovm.plot_optimization_history(study, target=first, target_name=objectives[0])),
-              ("param_importances.png", lambda: ovm.plot_param_importances(study, target=_first_objective(study),
-                                                                           target_name=objectives[0]))]
+    wanted = [
+        (
+            "optimization_history.png",
+            lambda: ovm.plot_optimization_history(study, target=first, target_name=objectives[0]),
+        ),
+        (
+            "param_importances.png",
+            lambda: ovm.plot_param_importances(study, target=_first_objective(study), target_name=objectives[0]),
+        ),
+    ]
     if len(objectives) in (2, 3):
         wanted.append(("pareto_front.png", lambda: ovm.plot_pareto_front(study, target_names=objectives)))
     for name, draw in wanted:
@@ -61,7 +73,8 @@ def _plots(study, folder: Path, objectives: list[str]) -> tuple[list[str], list[
             # process (loss curves, confusion matrices, run comparisons); rc_context undoes it.
             with matplotlib.rc_context():
                 axes = draw()
-            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+            # Optuna draws on a figure of its own: the axes' figure is a top-level Figure, not a SubFigure.
+            figure = cast("Figure", (axes.flat[0] if hasattr(axes, "flat") else axes).figure)
             figure.set_size_inches(8, 5)
             figure.tight_layout()
             figure.savefig(folder / name, dpi=100)
@@ -95,45 +108,67 @@ def write_report(study, config: RunConfig, study_dir: Path, notes: list[str]) ->
     """report.md, plots/ and best.yaml in the study folder; returns (report, best.yaml or None)."""
     from optuna.trial import TrialState
 
-    from tunesmith.search.study import counts, interrupted_numbers
-
     study_dir = Path(study_dir)
     objectives = list(config.search.objectives)
     trials = study.get_trials(deepcopy=False)
     front = best_trials(study)
     best = front[0] if front else None
     best_path = None
-    lines = [f"# Search: {study.study_name}", "",
-             f"- study directory: `{study_dir}`",
-             f"- sampler {config.search.sampler}, pruner {config.search.pruner if len(objectives) == 1 else 'none'}; "
-             f"objectives: " + ", ".join(f"{m} ({d})" for m, d in config.search.objectives.items()),
-             "- trials: " + ", ".join(f"{n} {k}" for k, n in sorted(counts(study).items())), ""]
+    lines = [
+        f"# Search: {study.study_name}",
+        "",
+        f"- study directory: `{study_dir}`",
+        f"- sampler {config.search.sampler}, pruner {config.search.pruner if len(objectives) == 1 else 'none'}; "
+        f"objectives: " + ", ".join(f"{m} ({d})" for m, d in config.search.objectives.items()),
+        "- trials: " + ", ".join(f"{n} {k}" for k, n in sorted(counts(study).items())),
+        "",
+    ]
 
     # 1. Best trial and best.yaml.
     if best is not None:
         chosen = best_config(config, best)
-        header = [f"# best trial {best.number} of study {study.study_name!r} ({study_dir})",
-                  "# " + ", ".join(f"validation {m} = {v:.6g}" for m, v in zip(objectives, best.values)),
-                  f"# train it: tunesmith train {study_dir / 'best.yaml'}"]
+        header = [
+            f"# best trial {best.number} of study {study.study_name!r} ({study_dir})",
+            "# " + ", ".join(f"validation {m} = {v:.6g}" for m, v in zip(objectives, best.values)),
+            f"# train it: tunesmith train {study_dir / 'best.yaml'}",
+        ]
         best_path = study_dir / "best.yaml"
         best_path.write_text("\n".join(header) + "\n" + dump_config(chosen))
-        lines += ["## Best trial", "",
-                  f"Trial {best.number}: " + ", ".join(f"{m} = {v:.4g}" for m, v in zip(objectives, best.values)),
-                  "", "| parameter | value |", "|---|---|"]
+        lines += [
+            "## Best trial",
+            "",
+            f"Trial {best.number}: " + ", ".join(f"{m} = {v:.4g}" for m, v in zip(objectives, best.values)),
+            "",
+            "| parameter | value |",
+            "|---|---|",
+        ]
         lines += [f"| `{k}` | {_cell(v)} |" for k, v in best.params.items()]
         lines += ["", f"Its config: [best.yaml](best.yaml); its run: `{best.user_attrs.get('run_dir', '-')}`", ""]
         default = next((t for t in trials if t.user_attrs.get("default") and t.state == TrialState.COMPLETE), None)
         test_keys = [k for k, v in best.user_attrs.get("test", {}).items() if k != "test_samples"]
         if test_keys:
-            lines += ["Test split (reported, never used to choose):", "",
-                      "| metric | " + (f"default values (trial {default.number}) | " if default else "") + f"best (trial {best.number}) |",
-                      "|---|" + ("---|" if default else "") + "---|"]
+            lines += [
+                "Test split (reported, never used to choose):",
+                "",
+                "| metric | "
+                + (f"default values (trial {default.number}) | " if default else "")
+                + f"best (trial {best.number}) |",
+                "|---|" + ("---|" if default else "") + "---|",
+            ]
             for key in test_keys:
-                lines.append(f"| {key} | " + (f"{_cell(default.user_attrs.get('test', {}).get(key))} | " if default else "")
-                             + f"{_cell(best.user_attrs['test'][key])} |")
+                lines.append(
+                    f"| {key} | "
+                    + (f"{_cell(default.user_attrs.get('test', {}).get(key))} | " if default else "")
+                    + f"{_cell(best.user_attrs['test'][key])} |"
+                )
             lines.append("")
         if len(objectives) > 1:
-            lines += ["## Pareto front", "", "| trial | " + " | ".join(objectives) + " |", "|---|" + "---|" * len(objectives)]
+            lines += [
+                "## Pareto front",
+                "",
+                "| trial | " + " | ".join(objectives) + " |",
+                "|---|" + "---|" * len(objectives),
+            ]
             lines += [f"| {t.number} | " + " | ".join(_cell(v) for v in t.values) + " |" for t in front]
             lines.append("")
     else:
@@ -141,9 +176,16 @@ def write_report(study, config: RunConfig, study_dir: Path, notes: list[str]) ->
 
     # 2. Every trial.
     params = list(dict.fromkeys(k for t in trials for k in t.params))
-    lines += ["## Trials", "", "| trial | state | " + " | ".join(objectives) + " | " + " | ".join(f"`{p}`" for p in params)
-              + " | steps | seconds | note |",
-              "|---|---|" + "---|" * (len(objectives) + len(params) + 3)]
+    lines += [
+        "## Trials",
+        "",
+        "| trial | state | "
+        + " | ".join(objectives)
+        + " | "
+        + " | ".join(f"`{p}`" for p in params)
+        + " | steps | seconds | note |",
+        "|---|---|" + "---|" * (len(objectives) + len(params) + 3),
+    ]
     interrupted = interrupted_numbers(trials)
     for t in trials:
         # A pruned trial's value is its last intermediate one (possibly signed loss): not the objective.
@@ -154,15 +196,24 @@ def write_report(study, config: RunConfig, study_dir: Path, notes: list[str]) ->
         note = t.user_attrs.get("reason") or ("default values" if t.user_attrs.get("default") else "")
         if t.user_attrs.get("retry_of") is not None:
             note = f"rerun of interrupted trial {t.user_attrs['retry_of']}" + (f"; {note}" if note else "")
-        lines.append(f"| {t.number} | {state} | " + " | ".join(_cell(v) for v in values) + " | "
-                     + " | ".join(_cell(t.params.get(p)) for p in params)
-                     + f" | {_cell(t.user_attrs.get('steps'))} | {_cell(round(seconds, 1) if seconds else None)} | {_cell(note)} |")
+        lines.append(
+            f"| {t.number} | {state} | "
+            + " | ".join(_cell(v) for v in values)
+            + " | "
+            + " | ".join(_cell(t.params.get(p)) for p in params)
+            + f" | {_cell(t.user_attrs.get('steps'))} | {_cell(round(seconds, 1) if seconds else None)} | {_cell(note)} |"
+        )
     lines.append("")
 
     # 3. Importances and plots.
     importances = _importances(study, objectives)
     if importances:
-        lines += ["## Parameter importances (Optuna's PED-ANOVA: what separates the best trials from the rest)", "", "| parameter | importance |", "|---|---|"]
+        lines += [
+            "## Parameter importances (Optuna's PED-ANOVA: what separates the best trials from the rest)",
+            "",
+            "| parameter | importance |",
+            "|---|---|",
+        ]
         lines += [f"| `{k}` | {v:.3f} |" for k, v in importances.items()]
         lines.append("")
     made, missing = _plots(study, study_dir / "plots", objectives)
@@ -173,8 +224,16 @@ def write_report(study, config: RunConfig, study_dir: Path, notes: list[str]) ->
         lines += ["", "## What was cut", ""] + [f"- {n}" for n in notes]
     report = study_dir / "report.md"
     report.write_text("\n".join(lines) + "\n")
-    print(f"report: {report}" + (f"\nbest config: {best_path} (trial {best.number}: "
-                                  + ", ".join(f"{m} {v:.4g}" for m, v in zip(objectives, best.values)) + ")" if best else ""))
+    print(
+        f"report: {report}"
+        + (
+            f"\nbest config: {best_path} (trial {best.number}: "
+            + ", ".join(f"{m} {v:.4g}" for m, v in zip(objectives, best.values))
+            + ")"
+            if best
+            else ""
+        )
+    )
     return report, best_path
 
 
@@ -201,13 +260,23 @@ def final_config(config: RunConfig, trial, study_dir: Path) -> RunConfig:
                 for example in examples:
                     handle.write(json.dumps(task.to_record(example), ensure_ascii=False) + "\n")
     except TypeError as exc:
-        raise TunesmithError(f"the {best.task} records cannot be written as JSON for the final training ({exc})",
-                             where="--final-train", fix=f"train best.yaml yourself: tunesmith train {Path(study_dir) / 'best.yaml'}") from None
+        raise TunesmithError(
+            f"the {best.task} records cannot be written as JSON for the final training ({exc})",
+            where="--final-train",
+            fix=f"train best.yaml yourself: tunesmith train {Path(study_dir) / 'best.yaml'}",
+        ) from None
     raw = best.model_dump()
-    raw["data"].update(train=str(data_dir / "train_validation.jsonl"), validation=None,
-                       test=str(data_dir / "test.jsonl") if splits.test else None, split=(1.0, 0.0, 0.0),
-                       columns={}, format="auto", system_prompt=None, label_separator=None,
-                       allow_outside_paths=True)  # image paths written here were checked when the splits were read
+    raw["data"].update(
+        train=str(data_dir / "train_validation.jsonl"),
+        validation=None,
+        test=str(data_dir / "test.jsonl") if splits.test else None,
+        split=(1.0, 0.0, 0.0),
+        columns={},
+        format="auto",
+        system_prompt=None,
+        label_separator=None,
+        allow_outside_paths=True,
+    )  # image paths written here were checked when the splits were read
     final = RunConfig.model_validate(raw)
     final.name = f"{config.name}-final"
     final.output.dir = str(Path(study_dir) / "final")
@@ -228,7 +297,8 @@ def final_training(study, config: RunConfig, study_dir: Path, budget=None) -> Pa
         return None
     final = final_config(config, front[0], study_dir)
     if budget is not None:
-        examples = sum(1 for line in Path(final.data.train).read_text(encoding="utf-8").splitlines() if line.strip())
+        train_file = cast(str, final.data.train)  # final_config wrote train+validation to one file
+        examples: int = sum(1 for line in Path(train_file).read_text(encoding="utf-8").splitlines() if line.strip())
         final = budget.limit_final(final, examples)
         if final is None:
             return None

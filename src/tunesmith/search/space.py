@@ -11,35 +11,31 @@ from __future__ import annotations
 
 import difflib
 import math
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from tunesmith.config import RunConfig, SearchParam
+from tunesmith.config import RunConfig, SearchParam, explain_error, switch_method
 from tunesmith.errors import TunesmithError
+from tunesmith.methods import METHODS, get_method
+from tunesmith.taskcards import TASKS
+
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
 
 # Reported by the training loop at every validation pass (train/loop.py): these feed the pruner.
 LOOP_METRICS = ("eval_loss", "eval_ppl")
 # Read from a trial's summary.json: costs to trade against quality on a Pareto front.
 COST_METRICS = ("train_seconds", "trainable_parameters")
-# What each task's evaluate_test reports (tasks/*.py), scored on the validation split after a trial.
-# tests/test_search.py checks the chat and text-classification rows against real outputs.
-_CLASSIFICATION = ("accuracy",) + tuple(f"{m}_{a}" for m in ("precision", "recall", "f1") for a in ("macro", "micro", "weighted"))
-TASK_METRICS = {
-    "chat": ("rougeL", "exact_match"),
-    "continued-pretraining": ("perplexity", "test_loss"),
-    "text-classification": _CLASSIFICATION + ("pearson", "spearman", "ndcg@10", "mrr@10"),
-    "token-classification": tuple(f"{m}_{a}" for m in ("precision", "recall", "f1") for a in ("macro", "micro", "weighted"))
-    + ("token_accuracy",),
-    "summarization": ("rouge1", "rouge2", "rougeL"),
-    "image-classification": _CLASSIFICATION,
-    "text-to-image": ("denoising_loss",),
-}
 # Sections a search may not set: where trials are written, and the search itself.
 _NOT_SEARCHABLE = ("search.", "output.", "name", "task")
 
 
 def metrics_for(task: str) -> tuple[str, ...]:
-    return LOOP_METRICS + TASK_METRICS.get(task, ()) + COST_METRICS
+    """What a trial of `task` can be judged by: the loop's, the task's evaluate_test metrics (its card in
+    taskcards.py; tests/test_search.py checks the chat and text-classification ones against real outputs),
+    and the costs."""
+    return LOOP_METRICS + TASKS[task].metrics + COST_METRICS
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -47,21 +43,11 @@ def metrics_for(task: str) -> tuple[str, ...]:
 
 
 def default_space(config: RunConfig) -> dict[str, SearchParam]:
-    """LoRA-aware defaults (docs/search.md gives the sources of each range).
-
-    Adapters: learning rate 1e-4..5e-4 (log), rank 8/16/32, alpha 16/32/64, dropout 0..0.1, epochs 1..3.
-    Full and freeze: learning rate 1e-5..1e-4 (every weight moves, so ten times lower), weight decay
-    0..0.1, epochs 1..3. Epochs are left out when train.max_steps fixes the length.
-    """
-    space: dict[str, SearchParam] = {}
-    if config.method.name in ("lora", "qlora"):
-        space["train.learning_rate"] = SearchParam(type="log-float", low=1e-4, high=5e-4)
-        space["method.r"] = SearchParam(type="categorical", choices=[8, 16, 32])
-        space["method.alpha"] = SearchParam(type="categorical", choices=[16, 32, 64])
-        space["method.dropout"] = SearchParam(type="float", low=0.0, high=0.1)
-    else:
-        space["train.learning_rate"] = SearchParam(type="log-float", low=1e-5, high=1e-4)
-        space["train.weight_decay"] = SearchParam(type="float", low=0.0, high=0.1)
+    """The method's own defaults (each method module's `search_space`; docs/search.md gives the sources of
+    each range), and epochs 1..3 unless train.max_steps fixes the length."""
+    space = {
+        path: SearchParam(**param) for path, param in get_method(config.method.name).search_space(config.method).items()
+    }
     if config.train.max_steps is None:
         space["train.epochs"] = SearchParam(type="int", low=1, high=3)
     return space
@@ -76,14 +62,16 @@ def effective_space(config: RunConfig) -> dict[str, SearchParam]:
 
 
 def searchable_paths() -> list[str]:
-    """Every leaf of RunConfig a search may set."""
-    paths = []
+    """Every leaf of RunConfig a search may set (under `method`, every registered method's fields)."""
+    paths: list[str] = []
 
     def walk(cls: type[BaseModel], prefix: str) -> None:
         for name, field in cls.model_fields.items():
             annotation = field.annotation
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 walk(annotation, f"{prefix}{name}.")
+            elif name == "method" and not prefix:
+                paths.extend(dict.fromkeys(f"method.{f}" for m in METHODS.values() for f in m.Config.model_fields))
             else:
                 paths.append(f"{prefix}{name}")
 
@@ -103,44 +91,75 @@ def _check_param(path: str, param: SearchParam, config: RunConfig, grid: bool) -
     where = f"search.space.{path}"
     if param.type == "categorical":
         if param.low is not None or param.high is not None or param.step is not None:
-            raise TunesmithError("a categorical parameter takes choices, not low/high/step", where=where,
-                                 fix="write {type: categorical, choices: [a, b]}, or use type float/int with low and high")
+            raise TunesmithError(
+                "a categorical parameter takes choices, not low/high/step",
+                where=where,
+                fix="write {type: categorical, choices: [a, b]}, or use type float/int with low and high",
+            )
         choices = param.choices or []
         if len(choices) < 2 or len({repr(c) for c in choices}) < 2:
-            raise TunesmithError(f"categorical with {'one choice' if choices else 'no choices'} ({choices}): nothing to search",
-                                 where=where, fix=f"give two or more distinct choices, or set {path} in the config instead of searching it")
+            raise TunesmithError(
+                f"categorical with {'one choice' if choices else 'no choices'} ({choices}): nothing to search",
+                where=where,
+                fix=f"give two or more distinct choices, or set {path} in the config instead of searching it",
+            )
         candidates = list(choices)
     else:
         if param.choices is not None:
-            raise TunesmithError(f"a {param.type} parameter takes low and high, not choices", where=where,
-                                 fix="use type: categorical for a list of values")
+            raise TunesmithError(
+                f"a {param.type} parameter takes low and high, not choices",
+                where=where,
+                fix="use type: categorical for a list of values",
+            )
         if param.low is None or param.high is None:
-            raise TunesmithError(f"a {param.type} parameter needs low and high", where=where,
-                                 fix=f"write {{type: {param.type}, low: ..., high: ...}}")
+            raise TunesmithError(
+                f"a {param.type} parameter needs low and high",
+                where=where,
+                fix=f"write {{type: {param.type}, low: ..., high: ...}}",
+            )
         if param.low > param.high:
-            raise TunesmithError(f"empty range: low {param.low:g} is above high {param.high:g}", where=where,
-                                 fix="swap low and high")
+            raise TunesmithError(
+                f"empty range: low {param.low:g} is above high {param.high:g}", where=where, fix="swap low and high"
+            )
         if param.low == param.high:
-            raise TunesmithError(f"empty range: low and high are both {param.low:g}, so there is nothing to search",
-                                 where=where, fix=f"widen the range, or set {path}: {param.low:g} in the config")
+            raise TunesmithError(
+                f"empty range: low and high are both {param.low:g}, so there is nothing to search",
+                where=where,
+                fix=f"widen the range, or set {path}: {param.low:g} in the config",
+            )
         if param.type == "log-float" and param.low <= 0:
-            raise TunesmithError(f"log-float needs low > 0 (got {param.low:g})", where=where,
-                                 fix="use a positive low, or type: float for a range that includes 0")
+            raise TunesmithError(
+                f"log-float needs low > 0 (got {param.low:g})",
+                where=where,
+                fix="use a positive low, or type: float for a range that includes 0",
+            )
         if param.type == "log-float" and param.step is not None:
-            raise TunesmithError("log-float takes no step", where=where, fix="drop step, or use type: float with a step")
-        if param.type == "int" and any(v is not None and float(v) != int(v) for v in (param.low, param.high, param.step)):
-            raise TunesmithError("int needs whole numbers for low, high and step", where=where, fix="use type: float for fractions")
+            raise TunesmithError(
+                "log-float takes no step", where=where, fix="drop step, or use type: float with a step"
+            )
+        if param.type == "int" and any(
+            v is not None and float(v) != int(v) for v in (param.low, param.high, param.step)
+        ):
+            raise TunesmithError(
+                "int needs whole numbers for low, high and step", where=where, fix="use type: float for fractions"
+            )
         if grid and param.type != "int" and param.step is None:
-            raise TunesmithError(f"the grid sampler needs a finite set of values; {param.type} {param.low:g}..{param.high:g} has none",
-                                 where=where, fix="add a step, use type: categorical, or choose another search.sampler")
+            raise TunesmithError(
+                f"the grid sampler needs a finite set of values; {param.type} {param.low:g}..{param.high:g} has none",
+                where=where,
+                fix="add a step, use type: categorical, or choose another search.sampler",
+            )
         candidates = [int(param.low), int(param.high)] if param.type == "int" else [param.low, param.high]
     # Each end of the range (each choice) must make a valid run config: the types and bounds of the field.
     for value in candidates:
         try:
             config_with(config, {path: value}, where=where)
         except TunesmithError as exc:
-            raise TunesmithError(f"the value {value!r} does not fit {path}: {exc.message}", where=where,
-                                 fix=f"keep the range within what {path} accepts (see docs/config.md)") from None
+            raise TunesmithError(
+                f"the value {value!r} does not fit {path}: {exc.message}",
+                where=where,
+                fix=f"keep the range within what {path} accepts (see docs/config.md)",
+            ) from None
 
 
 def check_search(config: RunConfig) -> dict[str, SearchParam]:
@@ -155,8 +174,12 @@ def check_search(config: RunConfig) -> dict[str, SearchParam]:
             raise TunesmithError(
                 f"{path!r} cannot be searched" + ("" if blocked else ": there is no such config key"),
                 where=f"search.space.{path}",
-                fix=(f"did you mean {close[0]!r}?" if close and not blocked else
-                     "search keys under model, data, method, train or eval (docs/config.md lists them)"))
+                fix=(
+                    f"did you mean {close[0]!r}?"
+                    if close and not blocked
+                    else "search keys under model, data, method, train or eval (docs/config.md lists them)"
+                ),
+            )
     for path, param in space.items():
         _check_param(path, param, config, grid=search.sampler == "grid")
 
@@ -165,22 +188,37 @@ def check_search(config: RunConfig) -> dict[str, SearchParam]:
         if metric not in produced:
             close = difflib.get_close_matches(metric, produced, n=1, cutoff=0.5)
             raise TunesmithError(
-                f"task {config.task!r} does not produce the metric {metric!r}", where="search.objectives",
-                fix=(f"did you mean {close[0]!r}? " if close else "") + f"metrics of {config.task}: {', '.join(produced)}")
+                f"task {config.task!r} does not produce the metric {metric!r}",
+                where="search.objectives",
+                fix=(f"did you mean {close[0]!r}? " if close else "")
+                + f"metrics of {config.task}: {', '.join(produced)}",
+            )
     needs_validation = any(m not in COST_METRICS for m in search.objectives) or search.pruner != "none"
     if needs_validation and not config.data.validation and config.data.split[1] == 0:
-        raise TunesmithError("the objectives are scored on the validation split, and this config has none",
-                             where="data.split", fix="give data.validation, or a validation ratio above 0 in data.split")
+        raise TunesmithError(
+            "the objectives are scored on the validation split, and this config has none",
+            where="data.split",
+            fix="give data.validation, or a validation ratio above 0 in data.split",
+        )
     if len(search.objectives) > 1:
         if search.pruner != "none":
-            raise TunesmithError(f"pruner {search.pruner!r} needs a single objective; Optuna cannot prune on a Pareto front",
-                                 where="search.pruner", fix="set search.pruner: none, or keep one objective")
+            raise TunesmithError(
+                f"pruner {search.pruner!r} needs a single objective; Optuna cannot prune on a Pareto front",
+                where="search.pruner",
+                fix="set search.pruner: none, or keep one objective",
+            )
         if search.sampler == "cmaes":
-            raise TunesmithError("cmaes optimises a single objective", where="search.sampler",
-                                 fix="use nsga2 or tpe for several objectives")
+            raise TunesmithError(
+                "cmaes optimises a single objective",
+                where="search.sampler",
+                fix="use nsga2 or tpe for several objectives",
+            )
     if search.sampler == "grid" and search.pruner == "hyperband":
-        raise TunesmithError("hyperband decides budgets by sampling many trials; a grid fixes them", where="search.pruner",
-                             fix="use pruner median or none with the grid sampler")
+        raise TunesmithError(
+            "hyperband decides budgets by sampling many trials; a grid fixes them",
+            where="search.pruner",
+            fix="use pruner median or none with the grid sampler",
+        )
     return space
 
 
@@ -188,72 +226,98 @@ def check_search(config: RunConfig) -> dict[str, SearchParam]:
 # Optuna
 
 
-def distributions(space: dict[str, SearchParam]) -> dict:
+def _bounds(p: SearchParam) -> tuple[float, float]:
+    """(low, high) of a float, log-float or int parameter, which `_check_param` made sure it has."""
+    if p.low is None or p.high is None:
+        raise TunesmithError(
+            f"a {p.type} parameter needs low and high",
+            where="search.space",
+            fix=f"write {{type: {p.type}, low: ..., high: ...}}",
+        )
+    return p.low, p.high
+
+
+def _choices(p: SearchParam) -> list[Any]:
+    """The values of a categorical parameter (`_check_param` made sure there are two or more)."""
+    return list(p.choices or [])
+
+
+def distributions(space: dict[str, SearchParam]) -> dict[str, BaseDistribution]:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    out = {}
+    out: dict[str, BaseDistribution] = {}
     for path, p in space.items():
         if p.type == "categorical":
-            out[path] = CategoricalDistribution(list(p.choices))
-        elif p.type == "int":
-            out[path] = IntDistribution(int(p.low), int(p.high), step=int(p.step or 1))
+            out[path] = CategoricalDistribution(_choices(p))
+            continue
+        low, high = _bounds(p)
+        if p.type == "int":
+            out[path] = IntDistribution(int(low), int(high), step=int(p.step or 1))
         else:
-            out[path] = FloatDistribution(p.low, p.high, log=p.type == "log-float", step=p.step)
+            out[path] = FloatDistribution(low, high, log=p.type == "log-float", step=p.step)
     return out
 
 
-def grid_values(space: dict[str, SearchParam]) -> dict[str, list]:
+def grid_values(space: dict[str, SearchParam]) -> dict[str, list[Any]]:
     """Every value of each parameter, for Optuna's GridSampler."""
-    grid = {}
+    grid: dict[str, list[Any]] = {}
     for path, p in space.items():
         if p.type == "categorical":
-            grid[path] = list(p.choices)
-        elif p.type == "int":
-            grid[path] = list(range(int(p.low), int(p.high) + 1, int(p.step or 1)))
+            grid[path] = _choices(p)
+            continue
+        low, high = _bounds(p)
+        if p.type == "int":
+            grid[path] = list(range(int(low), int(high) + 1, int(p.step or 1)))
+        elif p.step is None:  # _check_param refuses this under the grid sampler
+            raise TunesmithError(
+                f"the grid sampler needs a finite set of values; {p.type} {low:g}..{high:g} has none",
+                where=f"search.space.{path}",
+                fix="add a step, use type: categorical, or choose another search.sampler",
+            )
         else:
-            count = int(math.floor((p.high - p.low) / p.step + 1e-9)) + 1
-            grid[path] = [round(p.low + i * p.step, 12) for i in range(count)]
+            count = int(math.floor((high - low) / p.step + 1e-9)) + 1
+            grid[path] = [round(low + i * p.step, 12) for i in range(count)]
     return grid
 
 
-def suggest(trial, space: dict[str, SearchParam]) -> dict:
+def suggest(trial: Any, space: dict[str, SearchParam]) -> dict[str, Any]:
     """Ask the trial for one value of every parameter, by its distribution."""
     return {path: _suggest_one(trial, path, param) for path, param in space.items()}
 
 
-def _suggest_one(trial, path: str, p: SearchParam):
+def _suggest_one(trial: Any, path: str, p: SearchParam) -> Any:
     if p.type == "categorical":
-        return trial.suggest_categorical(path, list(p.choices))
+        return trial.suggest_categorical(path, _choices(p))
+    low, high = _bounds(p)
     if p.type == "int":
-        return trial.suggest_int(path, int(p.low), int(p.high), step=int(p.step or 1))
-    return trial.suggest_float(path, p.low, p.high, log=p.type == "log-float", step=p.step)
+        return trial.suggest_int(path, int(low), int(high), step=int(p.step or 1))
+    return trial.suggest_float(path, low, high, log=p.type == "log-float", step=p.step)
 
 
-def current_values(config: RunConfig, space: dict[str, SearchParam]) -> dict:
+def current_values(config: RunConfig, space: dict[str, SearchParam]) -> dict[str, Any]:
     """The config's own value of each searched parameter (trial 0 of `include_default`), where the
     distribution holds it; parameters whose value lies outside are left to the sampler."""
-    values = {}
+    values: dict[str, Any] = {}
     dumped = config.model_dump()
     for path, p in space.items():
-        value = dumped
+        value: Any = dumped
         for part in path.split("."):
             value = value[part]
         if p.type == "categorical":
-            held = value in p.choices
+            held = value in _choices(p)
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             held = False
         else:
-            on_step = p.step is None or abs((value - p.low) / p.step - round((value - p.low) / p.step)) < 1e-9
-            held = p.low <= value <= p.high and on_step and (p.type != "int" or float(value).is_integer())
+            low, high = _bounds(p)
+            on_step = p.step is None or abs((value - low) / p.step - round((value - low) / p.step)) < 1e-9
+            held = low <= value <= high and on_step and (p.type != "int" or float(value).is_integer())
         if held:
             values[path] = int(value) if p.type == "int" else value
     return values
 
 
-def config_with(base: RunConfig, values: dict, *, where: str = "search.space") -> RunConfig:
+def config_with(base: RunConfig, values: dict[str, Any], *, where: str = "search.space") -> RunConfig:
     """`base` with dotted-path values set, validated as strictly as a YAML file."""
-    from tunesmith.config import _explain
-
     raw = base.model_dump()
     for path, value in values.items():
         node = raw
@@ -261,7 +325,9 @@ def config_with(base: RunConfig, values: dict, *, where: str = "search.space") -
         for part in parts[:-1]:
             node = node[part]
         node[parts[-1]] = value
+    if "method.name" in values:  # the other method's options (dumped with their defaults) do not carry over
+        raw["method"] = switch_method(raw["method"])
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise _explain(exc, where) from None
+        raise explain_error(exc, where) from None

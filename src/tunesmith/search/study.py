@@ -6,11 +6,11 @@ storage is), trials/ (one normal run directory per trial), logs/ (one per worker
 end report.md, best.yaml and plots/. The trials themselves live in the storage: a SQLite file in the
 folder by default, or any SQLAlchemy URL that several machines reach.
 
-Counting: `search.n_trials` counts trials that ran to an end (complete, pruned, failed) plus those
-running. A trial whose worker died (SIGKILL, power loss, Ctrl-C) is marked failed *and interrupted*
-and its values are queued again, so it is neither lost nor counted twice. Dead workers are found two
-ways: on this machine by their process id (at once, on `--resume`), anywhere by Optuna's heartbeat
-(a trial silent for GRACE_S seconds).
+Counting (search/trials.py): `search.n_trials` counts trials that ran to an end (complete, pruned,
+failed) plus those running. A trial whose worker died (SIGKILL, power loss, Ctrl-C) is marked failed
+*and interrupted* and its values are queued again, so it is neither lost nor counted twice. Dead
+workers are found two ways: on this machine by their process id (at once, on `--resume`), anywhere by
+Optuna's heartbeat (a trial silent for GRACE_S seconds).
 """
 
 from __future__ import annotations
@@ -28,9 +28,12 @@ from pathlib import Path
 
 from tunesmith.config import RunConfig, dump_config, load_saved_config
 from tunesmith.errors import TunesmithError
+from tunesmith.extras import require
 from tunesmith.redact import has_masked_secret, redact
 from tunesmith.search.objective import TrialFailed, TrialSetup, run_trial
+from tunesmith.search.report import final_training, write_report
 from tunesmith.search.space import check_search, current_values, grid_values
+from tunesmith.search.trials import counted, counts
 
 CONFIG_FILE = "search.yaml"
 STUDY_FILE = "study.json"
@@ -56,11 +59,7 @@ class SearchResult:
 
 
 def _quiet_optuna() -> None:
-    try:
-        import optuna
-    except ImportError:
-        raise TunesmithError("hyperparameter search needs Optuna, which is not installed",
-                             fix="pip install 'tunesmith[search]' (optuna, cmaes, the PostgreSQL driver)") from None
+    optuna = require("optuna", "search", "hyperparameter search")
 
     # Trials print their own one-line outcome; Optuna's per-trial INFO lines and the tracebacks it logs
     # for failed trials (already recorded with their reason) would bury them.
@@ -78,10 +77,12 @@ def storage_url(info: dict) -> str:
     real = os.environ.get(STORAGE_ENV)
     if real and redact(real) == saved:
         return real
-    raise TunesmithError(f"the study's storage {saved} was saved with its password masked, and {STORAGE_ENV} does not "
-                         "hold it", where="search.storage",
-                         fix=f"export {STORAGE_ENV}='<the full URL with its password>' and run the command again; for new "
-                             "studies write the password as ${{VAR}} in search.storage (e.g. postgresql+psycopg://user:${{PGPASSWORD}}@host/db)")
+    raise TunesmithError(
+        f"the study's storage {saved} was saved with its password masked, and {STORAGE_ENV} does not hold it",
+        where="search.storage",
+        fix=f"export {STORAGE_ENV}='<the full URL with its password>' and run the command again; for new "
+        "studies write the password as ${{VAR}} in search.storage (e.g. postgresql+psycopg://user:${{PGPASSWORD}}@host/db)",
+    )
 
 
 def default_storage(study_dir: Path) -> str:
@@ -97,22 +98,38 @@ def open_storage(url: str):
     # SQLite: several worker processes write one file; wait for the lock instead of failing at once.
     engine = {"connect_args": {"timeout": 60}} if expanded.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        storage = optuna.storages.RDBStorage(expanded, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
-                                             grace_period=GRACE_S, heartbeat_stale_trial_callback=retry_interrupted)
+        storage = optuna.storages.RDBStorage(
+            expanded,
+            engine_kwargs=engine,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S,
+            heartbeat_stale_trial_callback=_retry_stale,
+        )
         if storage.engine.name == "sqlite":
             _serialise_sqlite(storage.engine)
         return storage
     except ModuleNotFoundError as exc:
-        driver = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "pymysql",
-                  "MySQLdb": "mysqlclient"}.get(exc.name, exc.name)
-        raise TunesmithError(f"the storage {shown} needs the Python driver {exc.name!r}, which is not installed",
-                             where="search.storage", fix=f"pip install {driver} (or pip install 'tunesmith[search]')") from None
+        drivers: dict[str | None, str | None] = {
+            "psycopg": "psycopg[binary]",
+            "psycopg2": "psycopg2-binary",
+            "pymysql": "pymysql",
+            "MySQLdb": "mysqlclient",
+        }
+        driver = drivers.get(exc.name, exc.name)
+        raise TunesmithError(
+            f"the storage {shown} needs the Python driver {exc.name!r}, which is not installed",
+            where="search.storage",
+            fix=f"pip install {driver} (or pip install 'tunesmith[search]')",
+        ) from None
     except Exception as exc:  # sqlalchemy's OperationalError, ArgumentError, ...: all say "cannot use it"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TunesmithError(f"cannot open the study storage {shown}: {redact(first)}", where="search.storage",
-                             fix="check that the database server runs and the URL's host, port, user and database are right "
-                                 "(e.g. postgresql+psycopg://user:pw@localhost:5432/optuna), or leave search.storage "
-                                 "unset for a SQLite file in the study directory") from None
+        raise TunesmithError(
+            f"cannot open the study storage {shown}: {redact(first)}",
+            where="search.storage",
+            fix="check that the database server runs and the URL's host, port, user and database are right "
+            "(e.g. postgresql+psycopg://user:pw@localhost:5432/optuna), or leave search.storage "
+            "unset for a SQLite file in the study directory",
+        ) from None
 
 
 def _serialise_sqlite(engine) -> None:
@@ -156,8 +173,11 @@ def make_sampler(config: RunConfig, space: dict, seed: int):
         try:
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
         except ImportError as exc:
-            raise TunesmithError(f"the gp sampler cannot be used here: {exc}", where="search.sampler",
-                                 fix="install torch and scipy, or use sampler: tpe") from None
+            raise TunesmithError(
+                f"the gp sampler cannot be used here: {exc}",
+                where="search.sampler",
+                fix="install torch and scipy, or use sampler: tpe",
+            ) from None
     raise TunesmithError(f"unknown sampler {search.sampler!r}", where="search.sampler")
 
 
@@ -187,10 +207,9 @@ def retry_interrupted(study, trial) -> bool:
     return True
 
 
-def interrupted_numbers(trials) -> set[int]:
-    """Trials that ended because their worker died or was interrupted, not because of their values."""
-    return {t.user_attrs["retry_of"] for t in trials if t.user_attrs.get("retry_of") is not None} | {
-        t.number for t in trials if t.user_attrs.get("interrupted")}
+def _retry_stale(study, trial) -> None:
+    """Optuna's heartbeat callback (it expects no result): queue a stale trial's values again, once."""
+    retry_interrupted(study, trial)
 
 
 def _alive(pid: int) -> bool:
@@ -232,26 +251,6 @@ def recover(study) -> list[int]:
     return recovered
 
 
-def counted(study) -> int:
-    """Trials that count towards n_trials: ended (not interrupted) or running."""
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False)
-    interrupted = interrupted_numbers(trials)
-    return sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-               or (t.state == TrialState.FAIL and t.number not in interrupted))
-
-
-def counts(study) -> dict:
-    trials = study.get_trials(deepcopy=False)
-    interrupted = interrupted_numbers(trials)
-    out: dict = {}
-    for t in trials:
-        key = "interrupted" if t.number in interrupted and t.state.name == "FAIL" else t.state.name.lower()
-        out[key] = out.get(key, 0) + 1
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------
 # The study folder
 
@@ -259,13 +258,17 @@ def counts(study) -> dict:
 def read_study(study_dir: Path) -> tuple[RunConfig, dict]:
     study_dir = Path(study_dir)
     if not (study_dir / CONFIG_FILE).is_file() or not (study_dir / STUDY_FILE).is_file():
-        raise TunesmithError(f"{study_dir} is not a study directory (no {CONFIG_FILE} and {STUDY_FILE})",
-                             where="--study-dir", fix="pass the folder `tunesmith search` printed when it started")
+        raise TunesmithError(
+            f"{study_dir} is not a study directory (no {CONFIG_FILE} and {STUDY_FILE})",
+            where="--study-dir",
+            fix="pass the folder `tunesmith search` printed when it started",
+        )
     return load_saved_config(study_dir / CONFIG_FILE), json.loads((study_dir / STUDY_FILE).read_text())
 
 
 def load_study(study_dir: Path, *, seed_offset: int = 0):
     """The study of a study folder with this process's sampler and pruner; also its config and space."""
+    require("optuna", "search", "hyperparameter search")  # the first import of a resumed search
     import optuna
 
     _quiet_optuna()
@@ -275,22 +278,31 @@ def load_study(study_dir: Path, *, seed_offset: int = 0):
     try:
         existing = optuna.load_study(study_name=info["study_name"], storage=storage)
     except KeyError:
-        raise TunesmithError(f"the storage {redact(info['storage'])} has no study {info['study_name']!r}",
-                             where=str(Path(study_dir) / STUDY_FILE), fix="start the study again without --resume") from None
+        raise TunesmithError(
+            f"the storage {redact(info['storage'])} has no study {info['study_name']!r}",
+            where=str(Path(study_dir) / STUDY_FILE),
+            fix="start the study again without --resume",
+        ) from None
     # Each worker, and each resume, seeds its sampler apart: the same seed would replay the same values.
     seed = config.seed + 7919 * seed_offset + 104729 * len(existing.get_trials(deepcopy=False))
-    study = optuna.load_study(study_name=info["study_name"], storage=storage,
-                              sampler=make_sampler(config, space, seed), pruner=make_pruner(config))
+    study = optuna.load_study(
+        study_name=info["study_name"],
+        storage=storage,
+        sampler=make_sampler(config, space, seed),
+        pruner=make_pruner(config),
+    )
     return study, config, space
 
 
-def work(study_dir: Path, *, quota: int | None = None, deadline: float | None = None, index: int = 0,
-         budget=None) -> int:
+def work(
+    study_dir: Path, *, quota: int | None = None, deadline: float | None = None, index: int = 0, budget=None
+) -> int:
     """One worker: run trials until its quota, the study's n_trials, the deadline or the grid ends.
     Returns the number of trials it ran."""
     study, config, space = load_study(study_dir, seed_offset=index)
-    setup = TrialSetup(base=config, study_dir=Path(study_dir), space=space, budget=budget,
-                       defaults=current_values(config, space))
+    setup = TrialSetup(
+        base=config, study_dir=Path(study_dir), space=space, budget=budget, defaults=current_values(config, space)
+    )
     sampler = study.sampler
     done = 0
     while quota is None or done < quota:
@@ -355,12 +367,15 @@ def _wait(procs, study_dir: Path) -> list[str]:
 # The command
 
 
-def _new_study_dir(config: RunConfig, study_dir: str | None) -> Path:
+def _new_study_dir(config: RunConfig, study_dir: str | Path | None) -> Path:
     if study_dir:
         path = Path(study_dir)
         if path.exists() and any(path.iterdir()):
-            raise TunesmithError(f"{path} already holds files", where="--study-dir",
-                                 fix=f"continue that study with `tunesmith search --study-dir {path} --resume`, or choose a new folder")
+            raise TunesmithError(
+                f"{path} already holds files",
+                where="--study-dir",
+                fix=f"continue that study with `tunesmith search --study-dir {path} --resume`, or choose a new folder",
+            )
         path.mkdir(parents=True, exist_ok=True)
         return path
     from tunesmith.runs.rundir import RunDir
@@ -376,8 +391,9 @@ def _absolute_data(config: RunConfig) -> None:
             setattr(config.data, key, str(Path(value).resolve()))
 
 
-def start_study(config: RunConfig, study_dir: str | None = None) -> Path:
+def start_study(config: RunConfig, study_dir: str | Path | None = None) -> Path:
     """Create the study folder and the study in its storage (or join a study of the same name there)."""
+    require("optuna", "search", "hyperparameter search")  # the first import of a search
     import optuna
 
     from tunesmith import pipeline
@@ -395,8 +411,11 @@ def start_study(config: RunConfig, study_dir: str | None = None) -> Path:
     directions = list(config.search.objectives.values())
     study = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True)
     if [d.name.lower() for d in study.directions] != directions:
-        raise TunesmithError(f"the storage already holds a study {name!r} with other objectives", where="search.study_name",
-                             fix="choose another search.study_name, or the same objectives to join it")
+        raise TunesmithError(
+            f"the storage already holds a study {name!r} with other objectives",
+            where="search.study_name",
+            fix="choose another search.study_name, or the same objectives to join it",
+        )
     joined = len(study.get_trials(deepcopy=False))
     if joined:
         print(f"joining study {name!r} in {redact(url)}: {joined} trials so far")
@@ -407,24 +426,36 @@ def start_study(config: RunConfig, study_dir: str | None = None) -> Path:
         if values:
             study.enqueue_trial(values, user_attrs={"default": True})
     (path / CONFIG_FILE).write_text(dump_config(config))
-    if redact(url) != url:  # a literal secret: kept in this process's environment (the workers inherit it), never on disk
+    if (
+        redact(url) != url
+    ):  # a literal secret: kept in this process's environment (the workers inherit it), never on disk
         os.environ[STORAGE_ENV] = url
-    (path / STUDY_FILE).write_text(json.dumps({"storage": redact(url), "study_name": name, "directions": directions}, indent=2) + "\n")
+    (path / STUDY_FILE).write_text(
+        json.dumps({"storage": redact(url), "study_name": name, "directions": directions}, indent=2) + "\n"
+    )
     print(f"study directory: {path}\nstorage: {redact(url)}, study {name!r}")
     return path
 
 
-def run_search(config: RunConfig | None = None, *, study_dir: str | Path | None = None, resume: bool = False,
-               workers: int | None = None, n_trials: int | None = None, timeout: float | None = None,
-               final_train: bool | None = None, budget=None) -> SearchResult:
+def run_search(
+    config: RunConfig | None = None,
+    *,
+    study_dir: str | Path | None = None,
+    resume: bool = False,
+    workers: int | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    final_train: bool | None = None,
+    budget=None,
+) -> SearchResult:
     """Run (or with `resume`, continue) the study that `config.search` describes; write its report,
     best.yaml and plots; with `final_train`, retrain the best config on train+validation."""
-    from tunesmith.search.report import final_training, write_report
-
     # 1. The study folder and its config (CLI values override the YAML's and are saved for later resumes).
     if resume:
         if study_dir is None:
-            raise TunesmithError("--resume needs the study folder", where="--study-dir", fix="tunesmith search --study-dir DIR --resume")
+            raise TunesmithError(
+                "--resume needs the study folder", where="--study-dir", fix="tunesmith search --study-dir DIR --resume"
+            )
         path = Path(study_dir)
         saved, _ = read_study(path)
     else:
@@ -432,7 +463,12 @@ def run_search(config: RunConfig | None = None, *, study_dir: str | Path | None 
             raise TunesmithError("nothing to search", fix="pass a run config with a search: section")
         saved = config
     saved = saved.model_copy(deep=True)
-    for key, value in (("workers", workers), ("n_trials", n_trials), ("timeout", timeout), ("final_train", final_train)):
+    for key, value in (
+        ("workers", workers),
+        ("n_trials", n_trials),
+        ("timeout", timeout),
+        ("final_train", final_train),
+    ):
         if value is not None:
             setattr(saved.search, key, value)
     if not resume:
@@ -459,12 +495,17 @@ def run_search(config: RunConfig | None = None, *, study_dir: str | Path | None 
     if n_workers == 1 or remaining == 0:
         work(path, quota=remaining, deadline=deadline, budget=budget)
     else:
-        quotas = [None] * n_workers if remaining is None else [remaining // n_workers + (i < remaining % n_workers)
-                                                              for i in range(n_workers)]
+        quotas = (
+            [None] * n_workers
+            if remaining is None
+            else [remaining // n_workers + (i < remaining % n_workers) for i in range(n_workers)]
+        )
         problems = _wait(_spawn(path, [q for q in quotas if q != 0], deadline), path)
         notes += problems
     if deadline is not None and time.time() >= deadline and total is not None and counted(study) < total:
-        notes.append(f"timeout: {saved.search.timeout:g} s passed after {counted(study)} of {total} trials; no more were started")
+        notes.append(
+            f"timeout: {saved.search.timeout:g} s passed after {counted(study)} of {total} trials; no more were started"
+        )
     if budget is not None:
         notes += budget.notes()
 
@@ -474,6 +515,9 @@ def run_search(config: RunConfig | None = None, *, study_dir: str | Path | None 
     if config.search.final_train and result.best_config is not None:
         result.final_run = final_training(study, config, path, budget=budget)
     if any(n.startswith("worker ") for n in notes):
-        raise TunesmithError("; ".join(n for n in notes if n.startswith("worker ")), where=str(path),
-                             fix="read the worker's log; `tunesmith search --study-dir DIR --resume` continues the study")
+        raise TunesmithError(
+            "; ".join(n for n in notes if n.startswith("worker ")),
+            where=str(path),
+            fix="read the worker's log; `tunesmith search --study-dir DIR --resume` continues the study",
+        )
     return result

@@ -1,4 +1,5 @@
-"""Tasks: what a record becomes, which model class learns it, how it is scored. One registry line each.
+"""Tasks: what a record becomes, which model class learns it, how it is scored. One module per task; its
+registration line and card (name, model kind, metrics, init settings) are in tunesmith/taskcards.py.
 
 A task module provides:
   load_processor(resolved, model_cfg) -> tokenizer (text) or image processor; saved beside the weights
@@ -42,19 +43,12 @@ Optional hooks (the pipeline looks them up with getattr; tasks without them take
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
-# Task name -> module. Imported on first use, so a run pays only for its own task's dependencies
-# (diffusers for text-to-image, seqeval for token classification).
-TASKS = {
-    "chat": "chat",
-    "continued-pretraining": "continued_pretraining",
-    "text-classification": "text_classification",
-    "token-classification": "token_classification",
-    "summarization": "summarization",
-    "image-classification": "image_classification",
-    "text-to-image": "text_to_image",
-}
+from tunesmith.taskcards import get_card
 
 
-def get_task(name: str):
-    return importlib.import_module(f"tunesmith.tasks.{TASKS[name]}")
+def get_task(name: str) -> ModuleType:
+    """The module of a registered task (tunesmith/taskcards.py), imported on first use: a run pays only for
+    its own task's dependencies (diffusers for text-to-image, seqeval for token classification)."""
+    return importlib.import_module(f"tunesmith.tasks.{get_card(name).module}")

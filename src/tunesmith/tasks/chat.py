@@ -13,7 +13,8 @@ from tunesmith.data.chat_template import (
     stop_token_ids,
     template_for,
 )
-from tunesmith.data.formats import Example, detect_format, normalise as normalise_format
+from tunesmith.data.formats import Example, detect_format
+from tunesmith.data.formats import normalise as normalise_format
 from tunesmith.data.packing import PackedRow, attention_implementation, collate_packed, varlen_layout
 from tunesmith.evaluate.metrics import exact_match, rouge_l
 from tunesmith.train import padding_free
@@ -125,13 +126,23 @@ def loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch
 
 def prompt_and_reference(example: Example) -> tuple[list[dict], str]:
     """The conversation up to its last assistant turn, and that turn's text as the reference."""
-    last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
-    return example.messages[:last], example.messages[last]["content"]
+    messages = example.messages
+    if messages is None:
+        raise TypeError(f"{example.where}: a plain-text example has no conversation to answer")
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[:last], messages[last]["content"]
 
 
 @torch.no_grad()
-def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_tokens: int, batch_size: int,
-             chat_template: str | None = None) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    chat_template: str | None = None,
+) -> list[str]:
     """Greedy answers, batched with left padding so every prompt ends where generation starts."""
     template = template_for(tokenizer, chat_template)
     texts = [render(tokenizer, conv, template, add_generation_prompt=True) for conv in conversations]
@@ -158,8 +169,9 @@ def generate(model, tokenizer, conversations: list[list[dict]], *, max_new_token
     return answers
 
 
-def predict(model, tokenizer, examples: list[Example], config, meta: dict | None = None,
-            max_new_tokens: int | None = None) -> list[dict]:
+def predict(
+    model, tokenizer, examples: list[Example], config, meta: dict | None = None, max_new_tokens: int | None = None
+) -> list[dict]:
     """Answer each example: the conversation without its final assistant turn, plus a generated one."""
     conversations = []
     for example in examples:
@@ -168,12 +180,20 @@ def predict(model, tokenizer, examples: list[Example], config, meta: dict | None
             continue
         turns = example.messages
         conversations.append(turns[:-1] if turns and turns[-1]["role"] == "assistant" else turns)
-    answers = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens or config.eval.max_new_tokens,
-                       batch_size=config.eval.batch_size, chat_template=config.data.chat_template)
+    answers = generate(
+        model,
+        tokenizer,
+        conversations,
+        max_new_tokens=max_new_tokens or config.eval.max_new_tokens,
+        batch_size=config.eval.batch_size,
+        chat_template=config.data.chat_template,
+    )
     return [{"messages": c + [{"role": "assistant", "content": a}]} for c, a in zip(conversations, answers)]
 
 
-def evaluate_test(model, tokenizer, examples: list[Example], config, meta: dict | None = None) -> tuple[dict, list[dict]]:
+def evaluate_test(
+    model, tokenizer, examples: list[Example], config, meta: dict | None = None
+) -> tuple[dict, list[dict]]:
     """ROUGE-L and exact match of greedy answers against the reference answers of the test split."""
     chats = [e for e in examples if e.messages is not None]
     if config.eval.max_samples is not None:
@@ -181,8 +201,14 @@ def evaluate_test(model, tokenizer, examples: list[Example], config, meta: dict 
     if not chats:
         return {}, []
     prompts, references = zip(*(prompt_and_reference(e) for e in chats))
-    predictions = generate(model, tokenizer, list(prompts), max_new_tokens=config.eval.max_new_tokens,
-                           batch_size=config.eval.batch_size, chat_template=config.data.chat_template)
+    predictions = generate(
+        model,
+        tokenizer,
+        list(prompts),
+        max_new_tokens=config.eval.max_new_tokens,
+        batch_size=config.eval.batch_size,
+        chat_template=config.data.chat_template,
+    )
     metrics = {
         "rougeL": rouge_l(predictions, list(references)),
         "exact_match": exact_match(predictions, list(references)),

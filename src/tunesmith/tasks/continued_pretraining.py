@@ -35,8 +35,11 @@ plots = chat.plots
 
 def normalise(records: list, data_cfg) -> tuple[list[Example], str]:
     if data_cfg.format not in ("auto", "text"):
-        raise TunesmithError(f"continued pre-training reads plain text, not data.format={data_cfg.format!r}",
-                             where="data.format", fix="set data.format: text (or auto) and give a text column")
+        raise TunesmithError(
+            f"continued pre-training reads plain text, not data.format={data_cfg.format!r}",
+            where="data.format",
+            fix="set data.format: text (or auto) and give a text column",
+        )
     examples, fmt = chat.normalise(records, data_cfg.model_copy(update={"format": "text"}))
     return examples, fmt
 
@@ -63,13 +66,18 @@ def encode(examples: list[Example], tokenizer, config, meta: dict | None = None)
         ids = stream[start : start + block]
         if len(ids) < 2:
             continue  # nothing to predict
-        blocks.append(EncodedExample(ids, list(ids), f"{source}: tokens {start}-{start + len(ids)}", False, len(ids),
-                                     [(0, len(ids))]))
+        blocks.append(
+            EncodedExample(
+                ids, list(ids), f"{source}: tokens {start}-{start + len(ids)}", False, len(ids), [(0, len(ids))]
+            )
+        )
     return blocks
 
 
 @torch.no_grad()
-def evaluate_test(model, tokenizer, examples: list[Example], config, meta: dict | None = None) -> tuple[dict, list[dict]]:
+def evaluate_test(
+    model, tokenizer, examples: list[Example], config, meta: dict | None = None
+) -> tuple[dict, list[dict]]:
     """Perplexity of the packed test split: exp(mean token loss)."""
     blocks = encode(examples, tokenizer, config)
     if not blocks:
@@ -87,20 +95,32 @@ def evaluate_test(model, tokenizer, examples: list[Example], config, meta: dict 
 
 
 @torch.no_grad()
-def predict(model, tokenizer, examples: list[Example], config, meta: dict | None = None,
-            max_new_tokens: int | None = None) -> list[dict]:
+def predict(
+    model, tokenizer, examples: list[Example], config, meta: dict | None = None, max_new_tokens: int | None = None
+) -> list[dict]:
     """Continue each text greedily."""
     model.eval()
     rows = []
     for example in examples:
         inputs = tokenizer(example.text, return_tensors="pt", add_special_tokens=False).to(model.device)
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens or config.eval.max_new_tokens, do_sample=False,
-                                use_cache=True, pad_token_id=tokenizer.pad_token_id)
-        rows.append({"text": example.text,
-                     "continuation": tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)})
+        output = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens or config.eval.max_new_tokens,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        rows.append(
+            {
+                "text": example.text,
+                "continuation": tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True),
+            }
+        )
     return rows
 
 
 def describe(encoded: EncodedExample, tokenizer) -> str:
-    return (f"first training record: a packed block of {len(encoded.input_ids)} tokens, all learned (first 200 shown):\n\n"
-            + tokenizer.decode(encoded.input_ids[:200]))
+    return (
+        f"first training record: a packed block of {len(encoded.input_ids)} tokens, all learned (first 200 shown):\n\n"
+        + tokenizer.decode(encoded.input_ids[:200])
+    )

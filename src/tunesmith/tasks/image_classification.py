@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,7 @@ class EncodedImage:
     where: str
     image: str  # reference decoded in `collate` (data.images.load_image)
     target: int
-    processor: object = field(repr=False)  # the model's image processor (shared, not copied)
+    processor: Any = field(repr=False)  # the model's image processor (shared, not copied)
     augment: bool = False
     labels: tuple[str, ...] = ()
     truncated: bool = False  # the data report's columns; an image is never cut
@@ -52,8 +53,11 @@ def load_processor(resolved, model_cfg):
     try:
         return AutoImageProcessor.from_pretrained(resolved.path, trust_remote_code=model_cfg.trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise TunesmithError(f"cannot load an image processor from {resolved.path}: {exc}", where="model.name",
-                             fix="point model.name at a model directory with a preprocessor_config.json") from None
+        raise TunesmithError(
+            f"cannot load an image processor from {resolved.path}: {exc}",
+            where="model.name",
+            fix="point model.name at a model directory with a preprocessor_config.json",
+        ) from None
 
 
 def model_class():
@@ -72,15 +76,18 @@ def read(source: str, data_cfg, split: str | None = None, bad=None) -> list[Labe
     (data.on_bad_record) raises, or counts and skips, a record that cannot be used."""
     from tunesmith.data.readers import read_records
 
-    return read_image_source(source, data_cfg, lambda s: read_records(s, split=split, bad=bad), unlabeled=split is None,
-                             bad=bad)
+    return read_image_source(
+        source, data_cfg, lambda s: read_records(s, split=split, bad=bad), unlabeled=split is None, bad=bad
+    )
 
 
 def normalise(records: list, data_cfg) -> tuple[list[LabeledImage], str]:
     if records and not isinstance(records[0], LabeledImage):  # rows of read_records (a run's saved test split)
         records = check_images(examples_from_records(records, data_cfg), data_cfg.skip_bad_images)
     if not records:
-        raise TunesmithError("no images", where="data.train", fix="point data.train at a folder, CSV or IDX file with images")
+        raise TunesmithError(
+            "no images", where="data.train", fix="point data.train at a folder, CSV or IDX file with images"
+        )
     return records, ", ".join(sorted({e.kind for e in records}))
 
 
@@ -101,7 +108,9 @@ def setup(splits, config) -> dict:
     on the training examples (collate reads it) so validation and test images are never altered."""
     for example in splits.train:
         if example.label is None:
-            raise TunesmithError("a training image has no label", where=example.where, fix="give every training image a label")
+            raise TunesmithError(
+                "a training image has no label", where=example.where, fix="give every training image a label"
+            )
     counts = Counter(e.label for e in splits.train)
     names = training_label_names(counts)
     check_labels_seen(splits, counts, lambda e: [e.label], what="images")
@@ -118,8 +127,18 @@ def model_kwargs(meta: dict) -> dict:
 
 def encode(examples: list[LabeledImage], processor, config, meta: dict) -> list[EncodedImage]:
     index = {name: i for i, name in enumerate(meta["labels"])}
-    return [EncodedImage(e.where, e.image, index.get(e.label, -100), processor, e.augment,
-                         (e.label,) if e.label is not None else (), size=config.data.image_size) for e in examples]
+    return [
+        EncodedImage(
+            e.where,
+            e.image,
+            index.get(e.label, -100),
+            processor,
+            e.augment,
+            (e.label,) if e.label is not None else (),
+            size=config.data.image_size,
+        )
+        for e in examples
+    ]
 
 
 def augment_batch(pixels: torch.Tensor, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
@@ -148,7 +167,9 @@ def collate(batch: list[EncodedImage], pad_id: int = 0) -> dict[str, torch.Tenso
         from PIL import Image
 
         images = [image.resize((size, size), Image.Resampling.BICUBIC) for image in images]
-        pixels = batch[0].processor(images=images, do_resize=False, do_center_crop=False, return_tensors="pt")["pixel_values"]
+        pixels = batch[0].processor(images=images, do_resize=False, do_center_crop=False, return_tensors="pt")[
+            "pixel_values"
+        ]
     else:
         pixels = batch[0].processor(images=images, return_tensors="pt")["pixel_values"]
     pixels = pixels.float()
@@ -207,8 +228,14 @@ def _scores(model, processor, examples: list[LabeledImage], config, meta: dict) 
 def predict(model, processor, examples: list[LabeledImage], config, meta: dict, **_) -> list[dict]:
     scores = _scores(model, processor, examples, config, meta)
     names = meta["labels"]
-    return [{"image": e.image, "label": names[int(row.argmax())],
-             "scores": {name: round(float(s), 6) for name, s in zip(names, row)}} for e, row in zip(examples, scores)]
+    return [
+        {
+            "image": e.image,
+            "label": names[int(row.argmax())],
+            "scores": {name: round(float(s), 6) for name, s in zip(names, row)},
+        }
+        for e, row in zip(examples, scores)
+    ]
 
 
 def evaluate_test(model, processor, examples: list[LabeledImage], config, meta: dict) -> tuple[dict, list[dict]]:
@@ -220,9 +247,12 @@ def evaluate_test(model, processor, examples: list[LabeledImage], config, meta: 
         return {}, []
     names = meta["labels"]
     predicted = [(names[int(row.argmax())],) for row in _scores(model, processor, examples, config, meta)]
-    metrics = classification_metrics([(e.label,) for e in examples], predicted, names, False)
-    rows = [{"where": e.where, "prompt": e.image, "reference": e.label, "prediction": p[0]}
-            for e, p in zip(examples, predicted)]
+    # Only `predict`'s inputs are unlabeled: test images always carry their label.
+    metrics = classification_metrics([(cast(str, e.label),) for e in examples], predicted, names, False)
+    rows = [
+        {"where": e.where, "prompt": e.image, "reference": e.label, "prediction": p[0]}
+        for e, p in zip(examples, predicted)
+    ]
     return metrics, rows
 
 
@@ -235,13 +265,18 @@ def plots(rows: list[dict], meta: dict, folder) -> list[str]:
 
     if not rows:
         return []
-    return [plot_confusion([r["reference"] for r in rows], [r["prediction"] for r in rows], meta["labels"],
-                           folder / "confusion.png")]
+    return [
+        plot_confusion(
+            [r["reference"] for r in rows], [r["prediction"] for r in rows], meta["labels"], folder / "confusion.png"
+        )
+    ]
 
 
 def describe(encoded: EncodedImage, processor) -> str:
     pixels = collate([encoded])["pixel_values"]
-    return (f"first training record as the model sees it (label: {', '.join(encoded.labels)}):\n\n"
-            f"{encoded.image} -> [[{', '.join(encoded.labels)}]]\n"
-            f"pixel_values {tuple(pixels.shape[1:])}, mean {pixels.mean():.3f}, std {pixels.std():.3f}"
-            + (" (augmented: random resized crop + flip)" if encoded.augment else ""))
+    return (
+        f"first training record as the model sees it (label: {', '.join(encoded.labels)}):\n\n"
+        f"{encoded.image} -> [[{', '.join(encoded.labels)}]]\n"
+        f"pixel_values {tuple(pixels.shape[1:])}, mean {pixels.mean():.3f}, std {pixels.std():.3f}"
+        + (" (augmented: random resized crop + flip)" if encoded.augment else "")
+    )

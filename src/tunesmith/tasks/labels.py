@@ -21,8 +21,12 @@ def head_kwargs(names: list[str]) -> dict:
 def training_label_names(counts: Counter) -> list[str]:
     names = sorted(counts)
     if len(names) < 2:
-        raise TunesmithError(f"the training split has {len(names)} class ({', '.join(names) or 'none'}); "
-                             "a classifier needs at least two", where="data.train", fix="add records of the other classes")
+        raise TunesmithError(
+            f"the training split has {len(names)} class ({', '.join(names) or 'none'}); "
+            "a classifier needs at least two",
+            where="data.train",
+            fix="add records of the other classes",
+        )
     return names
 
 
@@ -36,4 +40,6 @@ def check_labels_seen(splits, known: Counter, labels_of, what: str = "records") 
                 raise TunesmithError(
                     f"label {unseen[0]!r} of the {split_name} split never occurs in the training split, so the "
                     f"model cannot learn it (training labels: {names})",
-                    where=example.where, fix=f"add training {what} with that label, or remove it from the other splits")
+                    where=example.where,
+                    fix=f"add training {what} with that label, or remove it from the other splits",
+                )

@@ -10,6 +10,7 @@ learns the target, every target token carrying loss and nothing else. Scores: RO
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -81,8 +82,11 @@ def _pick(fields: dict, mapped: str | None, names: tuple[str, ...], other: str |
 
 def _text(value, what: str, where: str) -> str:
     if not isinstance(value, str):
-        raise TunesmithError(f"the {what} is {type(value).__name__}, not a string", where=where,
-                             fix=f"give every record its {what} as text")
+        raise TunesmithError(
+            f"the {what} is {type(value).__name__}, not a string",
+            where=where,
+            fix=f"give every record its {what} as text",
+        )
     if not value.strip():
         raise TunesmithError(f"the {what} is empty", where=where, fix=f"fill in the {what}, or remove the record")
     return value
@@ -103,12 +107,18 @@ def normalise(records: list, data_cfg) -> tuple[list[SourceTarget], str]:
         source_name = _pick(fields, columns.get("source"), SOURCE_NAMES)
         if source_name is None:
             wanted = columns.get("source") or "/".join(SOURCE_NAMES)
-            raise TunesmithError(f"no source column {wanted!r} (columns found: {', '.join(found) or 'none'})",
-                                 where=record.where, fix=_columns_fix())
+            raise TunesmithError(
+                f"no source column {wanted!r} (columns found: {', '.join(found) or 'none'})",
+                where=record.where,
+                fix=_columns_fix(),
+            )
         target_name = _pick(fields, columns.get("target"), TARGET_NAMES, other=source_name)
         if target_name is None and "target" in columns:
-            raise TunesmithError(f"no target column {columns['target']!r} (columns found: {', '.join(found)})",
-                                 where=record.where, fix=_columns_fix())
+            raise TunesmithError(
+                f"no target column {columns['target']!r} (columns found: {', '.join(found)})",
+                where=record.where,
+                fix=_columns_fix(),
+            )
         source = _text(fields[source_name], f"source ({source_name!r})", record.where)
         target = None if target_name is None else _text(fields[target_name], f"target ({target_name!r})", record.where)
         examples.append(SourceTarget(record.where, source, target, found))
@@ -117,7 +127,9 @@ def normalise(records: list, data_cfg) -> tuple[list[SourceTarget], str]:
 
 
 def to_record(example: SourceTarget) -> dict:
-    return {"source": example.source} if example.target is None else {"source": example.source, "target": example.target}
+    return (
+        {"source": example.source} if example.target is None else {"source": example.source, "target": example.target}
+    )
 
 
 stratify_key = None  # plain random splits
@@ -129,7 +141,9 @@ def _require_targets(examples: list[SourceTarget], split: str) -> None:
             raise TunesmithError(
                 f"the {split} record has no target column ({'/'.join(TARGET_NAMES)}; columns found: "
                 f"{', '.join(example.columns) or 'none'})",
-                where=example.where, fix=_columns_fix())
+                where=example.where,
+                fix=_columns_fix(),
+            )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -149,15 +163,20 @@ def model_facts(config) -> dict:
     try:
         model_config = AutoConfig.from_pretrained(resolved.path, **kwargs)
     except (OSError, ValueError) as exc:
-        raise TunesmithError(f"cannot read the model config in {resolved.path}: {exc}", where="model.name",
-                             fix="point model.name at a Hugging Face model directory or hub id") from None
+        raise TunesmithError(
+            f"cannot read the model config in {resolved.path}: {exc}",
+            where="model.name",
+            fix="point model.name at a Hugging Face model directory or hub id",
+        ) from None
     model_type = getattr(model_config, "model_type", "")
     if not getattr(model_config, "is_encoder_decoder", False):
         raise TunesmithError(
             f"{config.model.name} is a {model_type or 'model'} without a decoder that reads a source; summarization "
-            "trains encoder-decoder models", where="model.name",
+            "trains encoder-decoder models",
+            where="model.name",
             fix="use bert2bert-minilm-l6 (offline), t5-small, facebook/bart-base or google/mt5-small; for a decoder LLM "
-                "use task: chat with prompt/completion records")
+            "use task: chat with prompt/completion records",
+        )
     try:
         generation = GenerationConfig.from_pretrained(resolved.path, **kwargs)
     except OSError:  # no generation_config.json: the model config carries the ids
@@ -172,14 +191,21 @@ def model_facts(config) -> dict:
 
     start = first(generation.decoder_start_token_id, getattr(model_config, "decoder_start_token_id", None))
     if start is None:
-        raise TunesmithError(f"the config of {config.model.name} sets no decoder_start_token_id", where="model.name",
-                             fix="set decoder_start_token_id in the model's config.json (T5 uses the pad id, BART the end id)")
+        raise TunesmithError(
+            f"the config of {config.model.name} sets no decoder_start_token_id",
+            where="model.name",
+            fix="set decoder_start_token_id in the model's config.json (T5 uses the pad id, BART the end id)",
+        )
     prefix = config.data.source_prefix
     if prefix == "auto":
         params = (getattr(model_config, "task_specific_params", None) or {}).get("summarization", {})
         prefix = params.get("prefix", T5_PREFIX if model_type in T5_FAMILY else "")
-    return {"model_type": model_type, "source_prefix": prefix, "decoder_start_token_id": start,
-            "eos_token_id": first(generation.eos_token_id, getattr(model_config, "eos_token_id", None))}
+    return {
+        "model_type": model_type,
+        "source_prefix": prefix,
+        "decoder_start_token_id": start,
+        "eos_token_id": first(generation.eos_token_id, getattr(model_config, "eos_token_id", None)),
+    }
 
 
 def setup(splits, config) -> dict:
@@ -202,8 +228,11 @@ def _end_id(meta: dict, tokenizer) -> int:
     for value in (meta.get("eos_token_id"), tokenizer.eos_token_id, tokenizer.sep_token_id):
         if value is not None:
             return int(value)
-    raise TunesmithError("neither the model nor the tokenizer has an end-of-sequence token", where="model.name",
-                         fix="set eos_token_id in the model's config.json")
+    raise TunesmithError(
+        "neither the model nor the tokenizer has an end-of-sequence token",
+        where="model.name",
+        fix="set eos_token_id in the model's config.json",
+    )
 
 
 def source_ids(example: SourceTarget, tokenizer, config, meta: dict) -> tuple[list[int], int]:
@@ -250,7 +279,8 @@ def encode(examples: list[SourceTarget], tokenizer, config, meta: dict) -> list[
         raise TunesmithError(
             f"{len(too_long)} of {len(examples)} targets are longer than data.max_target_length={limit}: {shown}{more}",
             where=too_long[0][0],
-            fix=f"set data.max_target_length: {longest} (targets are never cut), or shorten or drop those records")
+            fix=f"set data.max_target_length: {longest} (targets are never cut), or shorten or drop those records",
+        )
     return out
 
 
@@ -266,7 +296,11 @@ def collate(batch: list[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded sources and targets (pad positions of the target carry no loss)."""
     input_ids = _pad([e.input_ids for e in batch], pad_id)
     attention_mask = _pad([[1] * len(e.input_ids) for e in batch], 0)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": _pad([e.labels for e in batch], IGNORE_INDEX)}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": _pad([e.labels for e in batch], IGNORE_INDEX),
+    }
 
 
 def count_targets(batch: dict[str, torch.Tensor]) -> int:
@@ -289,9 +323,12 @@ def loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch
     """Summed cross-entropy over target tokens and their number; the loop divides once per optimizer step.
     Labels are not passed to the model: it would also compute (and discard) its own mean loss."""
     labels = batch["labels"]
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   decoder_input_ids=decoder_inputs(model, labels),
-                   decoder_attention_mask=(labels != IGNORE_INDEX).long()).logits
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        decoder_input_ids=decoder_inputs(model, labels),
+        decoder_attention_mask=(labels != IGNORE_INDEX).long(),
+    ).logits
     return token_loss_sum(logits, labels)
 
 
@@ -300,18 +337,24 @@ def loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch
 
 
 @torch.no_grad()
-def generate(model, tokenizer, examples: list[SourceTarget], config, meta: dict, max_new_tokens: int | None = None) -> list[str]:
+def generate(
+    model, tokenizer, examples: list[SourceTarget], config, meta: dict, max_new_tokens: int | None = None
+) -> list[str]:
     """Beam-search summaries with the `eval` settings, in batches of eval.batch_size."""
     cfg = config.eval
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     settings = dict(
-        max_new_tokens=max_new_tokens or cfg.max_new_tokens, num_beams=cfg.num_beams, do_sample=False,
+        max_new_tokens=max_new_tokens or cfg.max_new_tokens,
+        num_beams=cfg.num_beams,
+        do_sample=False,
         no_repeat_ngram_size=cfg.no_repeat_ngram_size,
         # min_length counts the decoder start token. Always given, so that a model's own minimum
         # (bart-large-cnn: 56) never applies unasked; min_new_tokens beside it would draw a warning.
         min_length=cfg.min_new_tokens + 1 if cfg.min_new_tokens else 0,
-        decoder_start_token_id=meta["decoder_start_token_id"], eos_token_id=_end_id(meta, tokenizer),
-        pad_token_id=pad, use_cache=True,  # training turns the cache off in the config; generation needs it
+        decoder_start_token_id=meta["decoder_start_token_id"],
+        eos_token_id=_end_id(meta, tokenizer),
+        pad_token_id=pad,
+        use_cache=True,  # training turns the cache off in the config; generation needs it
     )
     if cfg.num_beams > 1:  # transformers warns about beam settings without beams
         settings.update(length_penalty=cfg.length_penalty, early_stopping=True)
@@ -342,19 +385,28 @@ def _scored(examples: list[SourceTarget], config) -> list[SourceTarget]:
     return examples[: config.eval.max_samples] if config.eval.max_samples is not None else examples
 
 
+def _references(examples: list[SourceTarget]) -> list[str]:
+    """The target summaries of examples that `_scored` returned: each has one (`_require_targets`)."""
+    return [cast(str, e.target) for e in examples]
+
+
 def evaluate_test(model, tokenizer, examples: list[SourceTarget], config, meta: dict) -> tuple[dict, list[dict]]:
     """ROUGE-1/2/L and length statistics of generated summaries of the test split."""
     examples = _scored(examples, config)
     if not examples:
         return {}, []
     predictions = generate(model, tokenizer, examples, config, meta)
-    metrics, per_example = _scores(predictions, [e.target for e in examples])
-    rows = [{"where": e.where, "prompt": e.source, "reference": e.target, "prediction": p, "rougeL": round(s["rougeL"], 4)}
-            for e, p, s in zip(examples, predictions, per_example)]
+    metrics, per_example = _scores(predictions, _references(examples))
+    rows = [
+        {"where": e.where, "prompt": e.source, "reference": e.target, "prediction": p, "rougeL": round(s["rougeL"], 4)}
+        for e, p, s in zip(examples, predictions, per_example)
+    ]
     return metrics, rows
 
 
-def predict(model, tokenizer, examples: list[SourceTarget], config, meta: dict, max_new_tokens: int | None = None) -> list[dict]:
+def predict(
+    model, tokenizer, examples: list[SourceTarget], config, meta: dict, max_new_tokens: int | None = None
+) -> list[dict]:
     summaries = generate(model, tokenizer, examples, config, meta, max_new_tokens)
     rows = []
     for example, summary in zip(examples, summaries):
@@ -376,9 +428,11 @@ def baseline(splits, config, meta: dict) -> dict | None:
     examples = _scored(splits.test, config)
     if not examples:
         return None
-    metrics, _ = _scores([lead(e.source, meta["lead_words"]) for e in examples], [e.target for e in examples])
-    metrics["description"] = (f"The baseline is Lead: the first {meta['lead_words']} words of each source (the mean "
-                              "training-summary length), scored with the same ROUGE.")
+    metrics, _ = _scores([lead(e.source, meta["lead_words"]) for e in examples], _references(examples))
+    metrics["description"] = (
+        f"The baseline is Lead: the first {meta['lead_words']} words of each source (the mean "
+        "training-summary length), scored with the same ROUGE."
+    )
     return metrics
 
 
@@ -387,6 +441,11 @@ def plots(rows: list[dict], meta: dict, folder) -> list[str]:
 
 
 def describe(encoded: EncodedPair, tokenizer) -> str:
-    return ("first training record as the model sees it:\n\nsource (encoder"
-            + (", cut at data.max_length" if encoded.truncated else "") + "):\n" + tokenizer.decode(encoded.input_ids)
-            + "\n\ntarget (decoder; every token carries loss):\n" + tokenizer.decode(encoded.labels))
+    return (
+        "first training record as the model sees it:\n\nsource (encoder"
+        + (", cut at data.max_length" if encoded.truncated else "")
+        + "):\n"
+        + tokenizer.decode(encoded.input_ids)
+        + "\n\ntarget (decoder; every token carries loss):\n"
+        + tokenizer.decode(encoded.labels)
+    )

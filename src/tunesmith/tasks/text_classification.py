@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -91,8 +92,11 @@ def _labels_of(value, data_cfg, where: str) -> tuple[str, ...]:
         text = str(value).strip()
         labels = tuple(p.strip() for p in text.split(data_cfg.label_separator)) if data_cfg.label_separator else (text,)
     else:
-        raise TunesmithError(f"label {value!r} is not a string, whole number or list", where=where,
-                             fix="give each record a label such as 'positive' or a list of labels")
+        raise TunesmithError(
+            f"label {value!r} is not a string, whole number or list",
+            where=where,
+            fix="give each record a label such as 'positive' or a list of labels",
+        )
     labels = tuple(label for label in labels if label)
     if not labels and not data_cfg.multi_label:
         raise TunesmithError("the label is empty", where=where, fix="give every record a label, or drop the record")
@@ -105,10 +109,15 @@ def _score_of(value, where: str) -> float:
     try:
         score = float(value)
     except (ValueError, OverflowError):  # OverflowError: an integer too large for a float
-        raise TunesmithError(f"score {value!r} is not a number", where=where, fix="give a relevance score from 0 to 1") from None
+        raise TunesmithError(
+            f"score {value!r} is not a number", where=where, fix="give a relevance score from 0 to 1"
+        ) from None
     if not 0.0 <= score <= 1.0:
-        raise TunesmithError(f"score {score} is outside 0..1", where=where,
-                             fix="scale relevance to 0..1 (graded 0-3 relevance: divide by 3); the model predicts a sigmoid")
+        raise TunesmithError(
+            f"score {score} is outside 0..1",
+            where=where,
+            fix="scale relevance to 0..1 (graded 0-3 relevance: divide by 3); the model predicts a sigmoid",
+        )
     return score
 
 
@@ -122,18 +131,26 @@ def normalise(records: list, data_cfg) -> tuple[list[LabeledText], str]:
         pair = _column(record.fields, "text_pair", columns, record.where, required=False)
         for name, value in (("text", text), ("text_pair", pair)):
             if (value is not None or name == "text") and not isinstance(value, str):
-                raise TunesmithError(f"{name} is {'null' if value is None else type(value).__name__}, not a string", where=record.where,
-                                     fix="every text must be a string")
+                raise TunesmithError(
+                    f"{name} is {'null' if value is None else type(value).__name__}, not a string",
+                    where=record.where,
+                    fix="every text must be a string",
+                )
         if not text.strip():
             raise TunesmithError("the text is empty", where=record.where, fix="remove the record or fill in its text")
         if scored:
             if pair is None:
-                raise TunesmithError("a scored record has no text_pair (the passage to score against the query)",
-                                     where=record.where, fix="give every record text (query), text_pair (passage) and score")
+                raise TunesmithError(
+                    "a scored record has no text_pair (the passage to score against the query)",
+                    where=record.where,
+                    fix="give every record text (query), text_pair (passage) and score",
+                )
             score = _score_of(_column(record.fields, "score", columns, record.where, required=True), record.where)
             examples.append(LabeledText(record.where, text, (), pair, score))
             continue
-        labels = _labels_of(_column(record.fields, "label", columns, record.where, required=True), data_cfg, record.where)
+        labels = _labels_of(
+            _column(record.fields, "label", columns, record.where, required=True), data_cfg, record.where
+        )
         examples.append(LabeledText(record.where, text, labels, pair))
     if scored:
         return examples, "relevance scores (reranking)"
@@ -203,12 +220,18 @@ def encode(examples: list[LabeledText], tokenizer, config, meta: dict) -> list[E
                     target[index[label]] = 1.0
         else:
             target = index.get(example.labels[0], -100)  # unseen labels only reach here from `predict` inputs
-        out.append(EncodedText(
-            input_ids=encoded["input_ids"], where=example.where, target=target,
-            weight=weights.get(example.labels[0], 1.0) if example.labels else 1.0,
-            token_type_ids=encoded.get("token_type_ids"), truncated=len(full["input_ids"]) > max_length,
-            full_length=len(full["input_ids"]), labels=example.labels,
-        ))
+        out.append(
+            EncodedText(
+                input_ids=encoded["input_ids"],
+                where=example.where,
+                target=target,
+                weight=weights.get(example.labels[0], 1.0) if example.labels else 1.0,
+                token_type_ids=encoded.get("token_type_ids"),
+                truncated=len(full["input_ids"]) > max_length,
+                full_length=len(full["input_ids"]),
+                labels=example.labels,
+            )
+        )
     return out
 
 
@@ -219,12 +242,16 @@ def collate(batch: list[EncodedText], pad_id: int) -> dict[str, torch.Tensor]:
     for row, example in enumerate(batch):
         input_ids[row, : len(example.input_ids)] = torch.tensor(example.input_ids)
         attention_mask[row, : len(example.input_ids)] = 1
-    out = {"input_ids": input_ids, "attention_mask": attention_mask,
-           "weights": torch.tensor([e.weight for e in batch], dtype=torch.float32)}
+    out = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "weights": torch.tensor([e.weight for e in batch], dtype=torch.float32),
+    }
     if batch[0].token_type_ids is not None:
         token_types = torch.zeros((len(batch), width), dtype=torch.long)
         for row, example in enumerate(batch):
-            token_types[row, : len(example.token_type_ids)] = torch.tensor(example.token_type_ids)
+            if example.token_type_ids is not None:  # a tokenizer gives them for every example or for none
+                token_types[row, : len(example.token_type_ids)] = torch.tensor(example.token_type_ids)
         out["token_type_ids"] = token_types
     as_float = isinstance(batch[0].target, (list, float))  # multi-hot rows and relevance scores
     out["targets"] = torch.tensor([e.target for e in batch], dtype=torch.float32 if as_float else torch.long)
@@ -270,7 +297,9 @@ def _scores(model, tokenizer, examples: list[LabeledText], config, meta: dict) -
         batch = collate(encoded[start : start + config.eval.batch_size], tokenizer.pad_token_id)
         batch = {k: v.to(model.device) for k, v in batch.items()}
         logits = logits_of(model, batch)
-        out.append(torch.sigmoid(logits) if meta["multi_label"] or meta.get("scores") else torch.softmax(logits, dim=-1))
+        out.append(
+            torch.sigmoid(logits) if meta["multi_label"] or meta.get("scores") else torch.softmax(logits, dim=-1)
+        )
     return torch.cat(out).cpu() if out else torch.empty(0, len(meta["labels"]))
 
 
@@ -284,10 +313,13 @@ def _chosen(scores: torch.Tensor, meta: dict) -> list[tuple[str, ...]]:
 def predict(model, tokenizer, examples: list[LabeledText], config, meta: dict, **_) -> list[dict]:
     scores = _scores(model, tokenizer, examples, config, meta)
     if meta.get("scores"):
-        return [{"text": e.text, "text_pair": e.text_pair, "score": round(float(row[0]), 6)} for e, row in zip(examples, scores)]
+        return [
+            {"text": e.text, "text_pair": e.text_pair, "score": round(float(row[0]), 6)}
+            for e, row in zip(examples, scores)
+        ]
     rows = []
     for example, row, chosen in zip(examples, scores, _chosen(scores, meta)):
-        result = {"text": example.text}
+        result: dict[str, Any] = {"text": example.text}
         if example.text_pair is not None:
             result["text_pair"] = example.text_pair
         result["labels" if meta["multi_label"] else "label"] = list(chosen) if meta["multi_label"] else chosen[0]
@@ -306,13 +338,22 @@ def evaluate_test(model, tokenizer, examples: list[LabeledText], config, meta: d
         from tunesmith.evaluate.ranking import ranking_metrics
 
         predicted_scores = [float(row[0]) for row in scores]
-        rows = [{"where": e.where, "prompt": f"{e.text} [SEP] {e.text_pair}", "reference": f"{e.score:.3f}",
-                 "prediction": f"{p:.3f}"} for e, p in zip(examples, predicted_scores)]
-        return ranking_metrics([e.text for e in examples], [e.score for e in examples], predicted_scores), rows
+        rows = [
+            {
+                "where": e.where,
+                "prompt": f"{e.text} [SEP] {e.text_pair}",
+                "reference": f"{e.score:.3f}",
+                "prediction": f"{p:.3f}",
+            }
+            for e, p in zip(examples, predicted_scores)
+        ]
+        return ranking_metrics([e.text for e in examples], _relevance(examples), predicted_scores), rows
     predicted = _chosen(scores, meta)
     metrics = classification_metrics([e.labels for e in examples], predicted, meta["labels"], meta["multi_label"])
-    rows = [{"where": e.where, "prompt": e.text, "reference": ", ".join(e.labels), "prediction": ", ".join(p)}
-            for e, p in zip(examples, predicted)]
+    rows = [
+        {"where": e.where, "prompt": e.text, "reference": ", ".join(e.labels), "prediction": ", ".join(p)}
+        for e, p in zip(examples, predicted)
+    ]
     return metrics, rows
 
 
@@ -324,14 +365,25 @@ def baseline(splits, config, meta: dict) -> dict | None:
 
         train_texts = [t for e in splits.train for t in (e.text, e.text_pair)]
         predicted = tfidf_cosine(train_texts, [e.text for e in splits.test], [e.text_pair for e in splits.test])
-        return ranking_metrics([e.text for e in splits.test], [e.score for e in splits.test], predicted)
+        return ranking_metrics([e.text for e in splits.test], _relevance(splits.test), predicted)
     if meta["multi_label"] or not splits.test:
         return None
     from tunesmith.evaluate.classification import classification_metrics, tfidf_baseline
 
-    predicted = tfidf_baseline([_joined(e) for e in splits.train], [e.labels[0] for e in splits.train],
-                               [_joined(e) for e in splits.test], seed=config.seed)
-    return classification_metrics([e.labels for e in splits.test], [(p,) for p in predicted], meta["labels"], False)
+    predicted_labels = tfidf_baseline(
+        [_joined(e) for e in splits.train],
+        [e.labels[0] for e in splits.train],
+        [_joined(e) for e in splits.test],
+        seed=config.seed,
+    )
+    return classification_metrics(
+        [e.labels for e in splits.test], [(p,) for p in predicted_labels], meta["labels"], False
+    )
+
+
+def _relevance(examples: list[LabeledText]) -> list[float]:
+    """The relevance scores of reranking examples: the reader requires one on every record (`_score_of`)."""
+    return [cast(float, e.score) for e in examples]
 
 
 def _joined(example: LabeledText) -> str:
@@ -343,11 +395,13 @@ def plots(rows: list[dict], meta: dict, folder) -> list[str]:
 
     if meta["multi_label"] or meta.get("scores") or not rows:
         return []
-    return [plot_confusion([r["reference"] for r in rows], [r["prediction"] for r in rows], meta["labels"],
-                           folder / "confusion.png")]
+    return [
+        plot_confusion(
+            [r["reference"] for r in rows], [r["prediction"] for r in rows], meta["labels"], folder / "confusion.png"
+        )
+    ]
 
 
 def describe(encoded: EncodedText, tokenizer) -> str:
     target = f"score: {encoded.target}" if isinstance(encoded.target, float) else f"labels: {', '.join(encoded.labels)}"
-    return (f"first training record as the model sees it ({target}):\n\n"
-            + tokenizer.decode(encoded.input_ids))
+    return f"first training record as the model sees it ({target}):\n\n" + tokenizer.decode(encoded.input_ids)

@@ -24,16 +24,31 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
-from tunesmith.data.captions import (CaptionedImage, check_captioned, class_images, examples_from_records,
-                                     read_image_folder, read_prompt_lines)
+from tunesmith.data.captions import (
+    CaptionedImage,
+    check_captioned,
+    class_images,
+    examples_from_records,
+    read_image_folder,
+    read_prompt_lines,
+)
 from tunesmith.data.images import load_image
 from tunesmith.errors import TunesmithError
+from tunesmith.extras import require
 from tunesmith.models import diffusion
-from tunesmith.models.diffusion import (EVAL_TIMESTEPS, UNET_LORA_TARGETS, DiffusionModel, PromptTokenizers, generate,
-                                        load_tokenizers, pipeline_info)
+from tunesmith.models.diffusion import (
+    EVAL_TIMESTEPS,
+    UNET_LORA_TARGETS,
+    DiffusionModel,
+    PromptTokenizers,
+    generate,
+    load_tokenizers,
+    pipeline_info,
+)
 
 peft_task_type = None  # the UNet takes its adapter through diffusers' add_adapter, not a PEFT task wrapper
 target_unit = "img"  # count_targets counts instance images, for the progress bar
@@ -64,6 +79,7 @@ def load_processor(resolved, model_cfg) -> PromptTokenizers:
 
 
 def model_class():
+    require("diffusers", "diffusion", "text-to-image")
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel  # the trained part; load_model below builds the whole pipeline
@@ -109,12 +125,27 @@ def normalise(records: list, data_cfg) -> tuple[list[CaptionedImage], str]:
         if example.text:
             continue
         if example.image is None:
-            raise TunesmithError("the prompt is empty", where=example.where, fix="give every record a prompt (or remove it)")
-        raise TunesmithError(f"the image {Path(example.image).name} has no caption", where=example.where,
-                             fix=f"add {Path(example.image).with_suffix('.txt').name} beside it, a metadata.jsonl with "
-                                 "file_name and text columns, or set data.instance_prompt to give every image one prompt")
+            raise TunesmithError(
+                "the prompt is empty", where=example.where, fix="give every record a prompt (or remove it)"
+            )
+        raise TunesmithError(
+            f"the image {Path(example.image).name} has no caption",
+            where=example.where,
+            fix=f"add {Path(example.image).with_suffix('.txt').name} beside it, a metadata.jsonl with "
+            "file_name and text columns, or set data.instance_prompt to give every image one prompt",
+        )
     kinds = sorted({e.kind for e in records})
     return records, ", ".join(kinds) + ("; instance prompt" if data_cfg.instance_prompt else "")
+
+
+def _prompt(example: CaptionedImage) -> str:
+    """The record's prompt: `normalise` refuses a record without one."""
+    return cast(str, example.text)
+
+
+def _image(example: CaptionedImage) -> str:
+    """The record's image: `setup` refuses a training or held-out record without one."""
+    return cast(str, example.image)
 
 
 def to_record(example: CaptionedImage) -> dict:
@@ -133,22 +164,26 @@ def setup(splits, config) -> dict:
     the sample prompts; every split's example must have an image."""
     from tunesmith.models.resolve import resolve_model
 
-    if config.method.name not in ("lora", "full"):
-        raise TunesmithError(f"text-to-image trains with lora or full, not {config.method.name}", where="method.name",
-                             fix="set method.name: lora (an adapter on the UNet) or full (the whole UNet)")
-    if config.method.name == "lora" and "target_modules" not in config.method.model_fields_set:
+    # Which methods may train a UNet is the methods' own declaration (model_kinds "diffusion"), checked with the config.
+    if hasattr(config.method, "target_modules") and "target_modules" not in config.method.model_fields_set:
         # all-linear (the default for LLMs) would also adapt the UNet's time embedding and feed-forward layers;
         # the written value is saved in the run's config, so a resumed run builds the same adapter.
         config.method.target_modules = list(UNET_LORA_TARGETS)
     for _, examples in splits.items():
         for example in examples:
             if example.image is None:
-                raise TunesmithError("the record has no image", where=example.where,
-                                     fix="give every record an image path (file_name or image column; data.columns maps others)")
+                raise TunesmithError(
+                    "the record has no image",
+                    where=example.where,
+                    fix="give every record an image path (file_name or image column; data.columns maps others)",
+                )
     info = pipeline_info(resolve_model(config.model.name, config.model.gguf_file), config.model)
     for example in splits.train:
         example.train = True
-    prompts = list(config.eval.sample_prompts) or list(dict.fromkeys(e.text for e in [*splits.test, *splits.train]))[:SAMPLE_PROMPTS]
+    prompts = (
+        list(config.eval.sample_prompts)
+        or list(dict.fromkeys(e.text for e in [*splits.test, *splits.train]))[:SAMPLE_PROMPTS]
+    )
     return {**info, "prior": class_images(config.data), "sample_prompts": prompts}
 
 
@@ -162,23 +197,59 @@ def encode(examples: list[CaptionedImage], processor: PromptTokenizers, config, 
     size = config.data.image_size or meta["image_size"]
     encoded = []
     for i, example in enumerate(examples):
-        ids, length, truncated = processor.encode(example.text)
+        text, image = _prompt(example), _image(example)
+        ids, length, truncated = processor.encode(text)
         if example.train:
-            encoded.append(EncodedImage(example.where, example.image, ids, size, config.data.augment,
-                                        truncated=truncated, full_length=length, labels=(example.text,)))
+            encoded.append(
+                EncodedImage(
+                    example.where,
+                    image,
+                    ids,
+                    size,
+                    config.data.augment,
+                    truncated=truncated,
+                    full_length=length,
+                    labels=(text,),
+                )
+            )
             continue
-        encoded += [EncodedImage(example.where, example.image, ids, size, noise_seed=i * EVAL_TIMESTEPS + k, slot=k,
-                                 truncated=truncated and k == 0, full_length=length, labels=(example.text,))
-                    for k in range(EVAL_TIMESTEPS)]
+        encoded += [
+            EncodedImage(
+                example.where,
+                image,
+                ids,
+                size,
+                noise_seed=i * EVAL_TIMESTEPS + k,
+                slot=k,
+                truncated=truncated and k == 0,
+                full_length=length,
+                labels=(text,),
+            )
+            for k in range(EVAL_TIMESTEPS)
+        ]
     prior = meta.get("prior")
     training = [e for e in encoded if e.slot is None]
     if prior and training:
         # DreamBooth pairs every step's instance image with a class image; the data set is as long as the longer list.
         ids, length, _ = processor.encode(prior["prompt"])
-        pool = [EncodedImage(path, path, ids, size, config.data.augment, weight=prior["weight"], counted=False,
-                             full_length=length, labels=(prior["prompt"],)) for path in prior["images"]]
-        encoded = [dataclasses.replace(training[i % len(training)], prior=pool[i % len(pool)])
-                   for i in range(max(len(training), len(pool)))]
+        pool = [
+            EncodedImage(
+                path,
+                path,
+                ids,
+                size,
+                config.data.augment,
+                weight=prior["weight"],
+                counted=False,
+                full_length=length,
+                labels=(prior["prompt"],),
+            )
+            for path in prior["images"]
+        ]
+        encoded = [
+            dataclasses.replace(training[i % len(training)], prior=pool[i % len(pool)])
+            for i in range(max(len(training), len(pool)))
+        ]
     return encoded
 
 
@@ -192,11 +263,11 @@ def _pixels(path: str, size: int, flip: bool) -> tuple[torch.Tensor, list[int]]:
     width, height = image.size
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = image.resize((new_w, new_h), Image.BILINEAR)
+    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     image = image.crop((left, top, left + size, top + size))
     if flip:
-        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         left = new_w - size - left
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1), [height, width, top, left, size, size]
@@ -245,8 +316,10 @@ def _seeds(examples: list[CaptionedImage], config) -> list[int]:
 
 def predict(model, processor, examples: list[CaptionedImage], config, meta: dict, **_) -> list[dict]:
     seeds = _seeds(examples, config)
-    images = generate(model, [e.text for e in examples], seeds, config, meta)
-    return [{"where": e.where, "prompt": e.text, "seed": s, "image": image} for e, s, image in zip(examples, seeds, images)]
+    images = generate(model, [_prompt(e) for e in examples], seeds, config, meta)
+    return [
+        {"where": e.where, "prompt": e.text, "seed": s, "image": image} for e, s, image in zip(examples, seeds, images)
+    ]
 
 
 def predict_to(model, processor, examples: list[CaptionedImage], config, meta: dict, output, **_) -> int:
@@ -258,11 +331,16 @@ def predict_to(model, processor, examples: list[CaptionedImage], config, meta: d
     with open(output / "index.jsonl", "w", encoding="utf-8") as index:
         for start in range(0, len(examples), config.eval.batch_size):
             chunk = examples[start : start + config.eval.batch_size]
-            images = generate(model, [e.text for e in chunk], seeds[start : start + len(chunk)], config, meta)
+            images = generate(model, [_prompt(e) for e in chunk], seeds[start : start + len(chunk)], config, meta)
             for i, (example, image) in enumerate(zip(chunk, images), start):
                 image.save(output / f"{i:05d}.png")
-                index.write(json.dumps({"prompt": example.text, "image": f"{i:05d}.png", "seed": seeds[i],
-                                        "where": example.where}, ensure_ascii=False) + "\n")
+                index.write(
+                    json.dumps(
+                        {"prompt": example.text, "image": f"{i:05d}.png", "seed": seeds[i], "where": example.where},
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
     return len(examples)
 
 
@@ -286,8 +364,10 @@ def evaluate_test(model, processor, examples: list[CaptionedImage], config, meta
     if not examples:
         return {}, []
     losses = _denoising_losses(model, processor, examples, config, meta)
-    rows = [{"where": e.where, "prompt": e.text, "reference": e.image, "prediction": f"denoising loss {loss:.4f}"}
-            for e, loss in zip(examples, losses)]
+    rows = [
+        {"where": e.where, "prompt": e.text, "reference": e.image, "prediction": f"denoising loss {loss:.4f}"}
+        for e, loss in zip(examples, losses)
+    ]
     return {"denoising_loss": sum(losses) / len(losses)}, rows
 
 
@@ -332,8 +412,8 @@ def before_fit(model: DiffusionModel, processor, config, meta: dict) -> None:
     """Prior preservation: generate the class images the folder lacks, once, with the base model (the adapter
     off). Seeds follow the file names, and each file appears whole (written, then renamed), so an interrupted
     generation continues where it stopped."""
-    prior = meta.get("prior")
-    todo = [Path(p) for p in (prior or {}).get("generate", []) if not Path(p).exists()]
+    prior: dict[str, Any] = meta.get("prior") or {}
+    todo = [Path(p) for p in prior.get("generate", []) if not Path(p).exists()]
     if not todo:
         return
     print(f"generating {len(todo)} class images for prior preservation ({prior['prompt']!r}) with the base model")
@@ -360,12 +440,16 @@ def plots(rows: list[dict], meta: dict, folder) -> list[str]:
 def describe(encoded: EncodedImage, processor: PromptTokenizers) -> str:
     batch = collate([dataclasses.replace(encoded, prior=None, augment=False)])
     caption = processor.tokenizers[0].decode(encoded.input_ids[0], skip_special_tokens=True)
-    lines = [f"first training record as the model sees it:\n\n{encoded.image} -> [[{caption}]]",
-             f"pixel_values {tuple(batch['pixel_values'].shape[1:])} in [-1, 1] (resized, center-cropped)"
-             + ("; random horizontal flips in training" if encoded.augment else "")
-             + ("; caption cut to the text encoder's length" if encoded.truncated else "")]
+    lines = [
+        f"first training record as the model sees it:\n\n{encoded.image} -> [[{caption}]]",
+        f"pixel_values {tuple(batch['pixel_values'].shape[1:])} in [-1, 1] (resized, center-cropped)"
+        + ("; random horizontal flips in training" if encoded.augment else "")
+        + ("; caption cut to the text encoder's length" if encoded.truncated else ""),
+    ]
     if encoded.prior is not None:
-        lines.append(f"prior preservation: paired with {encoded.prior.image} -> [[{encoded.prior.labels[0]}]] "
-                     f"(loss weight {encoded.prior.weight})"
-                     + ("; generated with the base model before training" if not Path(encoded.prior.image).exists() else ""))
+        lines.append(
+            f"prior preservation: paired with {encoded.prior.image} -> [[{encoded.prior.labels[0]}]] "
+            f"(loss weight {encoded.prior.weight})"
+            + ("; generated with the base model before training" if not Path(encoded.prior.image).exists() else "")
+        )
     return "\n".join(lines)

@@ -25,14 +25,17 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Set
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from tunesmith.data.formats import task_columns
 from tunesmith.errors import TunesmithError
+from tunesmith.extras import require
 from tunesmith.tasks.labels import check_labels_seen, head_kwargs, training_label_names
 
 peft_task_type = "TOKEN_CLS"  # PEFT then trains the new `classifier`/`score` head fully (modules_to_save)
@@ -80,9 +83,12 @@ def load_processor(resolved, model_cfg):
 
     tokenizer = load_tokenizer(resolved, model_cfg)
     if not getattr(tokenizer, "is_fast", False):
-        raise TunesmithError(f"the tokenizer of {resolved.path} is a slow (Python) tokenizer; aligning tags with "
-                             "sub-tokens needs a fast one (word_ids)", where="model.name",
-                             fix="use a model whose folder has a tokenizer.json")
+        raise TunesmithError(
+            f"the tokenizer of {resolved.path} is a slow (Python) tokenizer; aligning tags with "
+            "sub-tokens needs a fast one (word_ids)",
+            where="model.name",
+            fix="use a model whose folder has a tokenizer.json",
+        )
     add_prefix_space(tokenizer)
     return tokenizer
 
@@ -147,7 +153,10 @@ def read_conll(path: Path, bad=None) -> list:
     from tunesmith.data.readers import RawRecord, _read_text, split_lines
 
     name = str(path)
-    records, words, tags, start, broken = [], [], [], 0, False
+    records: list[RawRecord] = []
+    words: list[str] = []
+    tags: list[str] = []
+    start, broken = 0, False
     for lineno, line in enumerate(split_lines(_read_text(path, name)), start=1):
         columns = line.split()
         if not columns or columns[0] == "-DOCSTART-":
@@ -158,17 +167,25 @@ def read_conll(path: Path, bad=None) -> list:
         if not words:
             start = lineno
         if len(columns) < 2:
-            drop(bad, TunesmithError(f"the line has one column ({columns[0]!r}); a CoNLL line is a word and its tag",
-                                     where=f"{name}:{lineno}",
-                                     fix="write each word and its tag separated by a space or tab, one word per line"))
+            drop(
+                bad,
+                TunesmithError(
+                    f"the line has one column ({columns[0]!r}); a CoNLL line is a word and its tag",
+                    where=f"{name}:{lineno}",
+                    fix="write each word and its tag separated by a space or tab, one word per line",
+                ),
+            )
             broken = True
         words.append(columns[0])
         tags.append(columns[-1])
     if words and not broken:
         records.append(RawRecord({"tokens": words, "tags": tags}, f"{name}:{start}"))
     if not records:
-        raise TunesmithError("no sentences: the file holds no word lines", where=name,
-                             fix="write one word and its tag per line, with a blank line between sentences")
+        raise TunesmithError(
+            "no sentences: the file holds no word lines",
+            where=name,
+            fix="write one word and its tag per line, with a blank line between sentences",
+        )
     return records
 
 
@@ -186,35 +203,45 @@ def _field(fields: dict, canonical: str, aliases: tuple[str, ...], columns: dict
 
 def _tags_of(value, n_words: int, where: str, column: str) -> list[str]:
     if not isinstance(value, (list, tuple)):
-        raise TunesmithError(f"{column} is {type(value).__name__}, not a list of tags", where=where,
-                             fix="give one tag per word, e.g. [\"B-PER\", \"I-PER\", \"O\"]")
+        raise TunesmithError(
+            f"{column} is {type(value).__name__}, not a list of tags",
+            where=where,
+            fix='give one tag per word, e.g. ["B-PER", "I-PER", "O"]',
+        )
     for i, tag in enumerate(value):
         if not isinstance(tag, str) or not tag.strip():
             kind = "empty" if isinstance(tag, str) else f"a {type(tag).__name__}"
             raise TunesmithError(
-                f"tag {i} ({tag!r}) is {kind}, not a tag name", where=where,
+                f"tag {i} ({tag!r}) is {kind}, not a tag name",
+                where=where,
                 fix="write tags as names such as 'B-PER'; for integer ids (datasets' ClassLabel) map them to names "
-                    "first, e.g. with features['ner_tags'].feature.int2str")
+                "first, e.g. with features['ner_tags'].feature.int2str",
+            )
     if len(value) != n_words:
-        raise TunesmithError(f"{n_words} words but {len(value)} tags", where=where,
-                             fix="give exactly one tag per word")
+        raise TunesmithError(f"{n_words} words but {len(value)} tags", where=where, fix="give exactly one tag per word")
     return [tag.strip() for tag in value]
 
 
 def _from_words(fields: dict, where: str, columns: dict, name: str, words) -> TaggedWords:
     if not isinstance(words, (list, tuple)) or not words:
-        raise TunesmithError(f"{name} must be a non-empty list of words", where=where,
-                             fix="give the sentence's words as a list of strings, e.g. [\"Jane\", \"Doe\"]")
+        raise TunesmithError(
+            f"{name} must be a non-empty list of words",
+            where=where,
+            fix='give the sentence\'s words as a list of strings, e.g. ["Jane", "Doe"]',
+        )
     for i, word in enumerate(words):
         if not isinstance(word, str) or not word.strip():
-            raise TunesmithError(f"word {i} ({word!r}) is not a non-empty string", where=where,
-                                 fix="remove empty words (and their tags) or fill them in")
+            raise TunesmithError(
+                f"word {i} ({word!r}) is not a non-empty string",
+                where=where,
+                fix="remove empty words (and their tags) or fill them in",
+            )
     tag_column, tags = _field(fields, "tags", TAG_COLUMNS, columns)
     tags = None if tag_column is None else _tags_of(tags, len(words), where, tag_column)
     return TaggedWords(where, list(words), tags, " ".join(words))
 
 
-def split_words(text: str, cuts: set[int] = frozenset()) -> list[tuple[int, int]]:
+def split_words(text: str, cuts: Set[int] = frozenset()) -> list[tuple[int, int]]:
     """Character spans of the words of `text` (WORD), each also cut at the offsets in `cuts`."""
     spans = []
     for match in WORD.finditer(text):
@@ -238,7 +265,9 @@ def spans_to_bio(text: str, entities: list[tuple[int, int, str]]) -> tuple[list[
 
 
 def _entities_of(value, text: str, where: str) -> list[tuple[int, int, str]]:
-    fix = "give entities as [{\"start\": 0, \"end\": 4, \"label\": \"PER\"}] with character offsets into the text (end exclusive)"
+    fix = (
+        'give entities as [{"start": 0, "end": 4, "label": "PER"}] with character offsets into the text (end exclusive)'
+    )
     if not isinstance(value, (list, tuple)):
         raise TunesmithError(f"entities is {type(value).__name__}, not a list", where=where, fix=fix)
     out = []
@@ -246,26 +275,39 @@ def _entities_of(value, text: str, where: str) -> list[tuple[int, int, str]]:
         if not isinstance(entity, dict) or not {"start", "end", "label"} <= set(entity):
             raise TunesmithError(f"entity {i} ({entity!r}) lacks start, end or label", where=where, fix=fix)
         start, end, label = entity["start"], entity["end"], entity["label"]
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end)) or not 0 <= start < end <= len(text):
-            raise TunesmithError(f"entity {i} has offsets {start!r}..{end!r}, outside the text's {len(text)} characters "
-                                 "or empty", where=where, fix=fix)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end)) or not 0 <= start < end <= len(
+            text
+        ):
+            raise TunesmithError(
+                f"entity {i} has offsets {start!r}..{end!r}, outside the text's {len(text)} characters or empty",
+                where=where,
+                fix=fix,
+            )
         if not isinstance(label, str) or not label.strip() or PREFIXED.match(label) or label == "O":
-            raise TunesmithError(f"entity {i} has label {label!r}; a span's label is its type", where=where,
-                                 fix="use the entity type as the label, e.g. 'PER' (not 'B-PER' or 'O')")
+            raise TunesmithError(
+                f"entity {i} has label {label!r}; a span's label is its type",
+                where=where,
+                fix="use the entity type as the label, e.g. 'PER' (not 'B-PER' or 'O')",
+            )
         if not text[start:end].strip():
             raise TunesmithError(f"entity {i} ({start}..{end}) covers only whitespace", where=where, fix=fix)
         out.append((start, end, label.strip()))
     out.sort()
     for (s1, e1, l1), (s2, e2, l2) in zip(out, out[1:]):
         if s2 < e1:
-            raise TunesmithError(f"entities {text[s1:e1]!r} ({l1}) and {text[s2:e2]!r} ({l2}) overlap; a word has one tag",
-                                 where=where, fix="keep one of the overlapping entities (nested entities are not supported)")
+            raise TunesmithError(
+                f"entities {text[s1:e1]!r} ({l1}) and {text[s2:e2]!r} ({l2}) overlap; a word has one tag",
+                where=where,
+                fix="keep one of the overlapping entities (nested entities are not supported)",
+            )
     return out
 
 
 def _from_text(fields: dict, where: str, columns: dict, name: str, text) -> TaggedWords:
     if not isinstance(text, str) or not text.strip():
-        raise TunesmithError(f"{name} is empty or not a string", where=where, fix="remove the record or fill in its text")
+        raise TunesmithError(
+            f"{name} is empty or not a string", where=where, fix="remove the record or fill in its text"
+        )
     entity_column, entities = _field(fields, "entities", ("entities",), columns)
     if entity_column is None:  # an unlabelled text: fine for prediction, refused for training by `setup`
         offsets, tags = split_words(text), None
@@ -312,25 +354,34 @@ def normalise(records: list, data_cfg) -> tuple[list[TaggedWords], str]:
         if name is None:
             found = ", ".join(map(str, fields)) or "none"
             raise TunesmithError(
-                f"no words or text column (columns found: {found})", where=record.where,
+                f"no words or text column (columns found: {found})",
+                where=record.where,
                 fix="give `tokens` + `tags` lists or `text` + `entities` spans, or map yours with data.columns, "
-                    "e.g. data.columns: {tokens: words, tags: ner_tags}")
+                "e.g. data.columns: {tokens: words, tags: ner_tags}",
+            )
         examples.append(_from_text(fields, record.where, columns, name, text))
         shapes.add("text spans")
-    labelled = [e for e in examples if e.tags is not None]
-    scheme = scheme_of(t for e in labelled for t in e.tags)
+    labelled = [(e, e.tags) for e in examples if e.tags is not None]
+    scheme = scheme_of(t for _, tags in labelled for t in tags)
     if scheme != "plain":
-        for example in labelled:
-            bare = next((t for t in example.tags if t != "O" and not PREFIXED.match(t)), None)
+        for example, tags in labelled:
+            bare = next((t for t in tags if t != "O" and not PREFIXED.match(t)), None)
             if bare is not None:
-                raise TunesmithError(f"tag {bare!r} has no B-/I- prefix while other tags have one", where=example.where,
-                                     fix=f"write it as B-{bare} / I-{bare} (or O), or drop the prefixes everywhere for plain tagging")
+                raise TunesmithError(
+                    f"tag {bare!r} has no B-/I- prefix while other tags have one",
+                    where=example.where,
+                    fix=f"write it as B-{bare} / I-{bare} (or O), or drop the prefixes everywhere for plain tagging",
+                )
     repaired = 0
     if scheme == "BIO":
-        for example in labelled:
-            example.tags, n = repair_bio(example.tags)
+        for example, tags in labelled:
+            example.tags, n = repair_bio(tags)
             repaired += n
-    name = f"{scheme} tags from {' and '.join(sorted(shapes))}" if labelled else f"unlabelled {' and '.join(sorted(shapes))}"
+    name = (
+        f"{scheme} tags from {' and '.join(sorted(shapes))}"
+        if labelled
+        else f"unlabelled {' and '.join(sorted(shapes))}"
+    )
     if repaired:
         name += f"; {repaired} I- tags that began an entity read as B-"
     return examples, name
@@ -352,9 +403,12 @@ def setup(splits, config) -> dict:
     for split_name, examples in splits.items():
         for example in examples:
             if example.tags is None:
-                raise TunesmithError(f"a {split_name} record has no tags", where=example.where,
-                                     fix="give it `tags` (one per word) or `entities` (spans of its text), or map "
-                                         "your column with data.columns")
+                raise TunesmithError(
+                    f"a {split_name} record has no tags",
+                    where=example.where,
+                    fix="give it `tags` (one per word) or `entities` (spans of its text), or map "
+                    "your column with data.columns",
+                )
     counts = Counter(tag for e in splits.train for tag in e.tags)
     names = training_label_names(counts)
     names = (["O"] if "O" in names else []) + [n for n in names if n != "O"]
@@ -375,8 +429,11 @@ def _continuation(names: list[str]) -> dict[int, int]:
     """B-X -> I-X by index, for sub-tokens after a word's first when every sub-token is labelled (an entity
     has one beginning; HF's run_ner.py does the same with label_all_tokens)."""
     index = {name: i for i, name in enumerate(names)}
-    return {i: index[f"I-{m.group(2)}"] for i, name in enumerate(names)
-            if (m := PREFIXED.match(name)) and m.group(1) == "B" and f"I-{m.group(2)}" in index}
+    return {
+        i: index[f"I-{m.group(2)}"]
+        for i, name in enumerate(names)
+        if (m := PREFIXED.match(name)) and m.group(1) == "B" and f"I-{m.group(2)}" in index
+    }
 
 
 def encode(examples: list[TaggedWords], tokenizer, config, meta: dict) -> list[EncodedTokens]:
@@ -403,11 +460,20 @@ def encode(examples: list[TaggedWords], tokenizer, config, meta: dict) -> list[E
             previous = word
         trained = sum(label != -100 for label in labels)
         weights = [class_weights[label] if label != -100 else 0.0 for label in labels] if class_weights else None
-        out.append(EncodedTokens(
-            input_ids=encoded["input_ids"], where=example.where, labels=labels, word_ids=word_ids,
-            n_words=len(example.tokens), weights=weights, truncated=full_length > max_length,
-            full_length=full_length, trained_tokens=trained, tags=list(example.tags or []),
-        ))
+        out.append(
+            EncodedTokens(
+                input_ids=encoded["input_ids"],
+                where=example.where,
+                labels=labels,
+                word_ids=word_ids,
+                n_words=len(example.tokens),
+                weights=weights,
+                truncated=full_length > max_length,
+                full_length=full_length,
+                trained_tokens=trained,
+                tags=list(example.tags or []),
+            )
+        )
     return out
 
 
@@ -425,7 +491,8 @@ def collate(batch: list[EncodedTokens], pad_id: int) -> dict[str, torch.Tensor]:
     if batch[0].weights is not None:
         weights = torch.zeros((len(batch), width), dtype=torch.float32)
         for row, example in enumerate(batch):
-            weights[row, : len(example.weights)] = torch.tensor(example.weights)
+            if example.weights is not None:  # class weights are on for every example of a run or for none
+                weights[row, : len(example.weights)] = torch.tensor(example.weights)
         out["weights"] = weights
     return out
 
@@ -455,7 +522,9 @@ def loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch
 
 
 @torch.no_grad()
-def word_predictions(model, tokenizer, examples: list[TaggedWords], config, meta: dict) -> list[tuple[list[str], list[float | None], bool]]:
+def word_predictions(
+    model, tokenizer, examples: list[TaggedWords], config, meta: dict
+) -> list[tuple[list[str], list[float | None], bool]]:
     """(tag per word, its probability, truncated?) for each example. A word is read from its first
     sub-token; a word cut off by data.max_length (or one the tokenizer turns into nothing) is predicted O
     with no score, so truncation costs recall in the scores instead of hiding."""
@@ -488,6 +557,7 @@ def _seqeval_tags(tags: list[str], scheme: str) -> list[str]:
 
 def entities_of(tags: list[str], scheme: str) -> list[tuple[str, int, int]]:
     """(type, first word, last word) of each entity, read as seqeval reads them (an I- after O starts one)."""
+    require("seqeval", "ner", "token classification (entity-level scores)")
     from seqeval.metrics.sequence_labeling import get_entities
 
     return [(kind, start, end) for kind, start, end in get_entities(_seqeval_tags(tags, scheme))]
@@ -496,46 +566,77 @@ def entities_of(tags: list[str], scheme: str) -> list[tuple[str, int, int]]:
 def tag_metrics(references: list[list[str]], predictions: list[list[str]], scheme: str) -> dict:
     """Entity-level precision/recall/F1 (micro, macro, weighted) and a per-type table from seqeval (the
     reference implementation of the CoNLL scores), plus word accuracy."""
+    require("seqeval", "ner", "token classification (entity-level scores)")
     from seqeval.metrics import accuracy_score, classification_report
 
     refs = [_seqeval_tags(t, scheme) for t in references]
     preds = [_seqeval_tags(t, scheme) for t in predictions]
     report = classification_report(refs, preds, output_dict=True, zero_division=0)
-    metrics = {}
+    metrics: dict[str, Any] = {}
     for average in ("micro", "macro", "weighted"):
         row = report[f"{average} avg"]
-        metrics.update({f"precision_{average}": float(row["precision"]), f"recall_{average}": float(row["recall"]),
-                        f"f1_{average}": float(row["f1-score"])})
+        metrics.update(
+            {
+                f"precision_{average}": float(row["precision"]),
+                f"recall_{average}": float(row["recall"]),
+                f"f1_{average}": float(row["f1-score"]),
+            }
+        )
     metrics["token_accuracy"] = float(accuracy_score(refs, preds))
-    metrics["per_class"] = {name: {"precision": float(row["precision"]), "recall": float(row["recall"]),
-                                   "f1": float(row["f1-score"]), "support": int(row["support"])}
-                            for name, row in report.items() if not name.endswith(" avg")}
+    metrics["per_class"] = {
+        name: {
+            "precision": float(row["precision"]),
+            "recall": float(row["recall"]),
+            "f1": float(row["f1-score"]),
+            "support": int(row["support"]),
+        }
+        for name, row in report.items()
+        if not name.endswith(" avg")
+    }
     metrics["entities"] = int(report["micro avg"]["support"])
     metrics["test_samples"] = len(references)
     return metrics
 
 
 def _shown(example: TaggedWords, tags: list[str], scheme: str) -> str:
-    return " | ".join(f"{kind}: {' '.join(example.tokens[s : e + 1])}" for kind, s, e in entities_of(tags, scheme)) or "(none)"
+    return (
+        " | ".join(f"{kind}: {' '.join(example.tokens[s : e + 1])}" for kind, s, e in entities_of(tags, scheme))
+        or "(none)"
+    )
 
 
-def _check_tagged(examples: list[TaggedWords]) -> None:
+def _check_tagged(examples: list[TaggedWords]) -> list[list[str]]:
+    """The tags of test records, each of which must have them."""
+    references = []
     for example in examples:
         if example.tags is None:
-            raise TunesmithError("a test record has no tags to score against", where=example.where,
-                                 fix="give test records `tags` or `entities`; for untagged text use `tunesmith predict`")
+            raise TunesmithError(
+                "a test record has no tags to score against",
+                where=example.where,
+                fix="give test records `tags` or `entities`; for untagged text use `tunesmith predict`",
+            )
+        references.append(example.tags)
+    return references
 
 
 def evaluate_test(model, tokenizer, examples: list[TaggedWords], config, meta: dict) -> tuple[dict, list[dict]]:
     """Every test record is scored (forward passes only, no generation, so eval.max_samples is not needed)."""
     if not examples:
         return {}, []
-    _check_tagged(examples)
+    references = _check_tagged(examples)
     predicted = [tags for tags, _, _ in word_predictions(model, tokenizer, examples, config, meta)]
-    metrics = tag_metrics([e.tags for e in examples], predicted, meta["scheme"])
-    rows = [{"where": e.where, "prompt": e.text, "reference": _shown(e, e.tags, meta["scheme"]),
-             "prediction": _shown(e, p, meta["scheme"]), "reference_tags": e.tags, "predicted_tags": p}
-            for e, p in zip(examples, predicted)]
+    metrics = tag_metrics(references, predicted, meta["scheme"])
+    rows = [
+        {
+            "where": e.where,
+            "prompt": e.text,
+            "reference": _shown(e, r, meta["scheme"]),
+            "prediction": _shown(e, p, meta["scheme"]),
+            "reference_tags": r,
+            "predicted_tags": p,
+        }
+        for e, r, p in zip(examples, references, predicted)
+    ]
     return metrics, rows
 
 
@@ -548,15 +649,19 @@ def predict(model, tokenizer, examples: list[TaggedWords], config, meta: dict, *
         entities = []
         for kind, first, last in entities_of(tags, meta["scheme"]):
             found = [s for s in scores[first : last + 1] if s is not None]
-            entity = {"type": kind, "word_start": first, "word_end": last + 1,
-                      "score": round(sum(found) / len(found), 6) if found else None}
+            entity = {
+                "type": kind,
+                "word_start": first,
+                "word_end": last + 1,
+                "score": round(sum(found) / len(found), 6) if found else None,
+            }
             if example.offsets is not None:
                 start, end = example.offsets[first][0], example.offsets[last][1]
                 entity.update(text=example.text[start:end], start=start, end=end)
             else:
                 entity["text"] = " ".join(example.tokens[first : last + 1])
             entities.append(entity)
-        row = {"text": example.text} if example.offsets is not None else {}
+        row: dict[str, Any] = {"text": example.text} if example.offsets is not None else {}
         row.update(tokens=example.tokens, tags=tags, entities=entities)
         if truncated:
             row["truncated"] = True  # words past data.max_length were not read (tagged O)
@@ -578,8 +683,10 @@ def baseline(splits, config, meta: dict) -> dict | None:
     # Counter.most_common keeps first-seen order on ties, so the result is deterministic.
     predicted = [[seen[w].most_common(1)[0][0] if w in seen else outside for w in e.tokens] for e in splits.test]
     metrics = tag_metrics([e.tags for e in splits.test], predicted, meta["scheme"])
-    metrics["description"] = ("The baseline tags each word with its most frequent tag in the training split "
-                              "(O for words training never showed), scored the same way.")
+    metrics["description"] = (
+        "The baseline tags each word with its most frequent tag in the training split "
+        "(O for words training never showed), scored the same way."
+    )
     return metrics
 
 
@@ -611,8 +718,12 @@ def describe(encoded: EncodedTokens, tokenizer) -> str:
             tag = encoded.tags[word] if label != -100 and encoded.tags else "-"
             if word == previous and tag.startswith("B-"):  # data.label_all_subwords: later pieces continue the entity
                 tag = "I-" + tag[2:]
-            lines.append(f"  {piece:<20} word {word:<4} {tag}" if word != previous else f"  {piece:<20}           {tag}")
+            lines.append(
+                f"  {piece:<20} word {word:<4} {tag}" if word != previous else f"  {piece:<20}           {tag}"
+            )
         previous = word
     shown = lines[:60] + ([f"  ... {len(lines) - 60} more sub-tokens"] if len(lines) > 60 else [])
-    return (f"first training record as the model sees it ({encoded.n_words} words, {len(encoded.input_ids)} sub-tokens, "
-            f"{encoded.trained_tokens} tagged):\n\n" + "\n".join(shown))
+    return (
+        f"first training record as the model sees it ({encoded.n_words} words, {len(encoded.input_ids)} sub-tokens, "
+        f"{encoded.trained_tokens} tagged):\n\n" + "\n".join(shown)
+    )

@@ -34,8 +34,11 @@ def compiled_blocks(model, enabled: bool, device_type: str):
         return
     if device_type == "cpu" and shutil.which(os.environ.get("CXX", "g++")) is None:
         # Inductor writes C++ for CPU kernels and builds them with the system compiler.
-        raise TunesmithError("train.compile on a CPU needs a C++ compiler, and none was found",
-                             where="train.compile", fix="install g++ (apt-get install g++), or set train.compile: false")
+        raise TunesmithError(
+            "train.compile on a CPU needs a C++ compiler, and none was found",
+            where="train.compile",
+            fix="install g++ (apt-get install g++), or set train.compile: false",
+        )
     blocks = repeated_blocks(model)
     if not blocks:
         print(f"note: train.compile: {type(innermost_model(model)).__name__} names no repeated blocks; training eager")

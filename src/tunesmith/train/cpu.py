@@ -38,8 +38,12 @@ def physical_cores(cpus: set[int], sysfs: Path = Path("/sys/devices/system/cpu")
     for cpu in cpus:
         topology = sysfs / f"cpu{cpu}" / "topology"
         try:
-            cores.add((topology.joinpath("physical_package_id").read_text().strip(),
-                       topology.joinpath("core_id").read_text().strip()))
+            cores.add(
+                (
+                    topology.joinpath("physical_package_id").read_text().strip(),
+                    topology.joinpath("core_id").read_text().strip(),
+                )
+            )
         except OSError:
             cores.add(("cpu", str(cpu)))
     return max(1, len(cores))
@@ -60,7 +64,10 @@ def training_threads() -> tuple[int, str]:
     """(intra-op threads, why) for this process."""
     cpus = _affinity()
     cores = physical_cores(cpus)
-    threads, why = cores, f"{cores} physical core{'s' if cores != 1 else ''} of the {len(cpus)} CPUs this process may use"
+    threads, why = (
+        cores,
+        f"{cores} physical core{'s' if cores != 1 else ''} of the {len(cpus)} CPUs this process may use",
+    )
     quota = cpu_quota()
     if quota is not None and math.ceil(quota) < threads:
         threads, why = max(1, math.ceil(quota)), f"a CPU quota of {quota:g} CPUs"
@@ -82,8 +89,10 @@ def busy_hint() -> str:
     cpus = len(_affinity())
     if load <= cpus or os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
         return ""
-    return (f"; the machine is busy (load {load:.1f} on {cpus} CPUs): OMP_WAIT_POLICY=PASSIVE in the environment, "
-            "or fewer threads through OMP_NUM_THREADS, avoids stalled threads")
+    return (
+        f"; the machine is busy (load {load:.1f} on {cpus} CPUs): OMP_WAIT_POLICY=PASSIVE in the environment, "
+        "or fewer threads through OMP_NUM_THREADS, avoids stalled threads"
+    )
 
 
 def configure_cpu_threads() -> str:

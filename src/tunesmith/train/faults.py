@@ -1,4 +1,5 @@
-"""Faults during training: non-finite losses, Ctrl-C, and the kill points of the crash tests.
+"""Faults during training: non-finite losses and Ctrl-C. (The crash tests' kill points are in
+runs/kill_points.py: the atomic folder writes of runs/ stop at them too, and runs must not import train.)
 
 - A NaN or Inf loss (or gradient norm) is caught at the step it happens, before the optimizer applies
   it: the run stops with a message naming the step and the learning rate, or, with
@@ -6,12 +7,6 @@
 - Ctrl-C (`GracefulInterrupt`): the first press lets the current optimizer step finish; the loop then
   saves a checkpoint at that step boundary and stops with the resume command. A second press aborts at
   once (KeyboardInterrupt where the program is).
-- `kill_point(label)`: SIGKILL this process where the environment variable TUNESMITH_TEST_KILL_AT names
-  `label` (comma-separated for several), so the crash tests stop a real run at an exact place.
-  Labels: `step-N` (step N's first backward done, its optimizer step not), `eval-N` (step N's
-  validation record logged, its best-weights and step checkpoints not written), `checkpoint-N-file-K`
-  (K files of checkpoint step-N written), `<folder>-before-rename` (a staged folder complete with its
-  manifest, not yet renamed: `step-N`, `adapter`, `model`).
 
 No torch import: the loop passes plain floats.
 """
@@ -22,17 +17,11 @@ import math
 import os
 import signal
 import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 from tunesmith.errors import TunesmithError
-
-KILL_ENV = "TUNESMITH_TEST_KILL_AT"
-
-
-def kill_point(label: str) -> None:
-    wanted = os.environ.get(KILL_ENV)
-    if wanted and label in wanted.split(","):
-        os.kill(os.getpid(), signal.SIGKILL)
-
 
 # ---------------------------------------------------------------------------------------------------
 # NaN / Inf
@@ -48,15 +37,19 @@ def nonfinite(loss: float, grad_norm: float | None = None) -> str | None:
 
 
 def nonfinite_error(what: str, step: int, lr: float, run_path, last_checkpoint) -> TunesmithError:
-    kept = (f"checkpoint {last_checkpoint} (and those before it) is intact" if last_checkpoint is not None
-            else "no checkpoint was written before it")
+    kept = (
+        f"checkpoint {last_checkpoint} (and those before it) is intact"
+        if last_checkpoint is not None
+        else "no checkpoint was written before it"
+    )
     return TunesmithError(
         f"the training {what} at step {step} (learning rate {lr:.3g}); the step was not applied and the run "
         f"stopped: {kept}",
         where=f"{run_path} step {step}",
         fix="start a new run with a lower train.learning_rate (a run resumes with its saved config), clipping on "
-            "(train.max_grad_norm), or fp32/bf16 instead of fp16; check the data around that step; or set "
-            "train.skip_nonfinite: true to drop such batches and count them")
+        "(train.max_grad_norm), or fp32/bf16 instead of fp16; check the data around that step; or set "
+        "train.skip_nonfinite: true to drop such batches and count them",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -71,11 +64,14 @@ class GracefulInterrupt:
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self.requested = False
-        self._previous = None
+        self._previous: Callable[[int, FrameType | None], Any] | int | None = None
 
-    def __enter__(self) -> "GracefulInterrupt":
-        if (self.enabled and threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+    def __enter__(self) -> GracefulInterrupt:
+        if (
+            self.enabled
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 

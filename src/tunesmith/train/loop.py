@@ -19,10 +19,12 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from tunesmith.evaluate.metrics import perplexity
+from tunesmith.runs.kill_points import kill_point
 from tunesmith.runs.rundir import RunDir
 from tunesmith.train.checkpoint import (
     load_checkpoint,
@@ -33,7 +35,9 @@ from tunesmith.train.checkpoint import (
     save_trainable,
     step_checkpoints,
 )
-from tunesmith.train.faults import GracefulInterrupt, kill_point, nonfinite, nonfinite_error
+from tunesmith.train.distributed import broadcast_from_main, check_backend
+from tunesmith.train.faults import GracefulInterrupt, nonfinite, nonfinite_error
+from tunesmith.train.optimizer import make_optimizer
 from tunesmith.train.progress import ProgressReporter
 from tunesmith.train.schedule import make_scheduler
 
@@ -69,8 +73,9 @@ class FitResult:
 GROUP_CHUNK = 50  # micro-batches sorted together by train.group_by_length (transformers' LengthGroupedSampler)
 
 
-def epoch_micro_batches(n_examples: int, global_batch: int, seed: int, epoch: int, world: int,
-                        lengths: list[int] | None = None) -> list[list[int]]:
+def epoch_micro_batches(
+    n_examples: int, global_batch: int, seed: int, epoch: int, world: int, lengths: list[int] | None = None
+) -> list[list[int]]:
     """Shuffled example indices cut into global micro-batches; tails too small to give each process one
     example are dropped (only possible with several processes). With `lengths` (train.group_by_length)
     each chunk of GROUP_CHUNK batches of the shuffled order is sorted by length before the cut, so a
@@ -80,8 +85,11 @@ def epoch_micro_batches(n_examples: int, global_batch: int, seed: int, epoch: in
     order = torch.randperm(n_examples, generator=generator).tolist()
     if lengths is not None:
         chunk = GROUP_CHUNK * global_batch
-        order = [i for start in range(0, n_examples, chunk)
-                 for i in sorted(order[start : start + chunk], key=lambda i: -lengths[i])]
+        order = [
+            i
+            for start in range(0, n_examples, chunk)
+            for i in sorted(order[start : start + chunk], key=lambda i: -lengths[i])
+        ]
     batches = [order[i : i + global_batch] for i in range(0, n_examples, global_batch)]
     if lengths is not None:
         batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
@@ -126,9 +134,7 @@ def validation_loss(model, task, examples, *, batch_size: int, pad_id: int, acce
         loss_total += float(loss_sum)
         tokens += int(n)
     model.train()
-    loss_total = _sum_across_processes(accelerator, loss_total)
-    tokens = _sum_across_processes(accelerator, tokens)
-    return loss_total / max(tokens, 1)
+    return _sum_across_processes(accelerator, loss_total) / max(_sum_across_processes(accelerator, tokens), 1)
 
 
 def _maybe_die_for_test(step: int) -> None:
@@ -138,14 +144,26 @@ def _maybe_die_for_test(step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pad_id: int,
-        resume: bool = False, on_evaluation=None) -> FitResult:
+def fit(
+    *,
+    model,
+    task,
+    train_set,
+    val_set,
+    config,
+    accelerator,
+    run: RunDir,
+    pad_id: int,
+    resume: bool = False,
+    on_evaluation=None,
+) -> FitResult:
     """`on_evaluation(step, metrics)`, when given, is called after every validation pass (a search trial
     reports to its pruner there); it may raise to abandon the run, or return True to stop after this pass
     as early stopping does (a time budget), keeping the best weights."""
     tcfg = config.train
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
+    check_backend(accelerator)  # FSDP/DeepSpeed asked for where accelerate would silently run DDP: refused
 
     # 1. Plan the steps.
     total_steps = total_optimizer_steps(len(train_set), tcfg, world)
@@ -153,8 +171,8 @@ def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pa
     lengths = [example_length(e) for e in train_set] if tcfg.group_by_length else None
 
     # 2. Optimizer, schedule, wrapping, resume.
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tcfg.learning_rate, weight_decay=tcfg.weight_decay)
+    optimizer = make_optimizer(model, config)  # train.optimizer, over the method's parameter groups (LoRA+)
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # what clipping measures
     scheduler = make_scheduler(optimizer, total_steps, tcfg.warmup_ratio, tcfg.scheduler)
     # The scheduler is stepped by us once per optimizer step; accelerate would step it once per process.
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -162,27 +180,35 @@ def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pa
 
     state = LoopState()
     if resume:
-        # The newest checkpoint whose manifest verifies; leftovers of a killed write are removed.
-        found = resume_checkpoint(run.path, clean=main, report=print if main else None)
+        # The newest checkpoint whose manifest verifies (the main process looks, cleans up leftovers of a
+        # killed write, and tells the others); every process then loads its share of it.
+        found = resume_checkpoint(run.path, report=print) if main else None
+        found = broadcast_from_main(accelerator, None if found is None else str(found))
+        found = None if found is None else Path(found)
         if found is not None:
-            state = LoopState(**load_checkpoint(found, raw_model, optimizer, scheduler))
+            state = LoopState(**load_checkpoint(found, accelerator, raw_model, optimizer, scheduler))
         if main:
             run.truncate_metrics(state.step)  # lines logged after the checkpoint are replayed
-            print(f"resuming from {found} (step {state.step} of {total_steps})" if found is not None
-                  else f"no complete checkpoint in {run.checkpoints}; starting from step 0")
+            print(
+                f"resuming from {found} (step {state.step} of {total_steps})"
+                if found is not None
+                else f"no complete checkpoint in {run.checkpoints}; starting from step 0"
+            )
     eval_history = [r for r in run.read_metrics() if "eval_loss" in r] if resume else []
 
-    saved_step = [None]  # the step of the last step checkpoint this process wrote
+    saved_step: list[int | None] = [None]  # the step of the last step checkpoint this process wrote
 
     def checkpoint(best: bool = False) -> None:
         accelerator.wait_for_everyone()
-        if main:
-            if best:
+        if best:
+            if main:
                 save_trainable(run.checkpoints / "best", raw_model)
-            else:
-                save_checkpoint(run.checkpoints / f"step-{state.step}", raw_model, optimizer, scheduler, state.to_dict())
+        else:
+            # Every process: accelerate's save_state writes each one's share (its RNG states; under
+            # FSDP/DeepSpeed its shard of the model and optimizer).
+            save_checkpoint(run.checkpoints / f"step-{state.step}", accelerator, raw_model, scheduler, state.to_dict())
+            if main:
                 prune_checkpoints(run.checkpoints, tcfg.keep_checkpoints)
-        if not best:
             saved_step[0] = state.step
         accelerator.wait_for_everyone()
 
@@ -201,8 +227,10 @@ def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pa
         if main:
             run.log(record)
             kill_point(f"eval-{state.step}")
-            progress.note(f"step {state.step}: validation loss {loss:.4f} (ppl {perplexity(loss):.2f})"
-                          + (" best" if improved else ""))
+            progress.note(
+                f"step {state.step}: validation loss {loss:.4f} (ppl {perplexity(loss):.2f})"
+                + (" best" if improved else "")
+            )
         if improved and tcfg.load_best_at_end:
             checkpoint(best=True)
         patience = tcfg.early_stopping_patience
@@ -220,12 +248,16 @@ def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pa
     with progress, GracefulInterrupt() as interrupt:
         while state.step < total_steps and not stop:
             groups = accumulation_groups(
-                epoch_micro_batches(len(train_set), global_batch, config.seed, state.epoch, world, lengths), tcfg.grad_accum
+                epoch_micro_batches(len(train_set), global_batch, config.seed, state.epoch, world, lengths),
+                tcfg.grad_accum,
             )
             while state.group < len(groups) and state.step < total_steps and not stop:
                 step_start = time.perf_counter()
                 micro = [
-                    {k: v.to(accelerator.device) for k, v in task.collate([train_set[i] for i in mb[rank::world]], pad_id).items()}
+                    {
+                        k: v.to(accelerator.device)
+                        for k, v in task.collate([train_set[i] for i in mb[rank::world]], pad_id).items()
+                    }
                     for mb in groups[state.group]
                 ]
                 local_tokens = sum(task.count_targets(b) for b in micro)
@@ -252,13 +284,16 @@ def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pa
                     optimizer.zero_grad(set_to_none=True)
                     if not tcfg.skip_nonfinite:
                         done = step_checkpoints(run.checkpoints)
-                        raise nonfinite_error(bad, state.step + 1, scheduler.get_last_lr()[0], run.path,
-                                              done[-1] if done else None)
+                        raise nonfinite_error(
+                            bad, state.step + 1, scheduler.get_last_lr()[0], run.path, done[-1] if done else None
+                        )
                     state.group += 1  # the batch is dropped: no optimizer or schedule step
                     state.skipped_batches += 1
                     if main:
-                        progress.note(f"step {state.step + 1}: {bad}; batch skipped (train.skip_nonfinite), "
-                                      f"{state.skipped_batches} so far")
+                        progress.note(
+                            f"step {state.step + 1}: {bad}; batch skipped (train.skip_nonfinite), "
+                            f"{state.skipped_batches} so far"
+                        )
                     continue
                 optimizer.step()
                 scheduler.step()
@@ -271,17 +306,28 @@ def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pa
                 window_loss += step_loss
                 window_tokens += int(step_tokens)
                 last_train_loss = state.last_train_loss = step_loss / max(step_tokens, 1)
-                progress.update(state.step, loss=last_train_loss, lr=scheduler.get_last_lr()[0],
-                                tokens_per_s=state.trained_tokens / max(state.train_seconds, 1e-9))
+                progress.update(
+                    state.step,
+                    loss=last_train_loss,
+                    lr=scheduler.get_last_lr()[0],
+                    tokens_per_s=state.trained_tokens / max(state.train_seconds, 1e-9),
+                )
 
                 if state.step % tcfg.log_every == 0 or state.step == total_steps:
                     elapsed = time.perf_counter() - window_start
                     if main:
-                        run.log({"step": state.step, "epoch": state.epoch, "loss": window_loss / max(window_tokens, 1),
-                                 "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                                 "trained_tokens": state.trained_tokens,
-                                 "tokens_per_s": window_tokens / max(elapsed, 1e-9),
-                                 **({"skipped_batches": state.skipped_batches} if state.skipped_batches else {})})
+                        run.log(
+                            {
+                                "step": state.step,
+                                "epoch": state.epoch,
+                                "loss": window_loss / max(window_tokens, 1),
+                                "lr": scheduler.get_last_lr()[0],
+                                "grad_norm": grad_norm,
+                                "trained_tokens": state.trained_tokens,
+                                "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+                                **({"skipped_batches": state.skipped_batches} if state.skipped_batches else {}),
+                            }
+                        )
                     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
 
                 at_eval = tcfg.eval_every and state.step % tcfg.eval_every == 0
@@ -295,24 +341,31 @@ def fit(*, model, task, train_set, val_set, config, accelerator, run: RunDir, pa
                     if saved_step[0] != state.step:
                         checkpoint()
                     if main:
-                        progress.note(f"stopped by Ctrl-C at step {state.step} of {total_steps}; checkpoint "
-                                      f"{run.checkpoints / f'step-{state.step}'} saved. Continue with:\n"
-                                      f"  tunesmith train --resume {run.path}")
+                        progress.note(
+                            f"stopped by Ctrl-C at step {state.step} of {total_steps}; checkpoint "
+                            f"{run.checkpoints / f'step-{state.step}'} saved. Continue with:\n"
+                            f"  tunesmith train --resume {run.path}"
+                        )
                     raise KeyboardInterrupt(f"Ctrl-C at step {state.step}")
             if state.group >= len(groups):
                 state.epoch += 1
                 state.group = 0
 
-    patience_stop = tcfg.early_stopping_patience is not None and state.evals_without_improvement >= tcfg.early_stopping_patience
+    patience_stop = (
+        tcfg.early_stopping_patience is not None and state.evals_without_improvement >= tcfg.early_stopping_patience
+    )
     if state.stopped_early and main and patience_stop:  # else on_evaluation asked to stop and said why
-        progress.note(f"early stopping at step {state.step}: no improvement in {tcfg.early_stopping_patience} validation passes")
+        progress.note(
+            f"early stopping at step {state.step}: no improvement in {tcfg.early_stopping_patience} validation passes"
+        )
     best = run.checkpoints / "best" / "trainable.safetensors"
     if tcfg.load_best_at_end and state.best_step is not None and state.best_step != state.step and best.exists():
         from safetensors.torch import load_file
 
         load_trainable_state(raw_model, load_file(str(best)))
         if main:
-            progress.note(f"loaded the best weights (step {state.best_step}, validation loss {state.best_eval_loss:.4f})")
+            progress.note(
+                f"loaded the best weights (step {state.best_step}, validation loss {state.best_eval_loss:.4f})"
+            )
     accelerator.wait_for_everyone()
     return FitResult(state=state, total_steps=total_steps, eval_history=eval_history, last_train_loss=last_train_loss)
-

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.data.chat_template import IGNORE_INDEX
+from tunesmith.models.attention import VARLEN_ATTENTION, attention_implementation, varlen_kwargs
+from tunesmith.models.unwrap import innermost_model
 
 # What an unconfigured model gets (a loss computed outside `pipeline.train`); the run's own comes from
 # `train.loss_chunk_tokens` through `configure_loss`.
@@ -55,17 +57,6 @@ def token_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.T
 
 def count_trained_tokens(labels: torch.Tensor) -> int:
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
-
-
-def innermost_model(model):
-    """The transformers model under DDP/FSDP (`.module`) and PEFT (`.base_model.model`) wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-            model = model.module
-        elif hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        else:
-            return model
 
 
 def accepts_logits_to_keep(model) -> bool:
@@ -129,8 +120,9 @@ def output_head(model) -> OutputHead | None:
     scale = 1.0
     if isinstance(getattr(inner, "logit_scale", None), (int, float)):
         scale *= float(inner.logit_scale)
-    if isinstance(getattr(config, "logits_scaling", None), (int, float)) and config.logits_scaling:
-        scale /= float(config.logits_scaling)
+    logits_scaling = getattr(config, "logits_scaling", None)
+    if isinstance(logits_scaling, (int, float)) and logits_scaling:
+        scale /= float(logits_scaling)
     softcap = getattr(config, "final_logit_softcapping", None)
     return OutputHead(decoder, lm_head, scale, float(softcap) if softcap else None)
 
@@ -176,15 +168,18 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return (grad_hidden, None, None, None, *[g * grad_output.to(g.dtype) for g in saved])
 
 
-def chunked_cross_entropy_sum(head: OutputHead, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+def chunked_cross_entropy_sum(
+    head: OutputHead, hidden: torch.Tensor, targets: torch.Tensor, chunk: int
+) -> torch.Tensor:
     """Sum of token cross-entropies of `head.logits(hidden)` against `targets` ([N, H] and [N])."""
     params = [p for p in head.lm_head.parameters() if p.requires_grad]
     if torch.is_grad_enabled() and (hidden.requires_grad or params):
         return _ChunkedLinearCrossEntropy.apply(hidden, targets, head, chunk, *params)
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk):  # validation: the same chunks, no gradients
-        total += F.cross_entropy(head.logits(hidden[start : start + chunk]).float(), targets[start : start + chunk],
-                                 reduction="sum")
+        total += F.cross_entropy(
+            head.logits(hidden[start : start + chunk]).float(), targets[start : start + chunk], reduction="sum"
+        )
     return total
 
 
@@ -192,7 +187,9 @@ def _matches_model_logits(head: OutputHead, hidden: torch.Tensor, logits: torch.
     with torch.no_grad():
         ours = head.logits(hidden).float()
     theirs = logits.detach().float()
-    return ours.shape == theirs.shape and bool(torch.allclose(ours, theirs, rtol=1e-3, atol=1e-3 * max(1.0, float(theirs.abs().max()))))
+    return ours.shape == theirs.shape and bool(
+        torch.allclose(ours, theirs, rtol=1e-3, atol=1e-3 * max(1.0, float(theirs.abs().max())))
+    )
 
 
 def _chunked_loss_sum(model, head: OutputHead, inputs: dict, labels: torch.Tensor, chunk: int):
@@ -215,39 +212,58 @@ def _chunked_loss_sum(model, head: OutputHead, inputs: dict, labels: torch.Tenso
         verified = _matches_model_logits(head, hidden[:, check], logits)
         setattr(inner, _VERIFIED_ATTR, verified)
         if not verified:
-            warnings.warn(f"{type(inner).__name__} transforms its logits in a way the chunked loss does not know; "
-                          "using logits at loss positions instead (set train.loss_chunk_tokens: 0 to silence this)",
-                          stacklevel=3)
+            warnings.warn(
+                f"{type(inner).__name__} transforms its logits in a way the chunked loss does not know; "
+                "using logits at loss positions instead (set train.loss_chunk_tokens: 0 to silence this)",
+                stacklevel=3,
+            )
             return None
-    # 2. Hidden states at each row's own loss-bearing positions: position t predicts label t+1.
+    # 2. Hidden states at each row's own loss-bearing positions: position t predicts label t+1. Virtual
+    #    tokens of prompt tuning come first, so the inputs' own positions are the last `width`.
+    hidden = hidden[:, hidden.shape[1] - width :]
     keep = labels[:, 1:] != IGNORE_INDEX
     selected = hidden[:, :-1][keep]
     # 3. Output layer + cross-entropy in chunks.
     return chunked_cross_entropy_sum(head, selected, labels[:, 1:][keep], chunk), keep.sum()
 
 
-def causal_lm_loss_sum(model, input_ids, attention_mask, labels, position_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+def causal_lm_loss_sum(
+    model, input_ids, attention_mask, labels, position_ids=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`position_ids` restarting per example with `attention_mask` None is a packed batch (data/packing.py);
     without a KV cache transformers then keeps attention inside each example (a cache turns that off).
     One such row under a variable-length attention (FA2, train/padding_free.py) also gets the example
     boundaries as `cu_seq_lens_q/k`."""
     extra = {} if position_ids is None else {"position_ids": position_ids, "use_cache": False}
-    if position_ids is not None and position_ids.shape[0] == 1:
-        from tunesmith.data.packing import VARLEN_ATTENTION, attention_implementation
-
-        if attention_implementation(model) in VARLEN_ATTENTION:  # one row of several examples
-            from tunesmith.train.padding_free import varlen_kwargs
-
-            extra.update(varlen_kwargs(position_ids))
+    if (
+        position_ids is not None and position_ids.shape[0] == 1 and attention_implementation(model) in VARLEN_ATTENTION
+    ):  # one row of several examples
+        extra.update(varlen_kwargs(position_ids))
     chunk = getattr(innermost_model(model), _CHUNK_ATTR, DEFAULT_LOSS_CHUNK_TOKENS)
-    head = output_head(model) if chunk > 0 and getattr(innermost_model(model), _VERIFIED_ATTR, None) is not False else None
+    head = (
+        output_head(model) if chunk > 0 and getattr(innermost_model(model), _VERIFIED_ATTR, None) is not False else None
+    )
     if head is not None:
-        result = _chunked_loss_sum(model, head, dict(input_ids=input_ids, attention_mask=attention_mask, **extra), labels, chunk)
+        result = _chunked_loss_sum(
+            model, head, dict(input_ids=input_ids, attention_mask=attention_mask, **extra), labels, chunk
+        )
         if result is not None:
             return result
+    offset = virtual_tokens(model)  # prompt tuning: the outputs start with its virtual tokens
     if accepts_logits_to_keep(model):
         positions = loss_positions(labels)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions, **extra).logits
+        logits = model(
+            input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions + offset, **extra
+        ).logits
         return token_loss_sum(logits, labels[:, positions + 1])
     logits = model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
-    return token_loss_sum(logits[:, :-1], labels[:, 1:])
+    return token_loss_sum(logits[:, offset:-1], labels[:, 1:])
+
+
+def virtual_tokens(model) -> int:
+    """Positions PEFT's prompt learning (methods/prompt_tuning.py) puts before the inputs inside the forward
+    pass, so outputs are that much longer than the labels; 0 for every other model."""
+    while not hasattr(model, "peft_config") and hasattr(model, "module"):  # DDP and accelerate wrappers
+        model = model.module
+    config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", "default"))
+    return int(getattr(config, "num_virtual_tokens", 0) or 0) if getattr(config, "is_prompt_learning", False) else 0

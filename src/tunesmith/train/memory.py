@@ -62,8 +62,13 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def probe_batch_size(step: Callable[[int], None], batch: int, budget_bytes: float | None, device: torch.device,
-                     log: Callable[[str], None] = print) -> int:
+def probe_batch_size(
+    step: Callable[[int], None],
+    batch: int,
+    budget_bytes: float | None,
+    device: torch.device,
+    log: Callable[[str], None] = print,
+) -> int:
     """The largest batch from `batch` down (halving) whose probe `step(batch)` neither fails with an
     out-of-memory error nor peaks above `budget_bytes`. `step` runs one forward and backward pass and
     leaves no gradients behind. Returns at least 1; a batch of 1 that does not fit raises the OOM."""
@@ -81,9 +86,13 @@ def probe_batch_size(step: Callable[[int], None], batch: int, budget_bytes: floa
         peak = peak_bytes(device)
         free_memory(device)
         if budget_bytes is None or peak is None or peak <= budget_bytes or batch == 1:
-            log(f"batch size probe: batch {batch} fits"
-                + (f" (peak {peak / GIB:.2f} GiB of {budget_bytes / GIB:.2f} GiB)" if peak and budget_bytes else ""))
+            log(
+                f"batch size probe: batch {batch} fits"
+                + (f" (peak {peak / GIB:.2f} GiB of {budget_bytes / GIB:.2f} GiB)" if peak and budget_bytes else "")
+            )
             return batch
-        log(f"batch size probe: batch {batch} peaked at {peak / GIB:.2f} GiB, over the {budget_bytes / GIB:.2f} GiB "
-            f"budget; trying {batch // 2}")
+        log(
+            f"batch size probe: batch {batch} peaked at {peak / GIB:.2f} GiB, over the {budget_bytes / GIB:.2f} GiB "
+            f"budget; trying {batch // 2}"
+        )
         batch //= 2

@@ -10,8 +10,9 @@ transformers' `DataCollatorWithFlattening` do:
   - the row holds the batch's real tokens in order; position ids restart at 0 for every example; each
     example's first position carries no label (the shifted loss never crosses an example boundary);
   - attention stays inside each example through the boundaries in `cu_seq_lens_q/k`, the keywords of
-    FlashAttention-2's variable-length path: FA2 itself where it is the model's attention, else
-    `models.attention.varlen_sdpa_attention` (PyTorch SDPA on each example's slice).
+    FlashAttention-2's variable-length path (`models.attention.varlen_kwargs`): FA2 itself where it is
+    the model's attention, else `models.attention.varlen_sdpa_attention` (PyTorch SDPA on each
+    example's slice).
 `enable` switches a loaded causal LM over and proves it once: a two-example row must give each
 example's logits alone (`data.packing.check_packing`). `auto` takes it on CPUs (SDPA models) and on GPUs
 whose model runs FA2; on a GPU without FA2 the per-example kernels and the per-layer sync of the
@@ -23,21 +24,20 @@ from __future__ import annotations
 import torch
 
 from tunesmith.data.chat_template import IGNORE_INDEX
+from tunesmith.data.packing import check_packing
 from tunesmith.errors import TunesmithError
+from tunesmith.models.attention import VARLEN_ATTENTION, VARLEN_SDPA, attention_implementation, register_varlen_sdpa
+from tunesmith.models.unwrap import innermost_model
 
 _ENABLED_ATTR = "_tunesmith_padding_free"
 
 
 def is_enabled(model) -> bool:
-    from tunesmith.train.loss import innermost_model
-
     return bool(getattr(innermost_model(model), _ENABLED_ATTR, False))
 
 
 def set_enabled(model, value: bool) -> None:
     """Flatten micro-batches from now on (True) or pad them (False); `enable` decides and checks first."""
-    from tunesmith.train.loss import innermost_model
-
     setattr(innermost_model(model), _ENABLED_ATTR, bool(value))
 
 
@@ -52,26 +52,16 @@ def flatten(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     positions = torch.arange(total, device=real.device) - torch.repeat_interleave(starts, lengths)
     labels = batch["labels"][real].clone()
     labels[starts] = IGNORE_INDEX  # a standalone example's first position is never a target either
-    return {"input_ids": batch["input_ids"][real].unsqueeze(0), "labels": labels.unsqueeze(0),
-            "position_ids": positions.unsqueeze(0)}
-
-
-def varlen_kwargs(position_ids: torch.Tensor) -> dict:
-    """FlashAttention's variable-length keywords for one row whose position ids restart per example."""
-    row = position_ids[0]
-    starts = (row == 0).nonzero().squeeze(1)
-    bounds = torch.cat([starts, torch.tensor([row.numel()], device=row.device)]).to(torch.int32)
-    longest = int((bounds[1:] - bounds[:-1]).max())
-    return {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": longest, "max_length_k": longest}
+    return {
+        "input_ids": batch["input_ids"][real].unsqueeze(0),
+        "labels": labels.unsqueeze(0),
+        "position_ids": positions.unsqueeze(0),
+    }
 
 
 def enable(model, setting, task_name: str, packable: bool) -> str | None:
     """Turn padding-free batches on for `model` where `setting` (auto/True/False) and the model allow;
     returns a line for the console saying what was done, or None when nothing was asked or possible."""
-    from tunesmith.data.packing import VARLEN_ATTENTION, attention_implementation, check_packing
-    from tunesmith.models.attention import VARLEN_SDPA, register_varlen_sdpa
-    from tunesmith.train.loss import innermost_model
-
     if setting is False:
         return None
 
@@ -80,16 +70,22 @@ def enable(model, setting, task_name: str, packable: bool) -> str | None:
             raise TunesmithError(f"train.padding_free: {reason}", where="train.padding_free", fix=fix)
 
     if not packable:
-        return refuse(f"the {task_name} task has no padding-free layout (causal LM tasks only)",
-                      "set train.padding_free: auto (or false)")
+        refuse(
+            f"the {task_name} task has no padding-free layout (causal LM tasks only)",
+            "set train.padding_free: auto (or false)",
+        )
+        return None
     inner = innermost_model(model)
     attention = attention_implementation(model)
     device = next(model.parameters()).device
     switched = False
     if attention not in VARLEN_ATTENTION:
         if attention != "sdpa":
-            return refuse(f"the model runs {attention!r} attention, which has no variable-length path",
-                          "load it with model.attn_implementation: sdpa or flash_attention_2")
+            refuse(
+                f"the model runs {attention!r} attention, which has no variable-length path",
+                "load it with model.attn_implementation: sdpa or flash_attention_2",
+            )
+            return None
         if device.type == "cuda" and setting == "auto":
             return None  # see the module docstring: without FA2 a GPU keeps padded batches
         register_varlen_sdpa()
@@ -101,8 +97,7 @@ def enable(model, setting, task_name: str, packable: bool) -> str | None:
         if switched:
             inner.set_attn_implementation(attention)
         reason = exc.message if isinstance(exc, TunesmithError) else str(exc)
-        refuse(f"the model does not keep attention inside each example ({reason})",
-               "set train.padding_free: false")
+        refuse(f"the model does not keep attention inside each example ({reason})", "set train.padding_free: false")
         return f"padding-free batches off: {reason}"
     set_enabled(model, True)
     kernel = "variable-length SDPA" if switched else attention

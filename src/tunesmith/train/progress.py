@@ -23,11 +23,16 @@ class ProgressReporter:
         self._progress = None
         if self.live:
             self._progress = Progress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} " + unit + "/s"),
-                TimeRemainingColumn(), console=self.console,
+                TimeRemainingColumn(),
+                console=self.console,
             )
-            self._task = self._progress.add_task("train", total=total_steps, completed=start_step, loss="-", lr="-", tps="-")
+            self._task = self._progress.add_task(
+                "train", total=total_steps, completed=start_step, loss="-", lr="-", tps="-"
+            )
 
     def __enter__(self):
         if self._progress is not None:
@@ -42,7 +47,9 @@ class ProgressReporter:
         if not self.enabled:
             return
         if self._progress is not None:
-            self._progress.update(self._task, completed=step, loss=f"{loss:.4f}", lr=f"{lr:.2e}", tps=f"{tokens_per_s:,.0f}")
+            self._progress.update(
+                self._task, completed=step, loss=f"{loss:.4f}", lr=f"{lr:.2e}", tps=f"{tokens_per_s:,.0f}"
+            )
             return
         # Plain mode: about twenty lines per run.
         bucket = step * 20 // max(self.total, 1)
@@ -51,8 +58,11 @@ class ProgressReporter:
             elapsed = time.perf_counter() - self._started
             done = max(step - self.start_step, 1)
             eta = elapsed / done * (self.total - step)
-            print(f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {tokens_per_s:,.0f} {self.unit}/s  eta {eta:.0f}s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {tokens_per_s:,.0f} {self.unit}/s  eta {eta:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def note(self, text: str) -> None:
         if self.enabled:

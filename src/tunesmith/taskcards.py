@@ -1,0 +1,171 @@
+"""The task registry: one card per task, the one place a task's name is written outside its own module.
+
+A card holds what must be known without importing the task's module (which loads torch and the task's
+libraries): the config (`task:`), `tunesmith init`, the planner (`recommend`, `estimate`: no torch),
+the search space and the runs list read it. Everything that runs (reading, encoding, loss, metrics,
+predict) lives in the module, `tunesmith.tasks.<module>`, imported on first use by
+`tunesmith.tasks.get_task`, so a run pays only for its own task's dependencies.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunesmith.errors import TunesmithError
+
+_CLASSIFICATION = ("accuracy",) + tuple(
+    f"{m}_{a}" for m in ("precision", "recall", "f1") for a in ("macro", "micro", "weighted")
+)
+
+
+@dataclass(frozen=True)
+class TaskCard:
+    name: str  # the value of `task:` in a run config
+    module: str  # tunesmith.tasks.<module> implements it (tasks/__init__.py lists what a module provides)
+    summary: str  # one line for the config reference and `--help`
+    model_kind: str  # what it trains (methods declare the kinds they support: methods/base.py)
+    metrics: tuple[str, ...]  # what its evaluate_test reports: search objectives beyond the loop's eval_loss
+    images: bool = False  # inputs are images: no sequence length, the planner counts images, not tokens
+    default_seq_len: int = 512  # `recommend`'s data.max_length when no data is given
+    lora_rank: int = 8  # `recommend`'s LoRA rank: generation needs more capacity than classification
+    init_settings: dict[str, Any] = field(
+        default_factory=dict
+    )  # `tunesmith init --task`: a packaged model and example data
+
+
+TASKS: dict[str, TaskCard] = {}
+
+
+def register(card: TaskCard) -> None:
+    TASKS[card.name] = card
+
+
+def get_card(name: str) -> TaskCard:
+    if name not in TASKS:
+        close = difflib.get_close_matches(name, list(TASKS), n=1)
+        raise TunesmithError(
+            f"unknown task {name!r}",
+            where="task",
+            fix=(f"did you mean {close[0]!r}? " if close else "") + f"tasks: {', '.join(TASKS)}",
+        )
+    return TASKS[name]
+
+
+# Registration: one line per task, in the order `init`, the docs and `recommend` list them.
+register(
+    TaskCard(
+        "chat",
+        "chat",
+        "causal-LM supervised fine-tuning on conversations (loss on the assistant turns)",
+        "causal-lm",
+        ("rougeL", "exact_match"),
+        default_seq_len=1024,
+        lora_rank=16,
+        init_settings={"model.name": "smollm2-135m-instruct", "data.train": "examples/data/support_tickets.jsonl"},
+    )
+)
+register(
+    TaskCard(
+        "continued-pretraining",
+        "continued_pretraining",
+        "causal-LM training on a domain's raw text, packed in blocks",
+        "causal-lm",
+        ("perplexity", "test_loss"),
+        default_seq_len=2048,
+        lora_rank=16,
+        init_settings={
+            "model.name": "smollm2-135m-instruct",
+            "data.train": "examples/data/licence_paragraphs.jsonl",
+            "data.max_length": 256,
+        },
+    )
+)
+register(
+    TaskCard(
+        "text-classification",
+        "text_classification",
+        "a new classifier head on texts or text pairs: single-label, multi-label, or reranking scores",
+        "classifier",
+        _CLASSIFICATION + ("pearson", "spearman", "ndcg@10", "mrr@10"),
+        default_seq_len=256,
+        init_settings={
+            "model.name": "all-minilm-l6-v2",
+            "data.train": "examples/data/debian_sections.csv",
+            "method.name": "full",
+            "data.max_length": 128,
+        },
+    )
+)
+register(
+    TaskCard(
+        "token-classification",
+        "token_classification",
+        "a new tagger head on words: named entities, parts of speech",
+        "tagger",
+        tuple(f"{m}_{a}" for m in ("precision", "recall", "f1") for a in ("macro", "micro", "weighted"))
+        + ("token_accuracy",),
+        default_seq_len=256,
+        init_settings={
+            "model.name": "all-minilm-l6-v2",
+            "data.train": "examples/data/copyright_entities.jsonl",
+            "method.name": "full",
+            "data.max_length": 128,
+            "train.learning_rate": 1.0e-4,
+        },
+    )
+)
+register(
+    TaskCard(
+        "summarization",
+        "summarization",
+        "encoder-decoder (seq2seq) training from sources to summaries",
+        "seq2seq",
+        ("rouge1", "rouge2", "rougeL"),
+        default_seq_len=1024,
+        lora_rank=16,
+        init_settings={
+            "model.name": "bert2bert-minilm-l6",
+            "data.train": "examples/data/debian_summaries.jsonl",
+            "method.name": "full",
+            "data.max_length": 256,
+            "data.max_target_length": 32,
+            "train.learning_rate": 5.0e-5,
+            "eval.max_new_tokens": 32,
+        },
+    )
+)
+register(
+    TaskCard(
+        "image-classification",
+        "image_classification",
+        "a new classifier head on images",
+        "vision",
+        _CLASSIFICATION,
+        images=True,
+        init_settings={
+            "model.name": "efficientnet-lite0",
+            "method.name": "full",
+            "data.train": "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz",
+        },
+    )
+)
+register(
+    TaskCard(
+        "text-to-image",
+        "text_to_image",
+        "a Stable Diffusion UNet (LoRA or full) on captioned images",
+        "diffusion",
+        ("denoising_loss",),
+        images=True,
+        init_settings={
+            "model.name": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+            "data.train": "examples/data/shapes",
+            "method.target_modules": "[to_q, to_k, to_v, to_out.0]",
+            "method.dropout": 0.0,
+            "train.batch_size": 4,
+            "train.learning_rate": 1.0e-4,
+        },
+    )
+)
