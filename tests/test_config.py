@@ -94,3 +94,32 @@ def test_docs_config_reference_is_in_sync():
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
     assert render_reference() in docs, "regenerate docs/config.md from tunesmith.config.render_reference()"
+
+
+def test_a_task_s_own_data_options_are_refused_for_another_task_but_saved_runs_still_load(tmp_path):
+    """`data.max_target_length` means something to summarization only: set for chat it would be silently
+    ignored, so it is an error naming its task; a run saved with every task's options still loads."""
+    import yaml
+
+    with pytest.raises(TunesmithError, match="applies to task summarization, not chat") as err:
+        load_config(None, ["data.max_target_length=64"])
+    assert err.value.where == "data.max_target_length"
+    assert load_config(None, ["task=summarization", "data.max_target_length=64"]).data.max_target_length == 64
+    assert load_config(None, ["data.max_target_length=128"]).task == "chat"  # the default value: a dumped config
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump({"task": "chat", "data": {"multi_label": True, "max_length": 64}}))
+    config = load_saved_config(saved)
+    assert config.data.max_length == 64 and config.data.multi_label is False
+
+
+def test_switching_method_drops_the_old_method_s_options_but_keeps_typos_as_errors(tmp_path):
+    config = load_config(None, ["method.r=16", "method.name=full"])
+    assert config.method.name == "full"
+    with pytest.raises(TunesmithError, match="unknown key 'method.rr'"):
+        load_config(None, ["method.rr=16", "method.name=full"])
+    # Without a switch, another method's option is an error that names the methods it belongs to.
+    path = tmp_path / "run.yaml"
+    path.write_text("method:\n  name: lora\n  quant_type: nf4\n")
+    with pytest.raises(TunesmithError, match="unknown key 'method.quant_type'") as err:
+        load_config(path)
+    assert "belongs to method qlora" in err.value.fix

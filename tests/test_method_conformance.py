@@ -1,7 +1,8 @@
 """Conformance of every registered method on every task kind it declares, run here on tiny models.
 
 For each (method, task) pair the registries give (methods/__init__.py x taskcards.py), on a tiny Llama
-built from its config (a causal LM for chat, a sequence classifier for text classification):
+built from its config (a causal LM for chat, a sequence classifier for text classification, a token
+classifier for token classification):
   1. two optimizer steps on one fixed batch lower its loss;
   2. only the weights the method declares trainable change (frozen ones are bit-identical);
   3. the result saves as the method saves it and reloads with the stock library (peft / transformers),
@@ -10,7 +11,7 @@ built from its config (a causal LM for chat, a sequence classifier for text clas
   5. a point of its default search space validates as a config;
   6. its `tunesmith init` template validates.
 A new method or task kind is covered by registering it. Task kinds whose tiny models are slow to build
-(taggers, seq2seq, vision, diffusion) are covered per method by their own task tests.
+(seq2seq, vision, diffusion) are covered by their own task tests, for full, freeze, lora and qlora.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tunesmith.methods import METHODS, count_parameters, get_method
 from tunesmith.taskcards import TASKS
 
 # The task kinds this test builds tiny models for, and the task standing for each.
-COVERED = {"causal-lm": "chat", "classifier": "text-classification"}
+COVERED = {"causal-lm": "chat", "classifier": "text-classification", "tagger": "token-classification"}
 PAIRS = [(m, COVERED[kind]) for m, module in METHODS.items() for kind in COVERED if kind in module.model_kinds]
 
 
@@ -39,6 +40,19 @@ def classification_file(tmp_path):
     ] * 4
     path = tmp_path / "labels.jsonl"
     path.write_text("".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in texts))
+    return path
+
+
+@pytest.fixture()
+def tagging_file(tmp_path):
+    sentences = [
+        (["Ada", "wrote", "to", "Bob"], ["B-PER", "O", "O", "B-PER"]),
+        (["the", "office", "in", "Paris"], ["O", "O", "O", "B-LOC"]),
+        (["Carl", "moved", "to", "Rome"], ["B-PER", "O", "O", "B-LOC"]),
+        (["it", "rained", "in", "Oslo"], ["O", "O", "O", "B-LOC"]),
+    ] * 4
+    path = tmp_path / "tags.jsonl"
+    path.write_text("".join(json.dumps({"tokens": t, "tags": g}) + "\n" for t, g in sentences))
     return path
 
 
@@ -65,7 +79,7 @@ def test_every_method_declares_a_kind_and_every_task_kind_has_a_method():
 
 
 @pytest.mark.parametrize(("method", "task_name"), PAIRS, ids=[f"{m}-{t}" for m, t in PAIRS])
-def test_method_conforms(method, task_name, make_config, classification_file, tmp_path, tiny_llama_dir):
+def test_method_conforms(method, task_name, make_config, classification_file, tagging_file, tmp_path, tiny_llama_dir):
     import torch
     from peft import PeftModel
 
@@ -75,7 +89,8 @@ def test_method_conforms(method, task_name, make_config, classification_file, tm
     from tunesmith.train.loss import configure_loss
     from tunesmith.train.optimizer import make_optimizer
 
-    extra = [f"task={task_name}"] + ([f"data.train={classification_file}"] if task_name != "chat" else [])
+    data = {"text-classification": classification_file, "token-classification": tagging_file}
+    extra = [f"task={task_name}"] + ([f"data.train={data[task_name]}"] if task_name in data else [])
     module = get_method(method)
     rate = min(1e-2, 10 * module.recommend.learning_rate)  # ten times the method's usual rate: two steps show it
     config = make_config(*extra, f"method.name={method}", f"train.learning_rate={rate}")
@@ -147,3 +162,17 @@ def test_method_conforms(method, task_name, make_config, classification_file, tm
     template = tmp_path / "init.yaml"
     template.write_text(render_template(load_config(None, [f"task={task_name}", f"method.name={method}"])))
     assert load_config(template).method == module.Config.model_validate(yaml.safe_load(template.read_text())["method"])
+
+
+def test_config_registries_and_planner_import_no_framework():
+    """The planner reads configs only (ARCHITECTURE.md), and the registries are read by it and by config."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tunesmith.config, tunesmith.methods, tunesmith.taskcards, tunesmith.plan.estimate, "
+        "tunesmith.plan.recommend, tunesmith.plan.preflight, tunesmith.plan.cli; "
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'bitsandbytes') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -12,6 +12,7 @@ from tunesmith.config import load_config
 from tunesmith.errors import TunesmithError
 from tunesmith.methods import methods_for
 from tunesmith.plan.cli import build_parser, parse_cost, parse_count, parse_duration
+from tunesmith.plan.estimate import estimate, run_settings
 from tunesmith.plan.hardware import Hardware
 from tunesmith.plan.recommend import data_stats, recommend, run_config, write_config
 from tunesmith.taskcards import TASKS
@@ -116,6 +117,9 @@ def test_every_registered_task_gets_a_config_that_validates(task, tmp_path):
     config = load_config(path)
     assert config.task == task and config.method.name == rec.method
     assert config.method.name in methods_for(TASKS[task].model_kind)
+    if rec.estimate is not None:  # the written config, sized the way pre-flight sizes a run, is what was planned
+        again = estimate(rec.entry, hardware=rec.hardware, **run_settings(config))
+        assert again.total_bytes == pytest.approx(rec.estimate.total_bytes, rel=1e-9)
 
 
 def test_recommend_offers_only_registered_tasks_and_honours_method():

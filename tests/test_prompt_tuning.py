@@ -33,6 +33,13 @@ def test_loss_is_on_exactly_the_answer_tokens(chunk, make_config):
         reference = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
         ).loss
+        # With the adapter off (the base scores) PEFT adds no virtual tokens: the same positions still align.
+        with model.disable_adapter():
+            off_sum, off_count = task.loss_sum(model, batch)
+            base = model.get_base_model()(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+            ).loss
+    assert int(off_count) == int(count) and (off_sum / off_count).item() == pytest.approx(base.item(), rel=1e-4)
     answer_tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     assert int(count) == answer_tokens == sum(e.trained_tokens for e in encoded)
     assert (loss_sum / count).item() == pytest.approx(reference.item(), rel=1e-4)

@@ -542,3 +542,19 @@ def test_two_workers_on_postgresql(search_config, tmp_path, postgres_url):
     runs = sorted(p.name.rsplit("-", 1)[-1] for p in (result.study_dir / "trials").iterdir() if p.is_dir())
     assert runs == ["trial0000", "trial0001", "trial0002", "trial0003"]  # each trial ran exactly once
     assert json.loads((result.study_dir / "study.json").read_text())["storage"] == postgres_url
+
+
+def test_a_search_over_methods_sets_each_method_s_own_options_only_where_sampled(make_config):
+    """method.quant_type applies to the trials that sampled qlora (conditional parameters); the space is
+    checked against a method that has each option."""
+    from tunesmith.search.space import check_search, config_with
+
+    config = make_config(
+        "search.space={method.name: {type: categorical, choices: [lora, qlora]},"
+        " method.quant_type: {type: categorical, choices: [nf4, fp4]}}"
+    )
+    assert set(check_search(config)) == {"method.name", "method.quant_type"}
+    lora = config_with(config, {"method.name": "lora", "method.quant_type": "fp4"})
+    qlora = config_with(config, {"method.name": "qlora", "method.quant_type": "fp4"})
+    assert lora.method.name == "lora" and not hasattr(lora.method, "quant_type")
+    assert qlora.method.quant_type == "fp4" and qlora.method.r == config.method.r

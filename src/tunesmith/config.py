@@ -22,7 +22,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.methods import DEFAULT_METHOD, METHODS, default_settings, get_method, methods_for
 from tunesmith.methods.base import MethodSettings
 from tunesmith.section import Section
-from tunesmith.taskcards import TASKS
+from tunesmith.taskcards import TASKS, data_field_owners
 
 
 class ModelConfig(Section):
@@ -473,6 +473,21 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _data_options_fit_task(self) -> RunConfig:
+        # A task's own data option set for another task would be silently ignored: refuse it. A value equal to
+        # the default passes, so a dumped config (a search trial, a saved run) with every field still loads.
+        for name, owners in data_field_owners().items():
+            if self.task in owners or name not in self.data.model_fields_set:
+                continue
+            if getattr(self.data, name) != DataConfig.model_fields[name].get_default(call_default_factory=True):
+                raise TunesmithError(
+                    f"data.{name} applies to task {' and '.join(owners)}, not {self.task}",
+                    where=f"data.{name}",
+                    fix=f"remove data.{name} (or set task: {owners[0]})",
+                )
+        return self
+
+    @model_validator(mode="after")
     def _split_sums_to_one(self) -> RunConfig:
         if abs(sum(self.data.split) - 1.0) > 1e-6 or min(self.data.split) < 0:
             raise ValueError(f"data.split must be three non-negative ratios summing to 1, got {list(self.data.split)}")
@@ -575,10 +590,11 @@ def switch_method(method: dict[str, Any], *, note: bool = False) -> dict[str, An
     cls = section_class("method", method)
     if cls is None:
         return method  # an unknown name: validation says so
-    dropped = [k for k in method if k not in cls.model_fields]
+    # Only other methods' options go; a key no method has (a typo) stays, so validation names it.
+    dropped = [k for k in method if k not in cls.model_fields and k in _ANY_METHOD_FIELD]
     if dropped and note:
         print(f"note: method {method['name']} has no {', '.join('method.' + k for k in dropped)}; ignored")
-    return {k: v for k, v in method.items() if k in cls.model_fields}
+    return {k: v for k, v in method.items() if k not in dropped}
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -652,6 +668,11 @@ def load_saved_config(path: str | Path) -> RunConfig:
             kept[key] = value
         return kept
 
+    data, task = raw.get("data"), raw.get("task", "chat")
+    if isinstance(data, dict) and isinstance(task, str):
+        # Runs saved before data options were tied to their tasks hold every task's: keep this task's.
+        for name in _other_tasks_data_fields(task) & set(data):
+            data.pop(name)
     method = raw.get("method")
     if isinstance(method, dict):
         # Runs saved before the method union hold every method's fields: keep the chosen method's quietly.
@@ -698,12 +719,18 @@ def render_template(config: RunConfig | None = None) -> str:
         value = getattr(config, name)
         if isinstance(value, BaseModel):
             out.append(f"{name}:  # {field.description}")
+            foreign = _other_tasks_data_fields(config.task) if name == "data" else set()
             for sub, sub_field in type(value).model_fields.items():
-                out.append(f"  {sub}: {_yaml_value(getattr(value, sub))}  # {sub_field.description}")
+                if sub not in foreign:  # another task's data option: not this config's to set
+                    out.append(f"  {sub}: {_yaml_value(getattr(value, sub))}  # {sub_field.description}")
             out.append("")
         else:
             out.append(f"{name}: {_yaml_value(value)}  # {field.description}")
     return "\n".join(out).rstrip() + "\n"
+
+
+def _other_tasks_data_fields(task: str) -> set[str]:
+    return {name for name, owners in data_field_owners().items() if task not in owners}
 
 
 def render_reference() -> str:
@@ -723,19 +750,19 @@ def render_reference() -> str:
 
 
 def _method_rows() -> list[str]:
-    seen: dict[str, list[str]] = {}
+    """`method.name`, then each method field once per distinct definition (default and description), with
+    the methods that share it: LoRA's `r` is one row for every LoRA-family method, IA3's `target_modules`
+    (other default, other meaning) its own."""
+    seen: dict[tuple[str, str, str], list[str]] = {}
     for method_name, module in METHODS.items():
-        for field_name in module.Config.model_fields:
-            seen.setdefault(field_name, []).append(method_name)
+        defaults = module.Config.model_validate({})
+        for field_name, info in module.Config.model_fields.items():
+            if field_name != "name":
+                key = (field_name, _yaml_value(getattr(defaults, field_name)), str(info.description))
+                seen.setdefault(key, []).append(method_name)
     rows = [
         f"| `method.name` | `{DEFAULT_METHOD}` | " + "; ".join(f"{n}: {m.summary}" for n, m in METHODS.items()) + " |"
     ]
-    for field_name, owners in seen.items():
-        if field_name == "name":
-            continue
-        cls = METHODS[owners[0]].Config
-        info = cls.model_fields[field_name]
-        rows.append(
-            f"| `method.{field_name}` | `{_yaml_value(getattr(cls.model_validate({}), field_name))}` | ({', '.join(owners)}) {info.description} |"
-        )
+    for (field_name, default, description), owners in seen.items():
+        rows.append(f"| `method.{field_name}` | `{default}` | ({', '.join(owners)}) {description} |")
     return rows

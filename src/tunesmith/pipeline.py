@@ -24,6 +24,7 @@ from tunesmith.models import build
 from tunesmith.models.resolve import ResolvedModel, resolve_model
 from tunesmith.runs.rundir import RunDir, atomic_directory, atomic_write_text
 from tunesmith.runs.tracking import RunTracking
+from tunesmith.taskcards import TASKS
 from tunesmith.tasks import get_task
 
 
@@ -104,14 +105,12 @@ def pack_splits(config: RunConfig, encoded: dict[str, list]) -> dict[str, list]:
     """data.packing: the train and validation examples packed into rows of data.max_length tokens."""
     from tunesmith.data.packing import pack_examples, padding_share
 
-    if not getattr(get_task(config.task), "packable", False):
+    task = get_task(config.task)
+    if not getattr(task, "packable", False):
+        packable = [name for name in TASKS if getattr(get_task(name), "packable", False)]
         raise TunesmithError(
-            f"data.packing applies to the chat task, not {config.task}"
-            + (
-                " (it always packs its text into blocks of data.max_length tokens)"
-                if config.task == "continued-pretraining"
-                else ""
-            ),
+            f"data.packing applies to the {', '.join(packable)} task, not {config.task}"
+            + getattr(task, "packing_note", ""),  # e.g. that it packs its text itself
             where="data.packing",
             fix="remove data.packing (or set it to false)",
         )

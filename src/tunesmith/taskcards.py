@@ -30,9 +30,15 @@ class TaskCard:
     images: bool = False  # inputs are images: no sequence length, the planner counts images, not tokens
     default_seq_len: int = 512  # `recommend`'s data.max_length when no data is given
     lora_rank: int = 8  # `recommend`'s LoRA rank: generation needs more capacity than classification
-    init_settings: dict[str, Any] = field(
-        default_factory=dict
-    )  # `tunesmith init --task`: a packaged model and example data
+    # `tunesmith init --task`: a packaged model and example data
+    init_settings: dict[str, Any] = field(default_factory=dict)
+    # Column sets (after data.columns' defaults) that identify the task's records for `autotrain`; the most
+    # specific set that a record has wins (search/autotrain.py detect_task).
+    detect_columns: tuple[tuple[str, ...], ...] = ()
+    autotrain_max_length: int | None = None  # `autotrain` caps data.max_length here: longer rows cost trials
+    # `data.*` options that only this task reads (others reading them too list them as well): setting one for
+    # another task is an error naming the tasks it belongs to, and `init` shows each task only its own.
+    data_fields: tuple[str, ...] = ()
 
 
 TASKS: dict[str, TaskCard] = {}
@@ -63,6 +69,9 @@ register(
         ("rougeL", "exact_match"),
         default_seq_len=1024,
         lora_rank=16,
+        detect_columns=(("messages",), ("conversations",), ("instruction", "output"), ("prompt", "completion")),
+        autotrain_max_length=1024,
+        data_fields=("train_on",),
         init_settings={"model.name": "smollm2-135m-instruct", "data.train": "examples/data/support_tickets.jsonl"},
     )
 )
@@ -75,6 +84,7 @@ register(
         ("perplexity", "test_loss"),
         default_seq_len=2048,
         lora_rank=16,
+        detect_columns=(("text",),),
         init_settings={
             "model.name": "smollm2-135m-instruct",
             "data.train": "examples/data/licence_paragraphs.jsonl",
@@ -90,6 +100,8 @@ register(
         "classifier",
         _CLASSIFICATION + ("pearson", "spearman", "ndcg@10", "mrr@10"),
         default_seq_len=256,
+        detect_columns=(("text", "label"), ("text", "labels"), ("text", "text_pair", "score")),
+        data_fields=("multi_label", "label_separator"),
         init_settings={
             "model.name": "all-minilm-l6-v2",
             "data.train": "examples/data/debian_sections.csv",
@@ -107,6 +119,8 @@ register(
         tuple(f"{m}_{a}" for m in ("precision", "recall", "f1") for a in ("macro", "micro", "weighted"))
         + ("token_accuracy",),
         default_seq_len=256,
+        detect_columns=(("tokens", "tags"), ("words", "tags"), ("tokens", "ner_tags"), ("text", "entities")),
+        data_fields=("label_all_subwords",),
         init_settings={
             "model.name": "all-minilm-l6-v2",
             "data.train": "examples/data/copyright_entities.jsonl",
@@ -125,6 +139,13 @@ register(
         ("rouge1", "rouge2", "rougeL"),
         default_seq_len=1024,
         lora_rank=16,
+        detect_columns=(
+            ("document", "summary"),
+            ("article", "highlights"),
+            ("source", "target"),
+            ("dialogue", "summary"),
+        ),
+        data_fields=("source_prefix", "max_target_length"),
         init_settings={
             "model.name": "bert2bert-minilm-l6",
             "data.train": "examples/data/debian_summaries.jsonl",
@@ -144,6 +165,8 @@ register(
         "vision",
         _CLASSIFICATION,
         images=True,
+        detect_columns=(("image", "label"),),
+        data_fields=("augment", "skip_bad_images", "image_size"),
         init_settings={
             "model.name": "efficientnet-lite0",
             "method.name": "full",
@@ -159,6 +182,17 @@ register(
         "diffusion",
         ("denoising_loss",),
         images=True,
+        detect_columns=(("image", "text"),),
+        data_fields=(
+            "augment",
+            "skip_bad_images",
+            "image_size",
+            "instance_prompt",
+            "class_prompt",
+            "class_data_dir",
+            "num_class_images",
+            "prior_loss_weight",
+        ),
         init_settings={
             "model.name": "stable-diffusion-v1-5/stable-diffusion-v1-5",
             "data.train": "examples/data/shapes",
@@ -169,3 +203,12 @@ register(
         },
     )
 )
+
+
+def data_field_owners() -> dict[str, list[str]]:
+    """`data.*` option -> the tasks that read it, for the options some task claims (the rest are shared)."""
+    owners: dict[str, list[str]] = {}
+    for card in TASKS.values():
+        for name in card.data_fields:
+            owners.setdefault(name, []).append(card.name)
+    return owners

@@ -31,7 +31,7 @@ def data_report(config, resolved, tokenizer, splits, encoded, task) -> str:
     lines = [
         f"model: {config.model.name} -> {resolved.path} ({resolved.source})",
         f"task: {config.task}; format: {splits.format}; max_length: {config.data.max_length}"
-        + (f"; loss on: {config.data.train_on}" if config.task == "chat" else ""),
+        + (f"; loss on: {config.data.train_on}" if getattr(task, "packable", False) else ""),  # conversations
         "",
         f"{'split':<11}{'records':>8}{'truncated':>11}{'duplicates':>12}{'empty turns':>13}   tokens per record",
     ]

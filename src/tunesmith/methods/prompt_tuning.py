@@ -62,7 +62,8 @@ def load_kwargs(cfg: Config) -> dict[str, Any]:
 
 
 def check(config: Any) -> None:
-    """Packing and padding-free batches keep examples apart by position ids, which PEFT's prompt learning drops."""
+    """Packing and padding-free batches keep examples apart by position ids, which PEFT's prompt learning
+    drops; and virtual tokens cannot be merged into weights."""
     if config.data.packing:
         raise TunesmithError(
             "prompt tuning cannot train packed rows: PEFT drops the position ids that keep packed examples apart",
@@ -74,6 +75,12 @@ def check(config: Any) -> None:
             "prompt tuning cannot train padding-free batches (PEFT drops their position ids)",
             where="train.padding_free",
             fix="set train.padding_free: false (or auto)",
+        )
+    if config.output.save_merged:
+        raise TunesmithError(
+            "prompt tuning trains inputs (virtual tokens), not weights: it has nothing to merge into the base",
+            where="output.save_merged",
+            fix="set output.save_merged: false; the run's adapter/ loads with peft",
         )
     config.train.padding_free = False  # auto: padded batches, the one layout prompt learning keeps apart
 

@@ -78,7 +78,14 @@ def save_weights(model: Any, config: RunConfig, folder: Path) -> None:
 
 
 def refuse_merge(config: RunConfig, run_dir: Path) -> TunesmithError:
+    """What `merge` says for a model without merge_and_unload: full weights already, or an adapter that adds
+    inputs rather than weight deltas (prompt tuning), which no base weight can absorb."""
+    if not get_method(config.method.name).saves_adapter:
+        return TunesmithError(
+            f"the run trained with method {config.method.name!r}; its model/ folder already holds full weights",
+            fix=f"use {run_dir / 'model'} directly",
+        )
     return TunesmithError(
-        f"the run trained with method {config.method.name!r}; its model/ folder already holds full weights",
-        fix=f"use {run_dir / 'model'} directly",
+        f"method {config.method.name!r} trains inputs (virtual tokens), not weights: there is nothing to merge",
+        fix=f"load {run_dir / 'adapter'} with peft's PeftModel.from_pretrained on the base model",
     )

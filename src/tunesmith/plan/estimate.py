@@ -1163,8 +1163,9 @@ def _cpu_heap_retention(
 
 
 def run_settings(config: Any, seq_len: int | None = None, batch: int | None = None) -> dict[str, Any]:
-    """A RunConfig as `estimate` arguments: the one mapping the pre-flight check, `tunesmith estimate run.yaml`
-    and the recommender's written configs are sized by. Recomputation is counted only where the user asked
+    """A RunConfig as `estimate` arguments: the one mapping the pre-flight check and `tunesmith estimate
+    run.yaml` size a run by (the recommender sizes catalog entries before a config exists; a test checks
+    that its written configs, sized through here, give its own figures). Recomputation is counted only where the user asked
     for it: `auto`'s QLoRA checkpointing is sized without it, an upper bound, because the estimator's
     checkpointing terms are not yet calibrated on CPUs (a QLoRA run measured 3.77 GiB RSS against 1.25 GiB
     estimated; bench/RESULTS.md)."""

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from tunesmith.config import RunConfig, uses_gradient_checkpointing
 from tunesmith.errors import TunesmithError
 from tunesmith.methods import by_quality, get_method, methods_for
@@ -41,15 +43,19 @@ def _estimate(model_ref: str, config: RunConfig, seq_len: int, batch: int, **cha
 def cheaper_methods(config: RunConfig) -> list[MethodSettings]:
     """Methods that could replace the run's, as configs that keep its settings: those registered for the
     task's model kind that accept every option the user set (a LoRA rank carries over to QLoRA; a method
-    without a rank is not offered to a config that sets one, since `--set method.name=...` would fail),
-    best quality first. The estimator says which of them fit."""
+    without a rank is not offered to a config that sets one: the switch would drop it), and accept their
+    values (a PiSSA start does not carry over to a quantised base), best quality first. The estimator
+    says which of them fit."""
     quality = get_method(config.method.name).recommend.quality
     set_fields = config.method.model_fields_set - {"name"}
     options = []
     for name in by_quality(methods_for(TASKS[config.task].model_kind)):
         module = get_method(name)
         if module.recommend.quality < quality and not set_fields - set(module.Config.model_fields):
-            options.append(module.Config(**{k: getattr(config.method, k) for k in set_fields}, name=name))
+            try:
+                options.append(module.Config(**{k: getattr(config.method, k) for k in set_fields}, name=name))
+            except ValidationError:
+                continue
     return options
 
 

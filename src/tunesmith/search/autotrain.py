@@ -20,29 +20,6 @@ from pathlib import Path
 from tunesmith.errors import TunesmithError
 from tunesmith.taskcards import TASKS
 
-# Columns (after data.columns' defaults) that identify a task, first match wins. Chat formats first:
-# their columns (messages, prompt/completion, instruction/output) never occur in the others' records.
-_TASK_COLUMNS = [
-    ("chat", ("messages",)),
-    ("chat", ("conversations",)),
-    ("chat", ("instruction", "output")),
-    ("chat", ("prompt", "completion")),
-    ("token-classification", ("tokens", "tags")),
-    ("token-classification", ("words", "tags")),
-    ("token-classification", ("tokens", "ner_tags")),
-    ("token-classification", ("text", "entities")),
-    ("text-to-image", ("image", "text")),
-    ("image-classification", ("image", "label")),
-    ("summarization", ("document", "summary")),
-    ("summarization", ("article", "highlights")),
-    ("summarization", ("source", "target")),
-    ("summarization", ("dialogue", "summary")),
-    ("text-classification", ("text", "label")),
-    ("text-classification", ("text", "labels")),
-    ("text-classification", ("text", "text_pair", "score")),
-    ("continued-pretraining", ("text",)),
-]
-
 
 @dataclass
 class AutotrainResult:
@@ -59,8 +36,11 @@ class AutotrainResult:
 
 
 def detect_task(columns: list[str], source: str) -> str:
+    # Each task card's column sets (taskcards.py), the most specific first: `text` alone is continued
+    # pre-training only when no (text, label)-like set matches; ties keep the registration order.
     have = set(columns)
-    for task, needed in _TASK_COLUMNS:
+    sets = [(card.name, needed) for card in TASKS.values() for needed in card.detect_columns]
+    for task, needed in sorted(sets, key=lambda pair: -len(pair[1])):
         if have >= set(needed):
             return task
     raise TunesmithError(
@@ -169,8 +149,9 @@ def autotrain(
         "final_train": True,
     }
     config = RunConfig.model_validate(planned)
-    if task == "chat" and config.data.max_length > 1024:
-        config.data.max_length = 1024
+    cap = TASKS[task].autotrain_max_length
+    if cap is not None and config.data.max_length > cap:
+        config.data.max_length = cap
     print(
         f"model: {name}, method {method} (the planner's choice for {hardware}); "
         f"budget {seconds / 60:.1f} min: search {SEARCH_SHARE * seconds / 60:.1f}, final training the rest"

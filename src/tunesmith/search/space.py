@@ -151,9 +151,17 @@ def _check_param(path: str, param: SearchParam, config: RunConfig, grid: bool) -
             )
         candidates = [int(param.low), int(param.high)] if param.type == "int" else [param.low, param.high]
     # Each end of the range (each choice) must make a valid run config: the types and bounds of the field.
+    # A field of another method than the config's (a space that also searches method.name) is checked on a
+    # method that has it.
+    context: dict[str, Any] = {}
+    if path.startswith("method.") and path != "method.name":
+        field = path.removeprefix("method.")
+        if field not in type(config.method).model_fields:
+            owners = [name for name, m in METHODS.items() if field in m.Config.model_fields]
+            context = {"method.name": owners[0]} if owners else {}
     for value in candidates:
         try:
-            config_with(config, {path: value}, where=where)
+            config_with(config, {**context, path: value}, where=where)
         except TunesmithError as exc:
             raise TunesmithError(
                 f"the value {value!r} does not fit {path}: {exc.message}",
@@ -294,6 +302,11 @@ def _suggest_one(trial: Any, path: str, p: SearchParam) -> Any:
     return trial.suggest_float(path, low, high, log=p.type == "log-float", step=p.step)
 
 
+def _method_fields(method: dict[str, Any]) -> set[str]:
+    name = method.get("name")
+    return set(METHODS[name].Config.model_fields) if name in METHODS else set(method)
+
+
 def current_values(config: RunConfig, space: dict[str, SearchParam]) -> dict[str, Any]:
     """The config's own value of each searched parameter (trial 0 of `include_default`), where the
     distribution holds it; parameters whose value lies outside are left to the sampler."""
@@ -302,6 +315,9 @@ def current_values(config: RunConfig, space: dict[str, SearchParam]) -> dict[str
     for path, p in space.items():
         value: Any = dumped
         for part in path.split("."):
+            if not isinstance(value, dict) or part not in value:  # another method's option: nothing to reuse
+                value = None
+                break
             value = value[part]
         if p.type == "categorical":
             held = value in _choices(p)
@@ -317,16 +333,21 @@ def current_values(config: RunConfig, space: dict[str, SearchParam]) -> dict[str
 
 
 def config_with(base: RunConfig, values: dict[str, Any], *, where: str = "search.space") -> RunConfig:
-    """`base` with dotted-path values set, validated as strictly as a YAML file."""
+    """`base` with dotted-path values set, validated as strictly as a YAML file. A sampled `method.name` is
+    set first: the other method's options (dumped with their defaults) do not carry over, and searched
+    options the sampled method does not have are left out (conditional parameters: `method.quant_type`
+    applies to the trials that sampled qlora)."""
     raw = base.model_dump()
+    if "method.name" in values:
+        raw["method"] = switch_method({**raw["method"], "name": values["method.name"]})
     for path, value in values.items():
         node = raw
         parts = path.split(".")
+        if parts[0] == "method" and len(parts) == 2 and parts[1] not in _method_fields(raw["method"]):
+            continue
         for part in parts[:-1]:
             node = node[part]
         node[parts[-1]] = value
-    if "method.name" in values:  # the other method's options (dumped with their defaults) do not carry over
-        raw["method"] = switch_method(raw["method"])
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:

@@ -19,6 +19,8 @@ from tunesmith.errors import TunesmithError
 from tunesmith.tasks import chat
 
 peft_task_type = "CAUSAL_LM"
+# What `data.packing` is told for this task: it needs no packing option (pipeline.pack_splits).
+packing_note = " (it always packs its text into blocks of data.max_length tokens)"
 target_unit = "tok"
 
 # The causal-LM pieces are the chat task's: same model class, batches and token-normalised loss.

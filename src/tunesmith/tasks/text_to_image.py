@@ -39,6 +39,7 @@ from tunesmith.data.captions import (
 from tunesmith.data.images import load_image
 from tunesmith.errors import TunesmithError
 from tunesmith.extras import require
+from tunesmith.methods import get_method
 from tunesmith.models import diffusion
 from tunesmith.models.diffusion import (
     EVAL_TIMESTEPS,
@@ -165,6 +166,14 @@ def setup(splits, config) -> dict:
     from tunesmith.models.resolve import resolve_model
 
     # Which methods may train a UNet is the methods' own declaration (model_kinds "diffusion"), checked with the config.
+    rewrites = getattr(get_method(config.method.name), "rewrites_base", None)
+    if rewrites is not None and rewrites(config.method):
+        raise TunesmithError(
+            "the UNet adapter starts as diffusers' recipes start it (Gaussian A, zero B) and is saved through "
+            "diffusers, which keeps no base-rewriting start (PiSSA, OLoRA)",
+            where="method.init",
+            fix="remove method.init (or set it to default)",
+        )
     if hasattr(config.method, "target_modules") and "target_modules" not in config.method.model_fields_set:
         # all-linear (the default for LLMs) would also adapt the UNet's time embedding and feed-forward layers;
         # the written value is saved in the run's config, so a resumed run builds the same adapter.

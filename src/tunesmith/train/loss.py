@@ -249,21 +249,14 @@ def causal_lm_loss_sum(
         )
         if result is not None:
             return result
-    offset = virtual_tokens(model)  # prompt tuning: the outputs start with its virtual tokens
+    # Positions counted from the right: prompt tuning's virtual tokens come first in the outputs (PEFT adds
+    # them inside the forward pass, and not with its adapter switched off), the inputs' own are the last.
+    width = input_ids.shape[1]
     if accepts_logits_to_keep(model):
         positions = loss_positions(labels)
         logits = model(
-            input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions + offset, **extra
+            input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions - width, **extra
         ).logits
         return token_loss_sum(logits, labels[:, positions + 1])
     logits = model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
-    return token_loss_sum(logits[:, offset:-1], labels[:, 1:])
-
-
-def virtual_tokens(model) -> int:
-    """Positions PEFT's prompt learning (methods/prompt_tuning.py) puts before the inputs inside the forward
-    pass, so outputs are that much longer than the labels; 0 for every other model."""
-    while not hasattr(model, "peft_config") and hasattr(model, "module"):  # DDP and accelerate wrappers
-        model = model.module
-    config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", "default"))
-    return int(getattr(config, "num_virtual_tokens", 0) or 0) if getattr(config, "is_prompt_learning", False) else 0
+    return token_loss_sum(logits[:, -width:][:, :-1], labels[:, 1:])
