@@ -28,10 +28,8 @@ class Footprint:
     efficiency: float = 0.85  # share of full fine-tuning's MFU it reaches (adapters add small kernels)
     half_base_on_gpu: bool = True  # the frozen base is stored in bf16 on bf16 GPUs (models/load.py)
     quantized: str | None = None  # label of a quantised base's storage (nf4, int8); None: dense
-    adapter_input_bytes: tuple[float, float] = (
-        0.0,
-        0.0,
-    )  # (CPU, GPU): kept per input feature of each adapted linear, per token, under autocast
+    # (CPU, GPU): bytes kept per input feature of each adapted linear, per token, under autocast
+    adapter_input_bytes: tuple[float, float] = (0.0, 0.0)
     heap_adapter_input_bytes: float = 0.0  # CPU heap retention per adapted input feature, per token
     heap_dequant_bytes: float = 0.0  # CPU heap retention per quantised parameter (freed dequantised copies)
     checkpointing_by_default: bool = False  # train.gradient_checkpointing: auto turns it on
