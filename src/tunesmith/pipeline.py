@@ -24,7 +24,6 @@ from tunesmith.models import build
 from tunesmith.models.resolve import ResolvedModel, resolve_model
 from tunesmith.runs.rundir import RunDir, atomic_directory, atomic_write_text
 from tunesmith.runs.tracking import RunTracking
-from tunesmith.taskcards import TASKS
 from tunesmith.tasks import get_task
 
 
@@ -107,9 +106,8 @@ def pack_splits(config: RunConfig, encoded: dict[str, list]) -> dict[str, list]:
 
     task = get_task(config.task)
     if not getattr(task, "packable", False):
-        packable = [name for name in TASKS if getattr(get_task(name), "packable", False)]
         raise TunesmithError(
-            f"data.packing applies to the {', '.join(packable)} task, not {config.task}"
+            f"data.packing packs conversations into rows; task {config.task} does not take it"
             + getattr(task, "packing_note", ""),  # e.g. that it packs its text itself
             where="data.packing",
             fix="remove data.packing (or set it to false)",

@@ -4,16 +4,15 @@ bit; the adapters train in fp32 as in LoRA. Between LoRA and QLoRA in memory and
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from tunesmith.methods import lora, qlora
 from tunesmith.methods.base import Footprint, Recommendable
 
 
-class Config(lora.Config):
+class Config(qlora.QuantizedBaseConfig):
     # `name` is the union's discriminator: narrowing lora's Literal is what pydantic needs, an override mypy refuses.
     name: Literal["lora-8bit"] = Field(
         "lora-8bit", description="lora-8bit: LoRA adapters on a base stored in 8-bit (LLM.int8)"
@@ -23,15 +22,6 @@ class Config(lora.Config):
         ge=0,
         description="activation magnitude above which a feature is computed in 16 bit (LLM.int8's outliers); 6 is the paper's, lower is more accurate and slower",
     )
-
-    @model_validator(mode="after")
-    def _init_on_dense_weights(self) -> Config:
-        if self.init in lora.BASE_CHANGING_INITS:
-            raise ValueError(
-                f"init {self.init} rewrites the base weights, which an 8-bit base cannot hold exactly; "
-                "use init: default or gaussian here"
-            )
-        return self
 
 
 summary = "LoRA on an int8 base (LLM.int8): half the frozen-weight memory of a bf16 base, closer to LoRA's quality than 4-bit QLoRA"
@@ -66,28 +56,10 @@ def quantized_bits(cfg: Config) -> float:
 
 
 def load_kwargs(cfg: Config) -> dict[str, Any]:
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    # transformers leaves BitsAndBytesConfig.__init__ unannotated: called through a typed name here.
-    bnb_config: Callable[..., Any] = BitsAndBytesConfig
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return {
-        "quantization_config": bnb_config(
-            load_in_8bit=True, llm_int8_threshold=cfg.int8_threshold, llm_int8_skip_modules=qlora.KEEP_FLOAT
-        ),
-        # Quantisation happens while the weights are placed, so the device must be known at load time.
-        "device_map": {"": device if device == "cpu" else torch.cuda.current_device()},
-    }
+    return qlora.quantized_loading(load_in_8bit=True, llm_int8_threshold=cfg.int8_threshold)
 
 
 def apply(model: Any, cfg: Config, gradient_checkpointing: bool = False, task_type: str | None = "CAUSAL_LM") -> Any:
-    from peft import prepare_model_for_kbit_training
-
-    # peft leaves prepare_model_for_kbit_training unannotated: called through a typed name here.
-    prepare: Callable[..., Any] = prepare_model_for_kbit_training
-    # Casts norms and the head to fp32 for stable training and, when asked, turns on checkpointing.
-    model = prepare(
-        model, use_gradient_checkpointing=gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False}
+    return lora.apply(
+        qlora.prepare_quantized(model, gradient_checkpointing), cfg, gradient_checkpointing=False, task_type=task_type
     )
-    return lora.apply(model, cfg, gradient_checkpointing=False, task_type=task_type)

@@ -21,7 +21,21 @@ from tunesmith.methods.freeze import HEAD_NAMES
 NF4_BITS = {True: 4 + 8 / 64 + 32 / (64 * 256), False: 4 + 32 / 64}
 
 
-class Config(lora.Config):
+class QuantizedBaseConfig(lora.Config):
+    """LoRA over a quantised base (this method and lora-8bit): a base-rewriting start (PiSSA, OLoRA) would
+    have to store the residual weights, which the quantised base cannot hold exactly."""
+
+    @model_validator(mode="after")
+    def _init_on_dense_weights(self) -> QuantizedBaseConfig:
+        if self.init in lora.BASE_CHANGING_INITS:
+            raise ValueError(
+                f"init {self.init} rewrites the base weights, which a quantised base cannot hold exactly; "
+                "use init: default or gaussian here, or a dense base (method.name: lora)"
+            )
+        return self
+
+
+class Config(QuantizedBaseConfig):
     # `name` is the union's discriminator: narrowing lora's Literal is what pydantic needs, an override mypy refuses.
     name: Literal["qlora"] = Field("qlora", description="qlora: LoRA adapters on a base quantised to 4-bit NF4")  # type: ignore[assignment]
     quant_type: Literal["nf4", "fp4"] = Field(
@@ -31,15 +45,6 @@ class Config(lora.Config):
     compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
         "bfloat16", description="dtype the 4-bit weights are unpacked to for matmuls"
     )
-
-    @model_validator(mode="after")
-    def _init_on_dense_weights(self) -> Config:
-        if self.init in lora.BASE_CHANGING_INITS:
-            raise ValueError(
-                f"init {self.init} rewrites the base weights, which a 4-bit base cannot hold exactly; "
-                "use init: default or gaussian here, or a dense base (method.name: lora)"
-            )
-        return self
 
 
 summary = (
@@ -87,19 +92,26 @@ KEEP_FLOAT = [rf"(.*\.)?{name}" for name in ("lm_head", "embed_out", *HEAD_NAMES
 
 def load_kwargs(method_cfg: Config) -> dict[str, Any]:
     import torch
+
+    return quantized_loading(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=method_cfg.quant_type,
+        bnb_4bit_use_double_quant=method_cfg.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, method_cfg.compute_dtype),
+    )
+
+
+def quantized_loading(**quantization: Any) -> dict[str, Any]:
+    """`from_pretrained` arguments for a bitsandbytes base (4-bit here, 8-bit in lora_8bit.py): the
+    quantisation, with KEEP_FLOAT left in float, and the device it is placed on."""
+    import torch
     from transformers import BitsAndBytesConfig
 
     # transformers leaves BitsAndBytesConfig.__init__ unannotated: called through a typed name here.
     bnb_config: Callable[..., Any] = BitsAndBytesConfig
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return {
-        "quantization_config": bnb_config(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=method_cfg.quant_type,
-            bnb_4bit_use_double_quant=method_cfg.double_quant,
-            bnb_4bit_compute_dtype=getattr(torch, method_cfg.compute_dtype),
-            llm_int8_skip_modules=KEEP_FLOAT,
-        ),
+        "quantization_config": bnb_config(llm_int8_skip_modules=KEEP_FLOAT, **quantization),
         # Quantisation happens while the weights are placed, so the device must be known at load time.
         "device_map": {"": device if device == "cpu" else torch.cuda.current_device()},
     }
@@ -108,18 +120,23 @@ def load_kwargs(method_cfg: Config) -> dict[str, Any]:
 def apply(
     model: Any, method_cfg: Config, gradient_checkpointing: bool = False, task_type: str | None = "CAUSAL_LM"
 ) -> Any:
+    model = prepare_quantized(model, gradient_checkpointing)
+    _keep_4bit_weights_trainable_on_cpu(model)
+    return lora.apply(model, method_cfg, gradient_checkpointing=False, task_type=task_type)
+
+
+def prepare_quantized(model: Any, gradient_checkpointing: bool) -> Any:
+    """peft's preparation of a quantised base: norms and the head cast to fp32 for stable training, and
+    checkpointing turned on when asked (then LoRA's own apply must not turn it on again)."""
     from peft import prepare_model_for_kbit_training
 
     # peft leaves prepare_model_for_kbit_training unannotated: called through a typed name here.
     prepare: Callable[..., Any] = prepare_model_for_kbit_training
-    # Casts norms and the head to fp32 for stable training and, when asked, turns on checkpointing.
-    model = prepare(
+    return prepare(
         model,
         use_gradient_checkpointing=gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
     )
-    _keep_4bit_weights_trainable_on_cpu(model)
-    return lora.apply(model, method_cfg, gradient_checkpointing=False, task_type=task_type)
 
 
 def _keep_4bit_weights_trainable_on_cpu(model: Any) -> None:
