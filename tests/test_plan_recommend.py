@@ -209,6 +209,10 @@ def test_estimate_command_reads_a_run_config(capsys):
         run_cli(["estimate", str(ROOT / "examples" / "quickstart.yaml"), "--batch", "2", "--hardware", "cpu"]).batch
         == 2
     )
+    # The run's LoRA rank (16) is what is sized, and --lora-r changes it: 4x fewer adapter parameters at r 4.
+    quick = str(ROOT / "examples" / "quickstart.yaml")
+    r4 = run_cli(["estimate", quick, "--lora-r", "4", "--hardware", "cpu"])
+    assert est.trainable_parameters == 4 * r4.trainable_parameters
 
 
 def test_recommend_command_writes_a_config(tmp_path, capsys):

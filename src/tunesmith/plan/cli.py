@@ -136,13 +136,6 @@ def cmd_estimate(args: argparse.Namespace) -> Estimate:
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
-    if not isinstance(settings["method"], str):  # a run YAML's method config: the flags change its copy
-        method = settings["method"]
-        flags = {"r": args.lora_r, "target_modules": args.lora_targets}
-        updates = {k: v for k, v in flags.items() if v is not None and k in type(method).model_fields}
-        if isinstance(updates.get("target_modules"), str) and updates["target_modules"] != "all-linear":
-            updates["target_modules"] = [t.strip() for t in updates["target_modules"].split(",") if t.strip()]
-        settings["method"] = type(method).model_validate({**method.model_dump(), **updates})
     if args.dtype != "auto":
         settings["dtype"] = args.dtype
     epoch_tokens = parse_count(args.tokens) if args.tokens else None

@@ -758,21 +758,23 @@ def _check(name: str, value: Any, choices: Collection[Any]) -> None:
 
 
 def method_settings(method: str | MethodSettings, **options: Any) -> tuple[MethodModule, MethodSettings]:
-    """The method module and its settings: a method config as it is, or a name with the options of that
-    name's Config among `options` (others are ignored: `lora_r` means nothing to full fine-tuning)."""
-    if isinstance(method, MethodSettings):
-        return get_method(method.name), method
-    if method not in METHODS:
-        raise TunesmithError(f"method must be one of {', '.join(METHODS)}, got {method!r}", where="method")
-    module = get_method(method)
-    targets = options.get("target_modules")
-    if isinstance(targets, str) and targets != "all-linear":  # the CLI's comma-separated form
-        options["target_modules"] = [t.strip() for t in targets.split(",") if t.strip()]
-    fields = module.Config.model_fields
+    """The method module and its settings: a method name, or a method config (a run's), with the `options`
+    that name's Config has set over it (others are ignored: `r` means nothing to full fine-tuning; None
+    keeps the config's value or the method's default)."""
+    name = method.name if isinstance(method, MethodSettings) else method
+    if name not in METHODS:
+        raise TunesmithError(f"method must be one of {', '.join(METHODS)}, got {name!r}", where="method")
+    module = get_method(name)
+    given = {k: v for k, v in options.items() if k in module.Config.model_fields and v is not None}
+    if isinstance(given.get("target_modules"), str) and given["target_modules"] != "all-linear":
+        given["target_modules"] = [t.strip() for t in given["target_modules"].split(",") if t.strip()]  # the CLI's form
+    if isinstance(method, MethodSettings) and not given:
+        return module, method
+    base = method.model_dump() if isinstance(method, MethodSettings) else {}
     try:
-        return module, module.Config(**{k: v for k, v in options.items() if k in fields and v is not None})
+        return module, module.Config.model_validate({**base, **given})
     except ValueError as exc:
-        raise TunesmithError(f"method {method}: {exc}", where="method") from None
+        raise TunesmithError(f"method {name}: {exc}", where="method") from None
 
 
 def _weights(m: MethodModule, cfg: MethodSettings | None, parameters: int, quantizable: int, dtype: str) -> float:
