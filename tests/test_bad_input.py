@@ -64,14 +64,15 @@ def test_unknown_role(config_file, capsys):
 
 def test_max_length_shorter_than_prompt(config_file, capsys):
     long = json.dumps({"messages": [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "a"}]})
-    assert run_cli("validate", config_file([long] + [good(i) for i in range(8)])) == 2
+    # 50 records: 0.8/0.1/0.1 of fewer would carve validation and test too small to measure (refused first).
+    assert run_cli("validate", config_file([long] + [good(i) for i in range(49)])) == 2
     err = capsys.readouterr().err
     assert "data.jsonl:1" in err and "data.max_length" in err
 
 
 def test_method_that_does_not_fit_the_model(config_file, capsys):
     path = config_file(
-        [good(i) for i in range(12)], "method:\n  name: freeze\n  freeze_train_top: 9\ntrain:\n  max_steps: 1\n"
+        [good(i) for i in range(50)], "method:\n  name: freeze\n  freeze_train_top: 9\ntrain:\n  max_steps: 1\n"
     )
     assert run_cli("train", path) == 2
     err = capsys.readouterr().err

@@ -44,7 +44,7 @@ def test_every_runner_trains_the_same_examples_and_is_scored_the_same_way(tiny_l
             "--batch-size",
             "2",
             "--val-count",
-            "4",
+            "5",
             "--out",
             str(out),
         ]

@@ -103,7 +103,7 @@ def test_a_task_s_own_data_options_are_refused_for_another_task_but_saved_runs_s
 
     with pytest.raises(TunesmithError, match="applies to task summarization, not chat") as err:
         load_config(None, ["data.max_target_length=64"])
-    assert err.value.where == "data.max_target_length"
+    assert err.value.where == "--set data.max_target_length=64"  # the argument that set it
     assert load_config(None, ["task=summarization", "data.max_target_length=64"]).data.max_target_length == 64
     assert load_config(None, ["data.max_target_length=128"]).task == "chat"  # the default value: a dumped config
     saved = tmp_path / "config.yaml"

@@ -35,11 +35,11 @@ def test_one_file_is_carved_by_ratios_and_seed(tmp_path):
 def test_separate_files_are_used_as_given(tmp_path):
     cfg = DataConfig(
         train=write_jsonl(tmp_path / "t.jsonl", 20),
-        validation=write_jsonl(tmp_path / "v.jsonl", 3, 100),
-        test=write_jsonl(tmp_path / "s.jsonl", 4, 200),
+        validation=write_jsonl(tmp_path / "v.jsonl", 5, 100),  # 5: fewer is refused as too small to measure
+        test=write_jsonl(tmp_path / "s.jsonl", 6, 200),
     )
     splits = prepare_splits(cfg, seed=0)
-    assert (len(splits.train), len(splits.validation), len(splits.test)) == (20, 3, 4)
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (20, 5, 6)
 
 
 def test_missing_test_file_is_carved_from_train_only(tmp_path):

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture()
 def real_config(tmp_path, starter_dir):
     data = tmp_path / "tickets.jsonl"
-    data.write_text("\n".join(SUPPORT_DATA.read_text().splitlines()[:12]) + "\n")
+    data.write_text("\n".join(SUPPORT_DATA.read_text().splitlines()[:18]) + "\n")
 
     def build(*overrides: str):
         return load_config(
@@ -30,7 +30,7 @@ def real_config(tmp_path, starter_dir):
             [
                 "model.name=smollm2-135m-instruct",
                 f"data.train={data}",
-                "data.split=[0.67, 0.165, 0.165]",
+                "data.split=[0.45, 0.275, 0.275]",  # 8 / 5 / 5: fewer than 5 held out is refused
                 "data.max_length=256",
                 f"output.dir={tmp_path / 'runs'}",
                 "train.batch_size=4",

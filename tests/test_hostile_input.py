@@ -865,7 +865,8 @@ def test_on_bad_record_skip_counts_and_names_the_first(tmp_path, capsys):
     with pytest.raises(TunesmithError) as err:
         prepare_splits(DataConfig(train=str(path)), 0, chat.normalise)
     assert err.value.where == f"{path}:6" and "not valid JSON" in err.value.message
-    splits = prepare_splits(DataConfig(train=str(path), on_bad_record="skip"), 0, chat.normalise)
+    # All in train: 20 records carved 0.8/0.1/0.1 would leave validation and test too small to measure.
+    splits = prepare_splits(DataConfig(train=str(path), on_bad_record="skip", split=(1.0, 0.0, 0.0)), 0, chat.normalise)
     assert len(splits.train) + len(splits.validation) + len(splits.test) == 20
     report = splits.report()
     assert report["skipped"] == 8 and report["records"]["train"] == len(splits.train)
@@ -882,7 +883,8 @@ def test_on_bad_record_in_a_run_and_in_validate(make_config, tmp_path, capsys):
 
     data = tmp_path / "chat.jsonl"
     source = Path(make_config().data.train).read_text().splitlines()
-    data.write_text("\n".join(source[:20] + ["{broken", '{"messages": []}'] + source[20:40]) + "\n")
+    # All 48 good records: 38 / 5 / 5 (40 would carve validation and test of 4, refused as too small).
+    data.write_text("\n".join(source[:20] + ["{broken", '{"messages": []}'] + source[20:48]) + "\n")
     config = make_config(
         f"data.train={data}",
         "data.on_bad_record=skip",
@@ -894,7 +896,7 @@ def test_on_bad_record_in_a_run_and_in_validate(make_config, tmp_path, capsys):
     report = json.loads((result.run_dir / "data_report.json").read_text())
     assert report["skipped"] == 2 and report["first"][0].startswith(f"{data}:21: line is not valid JSON")
     assert report["first"][1].startswith(f"{data}:22: messages has no assistant turn")
-    assert result.summary["skipped_records"] == 2 and sum(report["records"].values()) == 40
+    assert result.summary["skipped_records"] == 2 and sum(report["records"].values()) == 48
     assert "skipped 2 bad record(s)" in capsys.readouterr().out
     yaml_path = tmp_path / "run.yaml"
     yaml_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
@@ -950,7 +952,9 @@ def test_any_wrong_type_for_any_field_is_refused_with_its_name(folder, data):
     with pytest.raises(TunesmithError) as err:
         load_config(file)
     dotted = ".".join(path)
-    assert dotted in err.value.message and err.value.where == str(file), err.value.render()
+    # The file, and the line of the value where the config knows it.
+    located = re.fullmatch(rf"{re.escape(str(file))}(:\d+)?", err.value.where or "")
+    assert dotted in err.value.message and located, err.value.render()
     COUNTS["config wrong type"][f"refused ({'section' if kind == 'section' else 'field'})"] += 1
 
 

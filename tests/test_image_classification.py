@@ -21,7 +21,7 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
 
 
-def _write_images(root: Path, per_class: int = 8, size: int = 20) -> Path:
+def _write_images(root: Path, per_class: int = 10, size: int = 20) -> Path:
     """Class folders of noisy single-colour images: learnable in a few steps."""
     from PIL import Image
 
@@ -115,7 +115,7 @@ def test_class_folders_read_and_split_stratified(tmp_path, image_folder, tiny_di
 
     splits = read_splits(_config(tmp_path, tiny_dirs["vit"], image_folder))
     assert splits.format == "class folders"
-    assert len(splits.train) + len(splits.validation) + len(splits.test) == 24
+    assert len(splits.train) + len(splits.validation) + len(splits.test) == 30
     assert {e.label for e in splits.test} == set(COLOURS)
 
 
@@ -198,13 +198,16 @@ def test_label_checks(tmp_path, tiny_dirs):
         for f in (one / name).iterdir():
             f.unlink()
         (one / name).rmdir()
-    config = _config(tmp_path, tiny_dirs["vit"], one)
+    config = _config(tmp_path, tiny_dirs["vit"], one, "data.split=[1.0,0.0,0.0]")
     with pytest.raises(TunesmithError, match="needs at least two"):
         task.setup(read_splits(config), config)
 
     two = _write_images(tmp_path / "two", per_class=3)
-    (two / "labels.csv").write_text("image,label\nred/0.png,purple\n")
-    config = _config(tmp_path, tiny_dirs["vit"], two, f"data.test={two / 'labels.csv'}")
+    # Six records: a test split of fewer than five is refused as too small to measure anything.
+    (two / "labels.csv").write_text(
+        "image,label\n" + "".join(f"{c}/{i}.png,purple\n" for c in ("red", "blue") for i in range(3))
+    )
+    config = _config(tmp_path, tiny_dirs["vit"], two, f"data.test={two / 'labels.csv'}", "data.split=[1.0,0.0,0.0]")
     with pytest.raises(TunesmithError, match="'purple' of the test split never occurs"):
         task.setup(read_splits(config), config)
 

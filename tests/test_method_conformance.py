@@ -90,7 +90,9 @@ def test_method_conforms(method, task_name, make_config, classification_file, ta
     from tunesmith.train.optimizer import make_optimizer
 
     data = {"text-classification": classification_file, "token-classification": tagging_file}
-    extra = [f"task={task_name}"] + ([f"data.train={data[task_name]}"] if task_name in data else [])
+    extra = [f"task={task_name}", "data.split=[1.0, 0.0, 0.0]"] + (
+        [f"data.train={data[task_name]}"] if task_name in data else []
+    )
     module = get_method(method)
     rate = min(1e-2, 10 * module.recommend.learning_rate)  # ten times the method's usual rate: two steps show it
     config = make_config(*extra, f"method.name={method}", f"train.learning_rate={rate}")

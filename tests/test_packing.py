@@ -135,7 +135,7 @@ def test_packing_is_refused_where_attention_crosses_examples(tiny_llama_dir):
 
 def test_packing_is_refused_for_tasks_that_do_not_pack(make_config, tmp_path):
     text = tmp_path / "text.jsonl"
-    text.write_text("".join(f'{{"text": "document {i} about packing"}}\n' for i in range(20)))
+    text.write_text("".join(f'{{"text": "document {i} about packing"}}\n' for i in range(50)))
     with pytest.raises(TunesmithError, match="always packs") as caught:
         pipeline.train(make_config("task=continued-pretraining", f"data.train={text}", "data.packing=true"))
     assert caught.value.where == "data.packing"

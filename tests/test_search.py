@@ -471,7 +471,10 @@ def test_two_workers_killed_then_resumed_lose_no_trial_and_repeat_none(search_co
     assert len(complete) == 4  # n_trials: the interrupted ones do not count, their reruns do
     for number, lost in interrupted.items():
         reruns = [t for t in trials if t.user_attrs.get("retry_of") == number]
-        assert len(reruns) == 1 and reruns[0].state == TrialState.COMPLETE and reruns[0].params == lost.params
+        assert len(reruns) == 1 and reruns[0].state == TrialState.COMPLETE
+        # The rerun repeats the lost trial's point; one killed before it drew its parameters (a busy machine
+        # widens that moment) had none to repeat, and its rerun draws them.
+        assert reruns[0].params == lost.params or not lost.params
     assert not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
     # Trials that finished before the kill were not run again; every trial number has one run directory.
     assert {n: (run / "summary.json").stat().st_mtime_ns for n, run in finished.items()} == stamps

@@ -265,7 +265,7 @@ def test_unsupported_method_and_prior_without_folder_fail_before_loading(tmp_pat
     with pytest.raises(TunesmithError) as err:
         train(_config(tmp_path, tiny_pipes["sd15"], shapes, "method.name=qlora"))
     # The methods' own declarations (model_kinds) say which can train a UNet; the config names them.
-    assert err.value.where == "method.name" and "cannot train the diffusion model" in err.value.message
+    assert err.value.where == "--set method.name=qlora" and "cannot train the diffusion model" in err.value.message
     assert err.value.fix == "use one of: full, lora"
     with pytest.raises(TunesmithError) as err:
         train(_config(tmp_path, tiny_pipes["sd15"], shapes, "data.class_prompt=a dog"))

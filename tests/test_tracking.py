@@ -419,3 +419,32 @@ def test_runs_lists_and_compare_diffs_and_plots(make_config, tmp_path, capsys):
         compare_runs(["lr-", str(low.run_dir)], root=root)
     assert cli.main(["runs", "compare", "nope", "lr-low", "--root", str(root)]) == 2
     assert "no run 'nope'" in capsys.readouterr().err
+
+
+def test_compare_gives_runs_with_the_same_folder_name_distinct_headings(tmp_path, capsys):
+    """Two studies (or two output.dir roots) each holding a run folder of the same name: every column
+    heading and plot label must say which run it is."""
+    runs = []
+    for study, rate in (("study-a", 0.01), ("study-b", 0.001)):
+        run = tmp_path / study / "trials" / "20260101-000000-trial-0"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(f"name: trial-0\ntrain:\n  learning_rate: {rate}\n")
+        (run / "summary.json").write_text(json.dumps({"status": "completed", "best_eval_loss": rate * 100}))
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": rate * 200}) + "\n")
+        runs.append(run)
+    third = tmp_path / "20260101-000000-other"
+    third.mkdir()
+    (third / "config.yaml").write_text("name: other\n")
+
+    from tunesmith.runs.compare import compare_runs
+
+    result = compare_runs([str(r) for r in (*runs, third)], output=tmp_path / "cmp.png")
+    assert len(set(result.labels)) == 3, result.labels
+    assert result.labels == [
+        "study-a/trials/20260101-000000-trial-0",
+        "study-b/trials/20260101-000000-trial-0",
+        "20260101-000000-other",
+    ]  # the shortest tail of each path that tells them apart
+    assert cli.main(["runs", "compare", *map(str, runs), "--output", str(tmp_path / "cmp.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "study-a" in printed and "study-b" in printed

@@ -229,7 +229,8 @@ def test_predict_chat_and_eval_commands(make_config, tmp_path):
     assert stdout.getvalue().count("model> ") == 2
 
     result = pipeline.evaluate_run(run, max_samples=2)
-    assert set(result) == {"test_file", "base", "tuned"} and (run / "eval.json").exists()
+    assert {"test_file", "settings", "base", "tuned"} <= set(result)
+    assert (run / "eval-1.json").exists() and (run / "eval.json").exists()
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

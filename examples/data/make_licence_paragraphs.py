@@ -2,7 +2,9 @@
 
 Source: the licence texts Debian ships in /usr/share/common-licenses (package base-files): GPL,
 LGPL, GFDL, MPL, Apache, Artistic, BSD, CC0. Each paragraph (text between blank lines, whitespace
-folded) of at least 80 characters becomes one {"text", "source"} record, in file order. Stdlib only;
+folded) of at least 80 characters becomes one {"text", "source"} record, in file order; a paragraph
+several licences share (the GPL's and LGPL's common clauses) is kept once, at its first licence, since a
+repeat would land in train and test both (the data report warns of such leakage). Stdlib only;
 the output is deterministic for a given base-files version.
 
     python examples/data/make_licence_paragraphs.py
@@ -30,6 +32,10 @@ def main() -> None:
         if path.is_symlink() or not path.is_file():
             continue  # GPL -> GPL-3 and the like: each text once
         rows += [{"text": p, "source": path.name} for p in paragraphs(path.read_text(encoding="utf-8", errors="replace"))]
+    first = {}
+    for row in rows:
+        first.setdefault(row["text"], row)  # the first licence that has the paragraph keeps it
+    rows = list(first.values())
     TARGET.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     print(f"{len(rows)} paragraphs from {len({r['source'] for r in rows})} licences -> {TARGET}")
 

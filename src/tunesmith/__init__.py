@@ -7,6 +7,10 @@ print(result.summary["tuned"])
 
 from tunesmith.config import RunConfig, load_config
 from tunesmith.errors import TunesmithError
+from tunesmith.models.noise import quiet_known_noise
+
+# Before any entry point (CLI, API, search worker, `accelerate launch`) loads peft or transformers.
+quiet_known_noise()
 
 __version__ = "0.1.0"
 

@@ -14,7 +14,7 @@ from tunesmith.methods import METHODS
 from tunesmith.plan.cli import add_commands as add_plan_commands
 from tunesmith.runs.cli import add_commands as add_runs_commands
 from tunesmith.search.cli import add_commands as add_search_commands
-from tunesmith.taskcards import TASKS
+from tunesmith.taskcards import EXAMPLE_DATA, TASKS
 
 
 def _cmd_init(args) -> None:
@@ -24,7 +24,14 @@ def _cmd_init(args) -> None:
     if args.method:  # the task's settings of another method's fields do not apply to this one
         start = {k: v for k, v in start.items() if not k.startswith("method.")} | {"method.name": args.method}
     config = load_config(None, [f"task={args.task}"] + [f"{k}={v}" for k, v in start.items()])
-    print(render_template(config), end="")
+    text = render_template(config)
+    if config.data.train and config.data.train.startswith(str(EXAMPLE_DATA)):
+        # The template trains as printed (on the packaged example data), which a newcomer's first
+        # `validate` needs; the line says it is the one to change.
+        text = text.replace(
+            "\n\n", "\n# data.train points at tunesmith's packaged example data: replace it with your file.\n\n", 1
+        )
+    print(text, end="")
 
 
 def _load(args):
@@ -72,6 +79,9 @@ def _cmd_merge(args) -> None:
     merge(args.run_dir, args.output, allow_pickle=args.allow_pickle)
 
 
+RUN_DIR_HELP = "a finished run's folder, e.g. runs/20260101-120000-run (printed by `tunesmith train`)"
+
+
 def _cmd_chat(args) -> None:
     from tunesmith.chat import chat_loop
 
@@ -89,7 +99,15 @@ def allow_pickle_arg(p) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune pretrained models to your use case.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--version", action="version", version=f"tunesmith {_installed_version()}", help="print the version and exit"
+    )
+    sub = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="what to do; `tunesmith COMMAND --help` lists its arguments",
+    )
 
     p = sub.add_parser("init", help="print a commented starter config")
     p.add_argument("--task", default="chat", choices=list(TASKS), help="task of the config")
@@ -117,32 +135,56 @@ def build_parser() -> argparse.ArgumentParser:
     allow_pickle_arg(p)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="base vs tuned on the run's test split")
-    p.add_argument("run_dir")
-    p.add_argument("--test", help="another test file instead of the run's saved split")
-    p.add_argument("--max-samples", type=int, help="score at most this many examples")
+    p = sub.add_parser(
+        "eval", help="base vs tuned on the run's test split; each evaluation is kept as eval-N.json in the run"
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
+    p.add_argument(
+        "--test", metavar="FILE", help="another test file instead of the run's saved split (records with answers)"
+    )
+    p.add_argument(
+        "--max-samples", type=int, metavar="N", help="score at most this many examples (default: eval.max_samples)"
+    )
     allow_pickle_arg(p)
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("predict", help="answer every record of a file with the tuned model")
-    p.add_argument("run_dir")
-    p.add_argument("--input", required=True, help="records to answer (any supported data format)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
     p.add_argument(
-        "--output", required=True, help="JSONL file to write, or for text-to-image a folder of images (must not exist)"
+        "--input",
+        required=True,
+        metavar="FILE",
+        help="records to answer: JSONL/JSON/CSV/Parquet or a .txt with one prompt a line; chat takes messages "
+        "ending in a user turn, prompt, text or instruction(+input) records, answers are optional (docs/commands.md)",
     )
-    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument(
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="JSONL file to write, or for text-to-image a folder of images (must not exist)",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        metavar="N",
+        help="longest answer in tokens (default: the run's eval.max_new_tokens)",
+    )
     allow_pickle_arg(p)
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("chat", help="talk to the tuned model in the terminal")
-    p.add_argument("run_dir")
-    p.add_argument("--system", help="system prompt for the conversation")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p = sub.add_parser("chat", help="talk to the tuned model in the terminal (/help lists its commands)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
+    p.add_argument(
+        "--system", metavar="TEXT", help="system prompt for the conversation (/system TEXT changes it while chatting)"
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=256, metavar="N", help="longest answer in tokens (default: %(default)s)"
+    )
     allow_pickle_arg(p)
     p.set_defaults(func=_cmd_chat)
 
     p = sub.add_parser("merge", help="merge the adapter into full safetensors weights")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", metavar="RUN_DIR", help=RUN_DIR_HELP)
     p.add_argument("--output", required=True, help="folder to write (must not exist or be empty)")
     allow_pickle_arg(p)
     p.set_defaults(func=_cmd_merge)
@@ -151,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_runs_commands(sub)  # runs, runs compare: read the runs index and run folders only
     add_search_commands(sub)  # search, autotrain: many pipeline.train runs on an Optuna study
     return parser
+
+
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tunesmith")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

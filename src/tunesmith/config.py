@@ -3,13 +3,17 @@
 YAML -> `load_config` -> RunConfig. Every field has a default and a one-line description that explains
 the trade-off; `tunesmith init` and the README's config reference are generated from those descriptions
 (litgpt's `args.py`, torchtune's YAML comments). What the user types is checked strictly: an unknown key
-is an error naming the closest valid key. What a run saved is read leniently (`load_saved_config`):
-keys this version no longer knows are dropped with a warning, so old runs stay usable.
+is an error naming the closest valid key, and every error names the YAML line or the `--set` argument
+of the value, the values the key takes and an example (config_errors.py). What a run saved is read
+leniently (`load_saved_config`): keys this version no longer knows are dropped with a warning, so old
+runs stay usable. Relative data paths are read from the config file's folder, never the working
+directory, unless they were given with `--set`.
 """
 
 from __future__ import annotations
 
-import difflib
+import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -18,6 +22,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from tunesmith.config_errors import Origins, relocate, yaml_value
+from tunesmith.config_errors import explain_error as explain_run_config_error
 from tunesmith.errors import TunesmithError
 from tunesmith.methods import DEFAULT_METHOD, METHODS, default_settings, get_method, methods_for
 from tunesmith.methods.base import MethodSettings
@@ -30,8 +36,14 @@ class ModelConfig(Section):
         "smollm2-135m-instruct",
         description="base model: a packaged starter name, a hub id (org/name), a local directory or a .gguf file",
     )
-    revision: str | None = Field(None, description="hub branch, tag or commit to pin; None takes the default branch")
-    gguf_file: str | None = Field(None, description="GGUF file inside `name` when it is a directory holding one")
+    revision: str | None = Field(
+        None, description="hub branch, tag or commit to pin; None takes the default branch", examples=["main"]
+    )
+    gguf_file: str | None = Field(
+        None,
+        description="GGUF file inside `name` when it is a directory holding one",
+        examples=["model.Q4_K_M.gguf"],
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
         description="dtype of the frozen base weights; auto keeps float32 on CPU and bf16 on GPUs that support it",
@@ -52,11 +64,19 @@ class ModelConfig(Section):
 
 class DataConfig(Section):
     train: str | None = Field(
-        None, description="training data: .jsonl/.json/.csv/.parquet, a saved datasets dir or a hub dataset"
+        None,
+        description="training data: .jsonl/.json/.csv/.parquet, a saved datasets dir or a hub dataset (org/name); a relative path is read from this config file's folder (from the working directory when given with --set)",
+        examples=["data/train.jsonl"],
     )
-    validation: str | None = Field(None, description="validation file; None carves it out of `train` with `split`")
+    validation: str | None = Field(
+        None,
+        description="validation file (a relative path as for `train`); None carves it out of `train` with `split`",
+        examples=["data/validation.jsonl"],
+    )
     test: str | None = Field(
-        None, description="test file for the final base-vs-tuned evaluation; None carves it out of `train`"
+        None,
+        description="test file for the final base-vs-tuned evaluation (a relative path as for `train`); None carves it out of `train`",
+        examples=["data/test.jsonl"],
     )
     format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"] = Field(
         "auto", description="record format; auto detects it from the columns of the first record"
@@ -64,8 +84,11 @@ class DataConfig(Section):
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="map format columns to yours, e.g. {prompt: question, completion: answer}",
+        examples=[{"prompt": "question", "completion": "answer"}],
     )
-    system_prompt: str | None = Field(None, description="system turn added to records that have none")
+    system_prompt: str | None = Field(
+        None, description="system turn added to records that have none", examples=["You are a helpful assistant."]
+    )
     split: tuple[float, float, float] = Field(
         (0.8, 0.1, 0.1), description="train/validation/test ratios used when only `train` is given"
     )
@@ -83,12 +106,13 @@ class DataConfig(Section):
     chat_template: str | None = Field(
         None,
         description="Jinja chat template overriding the tokenizer's; None uses the tokenizer's or a ChatML fallback",
+        examples=["{% for m in messages %}{{ m['content'] }}{% endfor %}"],
     )
     multi_label: bool = Field(
         False, description="classification: several labels per record (sigmoid per label); list labels imply it"
     )
     label_separator: str | None = Field(
-        None, description="classification: split string labels on this, e.g. ',' for 'a,b'"
+        None, description="classification: split string labels on this, e.g. ',' for 'a,b'", examples=[","]
     )
     label_all_subwords: bool = Field(
         False,
@@ -112,19 +136,23 @@ class DataConfig(Section):
     image_size: int | None = Field(
         None,
         ge=8,
+        examples=[224],
         description="image tasks: side in pixels images are resized to (text-to-image: and center-cropped); None takes the model's own (classification: its processor's; SD1.5 512, SDXL 1024); lower trains faster",
     )
     instance_prompt: str | None = Field(
         None,
         description="text-to-image: DreamBooth prompt given to every training image, e.g. 'a photo of sks dog'; None reads each image's caption",
+        examples=["a photo of sks dog"],
     )
     class_prompt: str | None = Field(
         None,
         description="text-to-image: prior preservation prompt, e.g. 'a photo of a dog'; keeps the class from collapsing onto the instance, costs a second image per step",
+        examples=["a photo of a dog"],
     )
     class_data_dir: str | None = Field(
         None,
-        description="text-to-image: folder of class images for prior preservation; missing ones are generated once with the base model",
+        description="text-to-image: folder of class images for prior preservation; missing ones are generated once with the base model (a relative path as for `train`)",
+        examples=["class_images"],
     )
     num_class_images: int = Field(
         100,
@@ -146,6 +174,18 @@ class DataConfig(Section):
         description="summarization: summary tokens with the end token; a longer summary is an error naming its record, never silently cut",
     )
 
+    @field_validator("split")
+    @classmethod
+    def _split_sums_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        # A field validator, not a RunConfig one: pydantic then files the error under data.split, whose line
+        # the message can name.
+        if abs(sum(value) - 1.0) > 1e-6 or min(value) < 0:
+            raise ValueError(
+                f"give three ratios (train, validation, test) of at least 0 that sum to 1; "
+                f"{list(value)} sums to {sum(value):g}"
+            )
+        return value
+
 
 # `method:` is the union of every registered method's own section, told apart by `name` (methods/__init__.py):
 # each method documents and accepts only its own fields. mypy sees the common base.
@@ -166,7 +206,7 @@ def _default_method() -> MethodConfig:
 
 class TrainConfig(Section):
     epochs: float = Field(1.0, gt=0, description="passes over the training split (fractions allowed)")
-    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs when set")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs when set", examples=[500])
     batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         8,
         description="examples (rows of up to data.max_length tokens with data.packing) per micro-batch per process (memory grows with it); auto takes the largest that fits",
@@ -224,7 +264,10 @@ class TrainConfig(Section):
         2, ge=1, description="most recent checkpoints kept on disk (the best one is kept apart)"
     )
     early_stopping_patience: int | None = Field(
-        None, ge=1, description="stop after this many validation passes without improvement; None never stops early"
+        None,
+        ge=1,
+        description="stop after this many validation passes without improvement; None never stops early",
+        examples=[3],
     )
     early_stopping_min_delta: float = Field(
         0.0, ge=0, description="smallest validation loss drop that counts as improvement"
@@ -288,7 +331,8 @@ class EvalConfig(Section):
 
 class OutputConfig(Section):
     dir: str = Field(
-        "runs", description="root folder; each run gets runs/<timestamp>-<name>/ and never overwrites another"
+        "runs",
+        description="root folder, relative to the working directory (not to the config file); each run gets runs/<timestamp>-<name>/ and never overwrites another",
     )
     save_merged: bool = Field(False, description="also write the adapter merged into full weights (model_merged/)")
 
@@ -296,6 +340,7 @@ class OutputConfig(Section):
 class TrackConfig(Section):
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=list,
+        examples=[["tensorboard"]],
         description="trackers that also get the metrics and the config (metrics.jsonl and the runs index always do); each costs a little time per log step and needs `pip install 'tunesmith[track]'`",
     )
     experiment: str = Field(
@@ -303,19 +348,24 @@ class TrackConfig(Section):
         description="MLflow experiment / W&B project the run is filed under; one per study or use case keeps its runs side by side",
     )
     run_name: str | None = Field(
-        None, description="the run's name in the trackers; None takes the run directory's name, which is unique"
+        None,
+        description="the run's name in the trackers; None takes the run directory's name, which is unique",
+        examples=["baseline"],
     )
     mlflow_tracking_uri: str | None = Field(
         None,
         description="MLflow store: sqlite:///path.db (no server), or http(s)://host for a shared server ($VARs expanded: keep passwords in the environment, since saved copies mask them); None takes MLFLOW_TRACKING_URI, else sqlite:///<output.dir>/mlflow.db",
+        examples=["sqlite:///mlflow.db"],
     )
     wandb_entity: str | None = Field(
         None,
         description="W&B team or user the run goes to; None takes your default. WANDB_MODE=offline logs to disk with no account",
+        examples=["my-team"],
     )
     tags: dict[str, str] = Field(
         default_factory=dict,
         description="labels put on the run in MLflow and W&B, e.g. {dataset: tickets-v2}; secrets in them are masked",
+        examples=[{"dataset": "tickets-v2"}],
     )
     index: bool = Field(
         True,
@@ -337,6 +387,7 @@ class SearchParam(Section):
     type: Literal["float", "log-float", "int", "categorical"] = Field(
         ...,
         description="distribution: float (uniform), log-float (uniform in log space: rates, decays), int, categorical (choices)",
+        examples=["log-float"],
     )
     low: float | None = Field(None, description="float, log-float, int: smallest value (inclusive)")
     high: float | None = Field(None, description="float, log-float, int: largest value (inclusive)")
@@ -363,6 +414,7 @@ class SearchConfig(Section):
     space: dict[str, SearchParam] = Field(
         default_factory=dict,
         description="parameters to search by dotted config path, e.g. train.learning_rate: {type: log-float, low: 1e-5, high: 1e-3}; empty searches the method's own default space (docs/search.md)",
+        examples=[{"train.learning_rate": {"type": "log-float", "low": 1e-5, "high": 1e-3}}],
     )
     objectives: dict[str, Direction] = Field(
         default_factory=_default_objectives,
@@ -381,6 +433,7 @@ class SearchConfig(Section):
         None,
         gt=0,
         description="seconds after which no new trial starts (running ones finish); None: only n_trials limits",
+        examples=[3600],
     )
     pruner: Literal["median", "hyperband", "none"] = Field(
         "median",
@@ -392,14 +445,17 @@ class SearchConfig(Section):
     storage: str | None = Field(
         None,
         description="Optuna storage: None keeps a SQLite file in the study directory; a SQLAlchemy URL (postgresql+psycopg://user:${PGPASSWORD}@host/db, $VARs expanded) lets workers on many machines share the study; a literal password is masked in the saved study, so keep it in the environment",
+        examples=["sqlite:///study.db"],
     )
     study_name: str | None = Field(
         None,
         description="study name in the storage; None takes the run name. A worker whose storage already holds the name joins that study",
+        examples=["lr-sweep"],
     )
     study_dir: str | None = Field(
         None,
         description="folder of the study (trial run directories, report, best.yaml); None creates <output.dir>/<timestamp>-search-<name>",
+        examples=["studies/lr-sweep"],
     )
     workers: int = Field(
         1,
@@ -487,12 +543,6 @@ class RunConfig(Section):
                 )
         return self
 
-    @model_validator(mode="after")
-    def _split_sums_to_one(self) -> RunConfig:
-        if abs(sum(self.data.split) - 1.0) > 1e-6 or min(self.data.split) < 0:
-            raise ValueError(f"data.split must be three non-negative ratios summing to 1, got {list(self.data.split)}")
-        return self
-
 
 def uses_gradient_checkpointing(config: RunConfig) -> bool:
     """train.gradient_checkpointing with auto resolved: on where the method declares it (a method chosen to
@@ -517,42 +567,12 @@ def section_class(name: str, value: Any = None) -> type[BaseModel] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
-def _strip_method_tag(loc: tuple[str, ...]) -> tuple[str, ...]:
-    """pydantic puts the union's tag in error locations (method.lora.rr): the user wrote method.rr."""
-    if len(loc) >= 2 and loc[0] == "method" and loc[1] in METHODS:
-        return (loc[0],) + loc[2:]
-    return loc
-
-
-def explain_error(error: ValidationError, source: str, raw: dict[str, Any] | None = None) -> TunesmithError:
-    """Turn pydantic's errors into one message: the field, what is wrong, the closest valid key."""
-    lines, fixes = [], []
-    for item in error.errors():
-        loc = _strip_method_tag(tuple(str(p) for p in item["loc"]))
-        dotted = ".".join(loc) or "(top level)"
-        if item["type"] == "extra_forbidden":
-            cls = RunConfig if len(loc) == 1 else section_class(loc[0], (raw or {}).get(loc[0]))
-            valid = list(cls.model_fields) if cls is not None and len(loc) <= 2 else []
-            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
-            lines.append(f"unknown key {dotted!r}")
-            owners = (
-                [name for name, m in METHODS.items() if loc[-1] in m.Config.model_fields] if loc[0] == "method" else []
-            )
-            if owners:
-                fixes.append(
-                    f"method.{loc[-1]} belongs to method {' or '.join(owners)}; remove it or change method.name"
-                )
-            elif close:
-                fixes.append(f"did you mean {'.'.join(loc[:-1] + (close[0],))!r}?")
-            else:
-                fixes.append(f"valid keys here: {', '.join(valid)}")
-        else:
-            got = item.get("input")
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"{dotted}: {item['msg']}{shown}")
-    return TunesmithError(
-        "; ".join(lines), where=source, fix=" ".join(fixes) or "see `tunesmith init` for a commented config"
-    )
+def explain_error(
+    error: ValidationError, source: str, raw: dict[str, Any] | None = None, origins: Origins | None = None
+) -> TunesmithError:
+    """Turn pydantic's errors about a RunConfig into one message: per field, its YAML line or --set argument
+    (`origins`; else `source`), what is wrong, the values it takes in words and an example (config_errors)."""
+    return explain_run_config_error(error, RunConfig, source, raw, origins)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -562,11 +582,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
             f"--set {text!r} has no '='", fix="write --set section.key=value, e.g. --set train.epochs=2"
         )
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise TunesmithError(
+            f"the value is not valid YAML: {getattr(exc, 'problem', exc)}",
+            where=f"--set {text}",
+            fix="quote the whole argument for the shell, e.g. --set 'data.split=[0.8, 0.1, 0.1]'",
+        ) from None
     return key.strip().split("."), value
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(raw: dict[str, Any], overrides: list[str], origins: Origins | None = None) -> dict[str, Any]:
+    """Set each `--set key=value` in `raw`; `origins` records the argument as the place of the key."""
     switched = False
     for text in overrides:
         path, value = parse_override(text)
@@ -577,6 +605,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 raise TunesmithError(f"--set {text!r}: {part!r} is not a section")
             node = child
         node[path[-1]] = value
+        if origins is not None:
+            origins.add_override(path, text)
         switched = switched or path == ["method", "name"]
     if switched and isinstance(raw.get("method"), dict):
         raw["method"] = switch_method(raw["method"], note=True)
@@ -597,22 +627,87 @@ def switch_method(method: dict[str, Any], *, note: bool = False) -> dict[str, An
     return {k: v for k, v in method.items() if k not in dropped}
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+# The files data/readers.py reads (its SUPPORTED_EXTENSIONS; data sits above config, so it is not imported
+# from there). Given where the run config goes, such a file is data: `tunesmith validate tickets.jsonl`
+# is a newcomer's natural first try (issue 15).
+DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], Origins]:
+    """The mapping a YAML run config holds, and the line of each of its keys (for error messages)."""
+    if path.is_dir():
+        raise TunesmithError(
+            "this is a folder, not a run config",
+            where=str(path),
+            fix=f"give the run config's YAML file; a folder of data goes in one as data.train: {path} "
+            "(`tunesmith init --task chat > run.yaml` writes a config)",
+        )
     if not path.is_file():
         raise TunesmithError(
             f"config file not found: {path}", fix="create one with `tunesmith init --task chat > run.yaml`"
         )
+    if path.suffix.lower() in DATA_SUFFIXES and path.suffix.lower() != ".json":  # JSON may hold a config
+        raise _data_file_error(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise TunesmithError(
+            "not a text file, so not a YAML run config", where=str(path), fix="see `tunesmith init --task chat`"
+        ) from None
+    # safe_load's own steps, keeping the node tree: its marks give the line of every key.
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        raw = (loader.construct_document(node) if node is not None else None) or {}
     except yaml.YAMLError as exc:
+        if _holds_json_lines(text):
+            raise _data_file_error(path) from None
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise TunesmithError(
             f"invalid YAML: {getattr(exc, 'problem', exc)}", where=where, fix="check indentation and quoting"
         ) from None
+    finally:
+        loader.dispose()
+    if _holds_records(path, raw):
+        raise _data_file_error(path)
     if not isinstance(raw, dict):
-        raise TunesmithError("the config must be a mapping of sections", where=str(path), fix="see `tunesmith init`")
-    return raw
+        raise TunesmithError(
+            f"the config must be a mapping of sections (model:, data:, train:, ...), not {type(raw).__name__}",
+            where=str(path),
+            fix="see `tunesmith init --task chat`",
+        )
+    origins = Origins(str(path))
+    origins.add_yaml(node)
+    return raw, origins
+
+
+def _holds_json_lines(text: str) -> bool:
+    """JSON lines (one object per line) are invalid YAML from their second line on."""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    try:
+        return first.startswith("{") and isinstance(json.loads(first), dict)
+    except ValueError:
+        return False
+
+
+def _holds_records(path: Path, raw: Any) -> bool:
+    """A JSON array of records, or a .json file whose keys are no config sections (one record)."""
+    if isinstance(raw, list):
+        return bool(raw) and all(isinstance(item, dict) for item in raw)
+    return path.suffix.lower() == ".json" and isinstance(raw, dict) and not set(raw) & set(RunConfig.model_fields)
+
+
+def _data_file_error(path: Path) -> TunesmithError:
+    return TunesmithError(
+        "this is a data file, not a run config",
+        where=str(path),
+        fix=(
+            "a run config names it as its training data: `tunesmith init --task chat > run.yaml` (or the task "
+            f"the data is for), set data.train: {path} in run.yaml (paths there are relative to its folder), "
+            "then `tunesmith validate run.yaml`"
+        ),
+    )
 
 
 # YAML 1.1 (PyYAML) reads `1e-4` and `5e-5` as strings: it wants a dot and a signed exponent.
@@ -628,32 +723,70 @@ def _coerce_floats(raw: Any) -> Any:
     return raw
 
 
+def _validate(raw: dict[str, Any], origins: Origins) -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise explain_error(exc, origins.source, raw, origins) from None
+    except TunesmithError as exc:  # a RunConfig validator's, naming its field: name the line instead
+        raise relocate(exc, RunConfig, origins) from None
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None, base_dir: str | Path | None = None
 ) -> RunConfig:
     """Read a YAML run config (or defaults when `path` is None), apply `--set` overrides, validate strictly.
 
-    Relative data paths are resolved against the YAML file's folder when they exist there, so a config
-    can be run from any working directory.
+    Relative data paths are made absolute, so every later message names the file that is read: those the
+    YAML file holds against its folder (or `base_dir`), never the working directory, so a config reads the
+    same data wherever it is run from; those given with --set (or with no file) against the working
+    directory, where they were typed.
     """
-    raw = _read_yaml(Path(path)) if path else {}
-    raw = _coerce_floats(apply_overrides(raw, overrides or []))
-    try:
-        config = RunConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise explain_error(exc, str(path or "--set"), raw) from None
-    folder = Path(base_dir) if base_dir else (Path(path).resolve().parent if path else None)
-    if folder is not None:
-        for key in ("train", "validation", "test"):
-            value = getattr(config.data, key)
-            if value and not Path(value).is_absolute() and not Path(value).exists() and (folder / value).exists():
-                setattr(config.data, key, str(folder / value))
+    raw, origins = _read_yaml(Path(path)) if path else ({}, Origins("--set"))
+    raw = _coerce_floats(apply_overrides(raw, overrides or [], origins))
+    config = _validate(raw, origins)
+    folder = Path(base_dir).resolve() if base_dir else (Path(path).resolve().parent if path else Path.cwd())
+    _resolve_data_paths(config.data, origins, folder)
     return config
+
+
+# Data fields that name files or folders (the other data fields are prompts, separators, flags).
+DATA_PATH_FIELDS = ("train", "validation", "test", "class_data_dir")
+# `owner/name`, as the hub spells dataset ids (data/readers.py reads a train/validation/test so when no such
+# local path exists).
+_HUB_DATASET = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _resolve_data_paths(data: DataConfig, origins: Origins, folder: Path) -> None:
+    for key in DATA_PATH_FIELDS:
+        value = getattr(data, key)
+        if value:
+            base = Path.cwd() if origins.place(("data", key)).override else folder
+            setattr(data, key, _absolute(value, base, may_be_hub_id=key != "class_data_dir"))
+
+
+def _absolute(value: str, base: Path, *, may_be_hub_id: bool) -> str:
+    """`value` against `base`, whether it exists or not (a missing file's message then says where it was
+    looked for); a hub dataset id stays as written."""
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # `~someone/...` for a user this machine does not have: a plain relative path
+        path = Path(value)
+    if path.is_absolute():
+        return str(path)
+    resolved = Path(os.path.normpath(base / path))
+    hub_id = (
+        may_be_hub_id
+        and _HUB_DATASET.match(value) is not None
+        and path.suffix.lower() not in DATA_SUFFIXES
+        and not (base / path.parts[0]).is_dir()  # `data/trian` beside a data/ folder is a mistyped path
+    )
+    return value if hub_id and not resolved.exists() else str(resolved)
 
 
 def load_saved_config(path: str | Path) -> RunConfig:
     """Read a run's saved config.yaml leniently: keys unknown to this version are dropped with a warning."""
-    raw = _read_yaml(Path(path))
+    raw, origins = _read_yaml(Path(path))
 
     def prune(data: dict[str, Any], cls: type[BaseModel], prefix: str) -> dict[str, Any]:
         kept: dict[str, Any] = {}
@@ -679,10 +812,7 @@ def load_saved_config(path: str | Path) -> RunConfig:
         chosen = section_class("method", method)
         if chosen is not None:
             raw["method"] = {k: v for k, v in method.items() if k in chosen.model_fields or k not in _ANY_METHOD_FIELD}
-    try:
-        return RunConfig.model_validate(prune(raw, RunConfig, ""))
-    except ValidationError as exc:
-        raise explain_error(exc, str(path), raw) from None
+    return _validate(prune(raw, RunConfig, ""), origins)
 
 
 # Every field some method has: a saved config's field of another method is dropped without a warning.
@@ -701,12 +831,6 @@ def dump_config(config: RunConfig) -> str:
 # Templates and reference docs come from the field descriptions, so they cannot drift from the code.
 
 
-def _yaml_value(value: Any) -> str:
-    text: str = yaml.safe_dump(value, default_flow_style=True, width=1000)
-    text = text.strip()
-    return text.removesuffix("\n...").removesuffix("...").strip()
-
-
 def render_template(config: RunConfig | None = None) -> str:
     """A commented YAML config: every field with its value and its description."""
     config = config or RunConfig()
@@ -722,10 +846,10 @@ def render_template(config: RunConfig | None = None) -> str:
             foreign = _other_tasks_data_fields(config.task) if name == "data" else set()
             for sub, sub_field in type(value).model_fields.items():
                 if sub not in foreign:  # another task's data option: not this config's to set
-                    out.append(f"  {sub}: {_yaml_value(getattr(value, sub))}  # {sub_field.description}")
+                    out.append(f"  {sub}: {yaml_value(getattr(value, sub))}  # {sub_field.description}")
             out.append("")
         else:
-            out.append(f"{name}: {_yaml_value(value)}  # {field.description}")
+            out.append(f"{name}: {yaml_value(value)}  # {field.description}")
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -743,9 +867,9 @@ def render_reference() -> str:
             rows.extend(_method_rows())
         elif isinstance(default, BaseModel):
             for sub, sub_field in type(default).model_fields.items():
-                rows.append(f"| `{name}.{sub}` | `{_yaml_value(getattr(default, sub))}` | {sub_field.description} |")
+                rows.append(f"| `{name}.{sub}` | `{yaml_value(getattr(default, sub))}` | {sub_field.description} |")
         else:
-            rows.append(f"| `{name}` | `{_yaml_value(default)}` | {field.description} |")
+            rows.append(f"| `{name}` | `{yaml_value(default)}` | {field.description} |")
     return "\n".join(rows) + "\n"
 
 
@@ -758,7 +882,7 @@ def _method_rows() -> list[str]:
         defaults = module.Config.model_validate({})
         for field_name, info in module.Config.model_fields.items():
             if field_name != "name":
-                key = (field_name, _yaml_value(getattr(defaults, field_name)), str(info.description))
+                key = (field_name, yaml_value(getattr(defaults, field_name)), str(info.description))
                 seen.setdefault(key, []).append(method_name)
     rows = [
         f"| `method.name` | `{DEFAULT_METHOD}` | " + "; ".join(f"{n}: {m.summary}" for n, m in METHODS.items()) + " |"

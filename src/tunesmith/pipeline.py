@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,12 @@ from typing import Any, NamedTuple, cast
 
 from tunesmith.config import DataConfig, RunConfig, dump_config, load_saved_config
 from tunesmith.data.prepare import DataSplits, load_examples, prepare_splits, save_examples
+from tunesmith.data.prompts import read_prompt_records
+from tunesmith.data.report import split_sources
 from tunesmith.errors import TunesmithError
 from tunesmith.methods import count_parameters, get_method
 from tunesmith.models import build
+from tunesmith.models.limits import check_run_lengths
 from tunesmith.models.resolve import ResolvedModel, resolve_model
 from tunesmith.runs.rundir import RunDir, atomic_directory, atomic_write_text
 from tunesmith.runs.tracking import RunTracking
@@ -191,8 +195,8 @@ def _train(config, resume, force, on_evaluation, tracking: RunTracking) -> RunRe
     if run is None:  # a new run (a resumed one was opened with its config)
         run = _create_run(prepared, main)
     tracking.start(run, config, main=main, resumed=resume is not None)
-    if main:
-        print(f"data ({prepared.splits.format}): " + ", ".join(f"{n} {len(x)}" for n, x in prepared.splits.items()))
+    if main:  # which file each split came from, with its absolute path: never a guess
+        print(f"data ({prepared.splits.format}):\n{split_sources(prepared.splits)}")
 
     # 3. Model and method; base scores (once per run: a resumed run keeps the ones it has).
     started = time.time()
@@ -263,6 +267,7 @@ def _prepare_data(config: RunConfig) -> _Prepared:
     if check is not None:  # settings the method cannot train with, refused before anything loads
         check(config)
     resolved, tokenizer = load_tokenizer_for(config)
+    check_run_lengths(config, resolved, tokenizer)  # before reading data: a length the model cannot hold
     splits = read_splits(config)
     meta = task.setup(splits, config)
     # Each split is tokenised once; the test split is scored from its records (generation, the task's
@@ -526,6 +531,8 @@ def print_comparison(summary: dict) -> None:
         table.add_row(
             "validation loss (best)", "-", *(["-"] if reference else []), f"{summary['best_eval_loss']:.4f}", "-"
         )
+    if reference.get("name"):  # which baseline, with the settings it chose on validation
+        table.caption = f"baseline: {reference['name']}"
     Console().print(table)
 
 
@@ -558,7 +565,9 @@ def load_tuned(run_dir: str | Path, *, for_merge: bool = False, allow_pickle: bo
 def evaluate_run(
     run_dir: str | Path, *, test_file: str | None = None, max_samples: int | None = None, allow_pickle: bool = False
 ) -> dict:
-    """Base vs tuned on the run's saved test split (or another file), written to eval.json and printed."""
+    """Base vs tuned on the run's saved test split (or another file), printed and written to a new
+    eval-N.json in the run (N = 1, 2, ...: earlier evaluations are kept), with the test file and the
+    settings it was scored with; eval.json is a copy of the latest."""
     run = RunDir.open(run_dir)
     model, tokenizer, config, meta = load_tuned(run.path, allow_pickle=allow_pickle)
     task = get_task(config.task)
@@ -574,7 +583,12 @@ def evaluate_run(
         else load_examples(source, DataConfig(allow_outside_paths=True), task.normalise)
     )
     accelerator = _accelerator(config.train.precision)
+    started = time.time()
+    limit = config.eval.max_samples
+    scored = len(test) if limit is None else min(len(test), limit)
+    _say(f"scoring the tuned model on {scored} test examples")
     tuned, _ = _score_test(model, tokenizer, test, config, accelerator, meta)
+    _say(f"scoring the base model on {scored} test examples")
     if get_method(config.method.name).saves_adapter:
         with model.disable_adapter():
             base, _ = _score_test(model, tokenizer, test, config, accelerator, meta)
@@ -582,10 +596,58 @@ def evaluate_run(
         resolved = resolve_model(config.model.name, config.model.gguf_file)
         base_model = load_base_model(config, resolved, meta, pad_id=_pad_id(tokenizer)).eval()
         base, _ = _score_test(base_model, tokenizer, test, config, accelerator, meta)
-    result = {"test_file": source, "base": base, "tuned": tuned}
-    run.write_json("eval.json", result)
+    result = {
+        "test_file": source,
+        "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": round(time.time() - started, 2),
+        "settings": _eval_settings(config),
+        "base": base,
+        "tuned": tuned,
+    }
+    path = _write_evaluation(run, result)
     print_comparison(result)
+    print(f"wrote {path} (eval.json: the latest evaluation)")
     return result
+
+
+def _say(line: str) -> None:
+    """A progress line: stderr, so stdout holds only results."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def _eval_settings(config: RunConfig) -> dict:
+    """What an evaluation's scores depend on besides the weights and the test file."""
+    return {
+        "max_samples": config.eval.max_samples,
+        "max_new_tokens": config.eval.max_new_tokens,
+        "batch_size": config.eval.batch_size,
+        "precision": config.train.precision,
+    }
+
+
+def _write_evaluation(run: RunDir, result: dict) -> Path:
+    """eval-N.json with the next free N, claimed with an exclusive create so two evaluations at once
+    never share a number; eval.json is rewritten as a copy of it."""
+    number = 1 + max((_eval_number(p) for p in run.path.glob("eval-*.json")), default=0)
+    while True:
+        path = run.path / f"eval-{number}.json"
+        try:
+            path.open("x").close()
+            break
+        except FileExistsError:
+            number += 1
+    try:
+        run.write_json(path.name, result)
+    except BaseException:
+        path.unlink(missing_ok=True)  # no empty eval-N.json left behind
+        raise
+    run.write_json("eval.json", result)
+    return path
+
+
+def _eval_number(path: Path) -> int:
+    suffix = path.stem.removeprefix("eval-")
+    return int(suffix) if suffix.isdigit() else 0
 
 
 def score_split(run_dir: str | Path, split: str = "validation") -> dict:
@@ -601,6 +663,21 @@ def score_split(run_dir: str | Path, split: str = "validation") -> dict:
     return metrics
 
 
+def read_predict_input(run_dir: str | Path, input_path: str) -> list:
+    """The records of `input_path` as the run's task reads them for `predict`, checked without loading
+    the model, so a bad line fails in a second, naming its file and line. Prompts need no answers (a
+    chat conversation may end in a user turn, a text to classify needs no label); which inputs each task
+    takes is in docs/commands.md."""
+    config = load_saved_config(RunDir.open(run_dir).config_path)
+    task = get_task(config.task)
+    # Every input record gets an output line, so a bad one stops predict rather than being skipped
+    # under the run's data.on_bad_record: skip (the output would no longer line up with the input).
+    data_cfg = config.data.model_copy(update={"on_bad_record": "error"})
+    reader = getattr(task, "read", None) or read_prompt_records  # read_prompt_records also reads .txt prompts
+    examples, _ = load_examples(input_path, data_cfg, getattr(task, "normalise_prompts", task.normalise), None, reader)
+    return examples
+
+
 def predict(
     run_dir: str | Path,
     input_path: str,
@@ -609,17 +686,18 @@ def predict(
     max_new_tokens: int | None = None,
     allow_pickle: bool = False,
 ) -> int:
-    """Run the tuned model on every record of `input_path` (any format the task reads) and write one
-    JSON line per record: chat answers as messages, classifications as labels with scores. Tasks whose
-    outputs are files (text-to-image) write them into the folder `output_path` with an index.jsonl."""
+    """Run the tuned model on every record of `input_path` (read_predict_input: checked before the model
+    loads) and write one JSON line per record: chat answers as messages, classifications as labels with
+    scores. Tasks whose outputs are files (text-to-image) write them into the folder `output_path` with
+    an index.jsonl."""
     output = Path(output_path)
     if output.exists():
         raise TunesmithError(
             f"{output} already exists", fix="choose a new --output path; tunesmith never overwrites results"
         )
+    examples = read_predict_input(run_dir, input_path)
     model, tokenizer, config, meta = load_tuned(run_dir, allow_pickle=allow_pickle)
     task = get_task(config.task)
-    examples, _ = load_examples(input_path, config.data, task.normalise, None, getattr(task, "read", None))
     accelerator = _accelerator(config.train.precision)
     kwargs = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     if hasattr(task, "predict_to"):
@@ -655,6 +733,7 @@ def validate(config: RunConfig) -> str:
     from tunesmith.data.report import data_report
 
     resolved, tokenizer = load_tokenizer_for(config)
+    check_run_lengths(config, resolved, tokenizer)  # before reading data: a length the model cannot hold
     splits = read_splits(config)
     meta = get_task(config.task).setup(splits, config)
     encoded = encode_splits(config, splits, tokenizer, meta)

@@ -11,9 +11,21 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import TunesmithError
+
+# Example data shipped inside the package (pyproject.toml package-data; links to examples/data/ in the
+# repository): `tunesmith init` writes its absolute path, so a newcomer's `tunesmith init > run.yaml &&
+# tunesmith validate run.yaml` works from any folder, not only from a checkout of this repository.
+EXAMPLE_DATA = Path(__file__).resolve().parent / "example_data"
+
+
+def example_data(name: str) -> str:
+    """The absolute path of a packaged example data file or folder."""
+    return str(EXAMPLE_DATA / name)
+
 
 _CLASSIFICATION = ("accuracy",) + tuple(
     f"{m}_{a}" for m in ("precision", "recall", "f1") for a in ("macro", "micro", "weighted")
@@ -30,7 +42,7 @@ class TaskCard:
     images: bool = False  # inputs are images: no sequence length, the planner counts images, not tokens
     default_seq_len: int = 512  # `recommend`'s data.max_length when no data is given
     lora_rank: int = 8  # `recommend`'s LoRA rank: generation needs more capacity than classification
-    # `tunesmith init --task`: a packaged model and example data
+    # `tunesmith init --task`: a packaged model and the packaged example data (EXAMPLE_DATA)
     init_settings: dict[str, Any] = field(default_factory=dict)
     # Column sets (after data.columns' defaults) that identify the task's records for `autotrain`; the most
     # specific set that a record has wins (search/autotrain.py detect_task).
@@ -72,7 +84,7 @@ register(
         detect_columns=(("messages",), ("conversations",), ("instruction", "output"), ("prompt", "completion")),
         autotrain_max_length=1024,
         data_fields=("train_on",),
-        init_settings={"model.name": "smollm2-135m-instruct", "data.train": "examples/data/support_tickets.jsonl"},
+        init_settings={"model.name": "smollm2-135m-instruct", "data.train": example_data("support_tickets.jsonl")},
     )
 )
 register(
@@ -87,7 +99,7 @@ register(
         detect_columns=(("text",),),
         init_settings={
             "model.name": "smollm2-135m-instruct",
-            "data.train": "examples/data/licence_paragraphs.jsonl",
+            "data.train": example_data("licence_paragraphs.jsonl"),
             "data.max_length": 256,
         },
     )
@@ -104,7 +116,7 @@ register(
         data_fields=("multi_label", "label_separator"),
         init_settings={
             "model.name": "all-minilm-l6-v2",
-            "data.train": "examples/data/debian_sections.csv",
+            "data.train": example_data("debian_sections.csv"),
             "method.name": "full",
             "data.max_length": 128,
         },
@@ -123,7 +135,7 @@ register(
         data_fields=("label_all_subwords",),
         init_settings={
             "model.name": "all-minilm-l6-v2",
-            "data.train": "examples/data/copyright_entities.jsonl",
+            "data.train": example_data("copyright_entities.jsonl"),
             "method.name": "full",
             "data.max_length": 128,
             "train.learning_rate": 1.0e-4,
@@ -148,7 +160,7 @@ register(
         data_fields=("source_prefix", "max_target_length"),
         init_settings={
             "model.name": "bert2bert-minilm-l6",
-            "data.train": "examples/data/debian_summaries.jsonl",
+            "data.train": example_data("debian_summaries.jsonl"),
             "method.name": "full",
             "data.max_length": 256,
             "data.max_target_length": 32,
@@ -195,7 +207,7 @@ register(
         ),
         init_settings={
             "model.name": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-            "data.train": "examples/data/shapes",
+            "data.train": example_data("shapes"),
             "method.target_modules": "[to_q, to_k, to_v, to_out.0]",
             "method.dropout": 0.0,
             "train.batch_size": 4,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from tunesmith.data.bad_records import drop
 from tunesmith.data.formats import task_columns
@@ -29,6 +30,11 @@ class CaptionedImage:
     kind: str = "image folder"
     seed: int | None = None  # predict: the record's own seed
     train: bool = False  # set on the training split by setup (flips, prior preservation pairs)
+    # (refused below, warned below) for a validation/test split (data/split.py). A held-out image is scored
+    # by its denoising loss at fixed timesteps with fixed noise, a deterministic mean rather than a count
+    # of right answers, so even one image gives a comparable number; and DreamBooth sets of 5-20 images
+    # cannot spare the 5 + 5 a count-based score needs.
+    held_out_minimums: ClassVar[tuple[int, int]] = (1, 1)
 
     def content_key(self) -> tuple:
         return ("captioned_image", self.image, self.text)
@@ -69,7 +75,7 @@ def _example_of(record, image_names: list[str], text_names: list[str], data_cfg,
         found = ", ".join(map(str, record.fields)) or "none"
         raise TunesmithError(
             f"no image or text column (columns found: {found})",
-            where=record.where,
+            where=record.header or record.where,  # a table's columns are fixed in its header line
             fix="give records file_name (or image) and text columns, or map yours with "
             "data.columns: {image: <path column>, text: <caption column>}",
         )

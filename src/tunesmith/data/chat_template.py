@@ -119,20 +119,32 @@ def encode_chat(
 
     full_length = len(ids)
     truncated = full_length > max_length
+    # Where the first answer token is, counted before the cut, so the message can say by how much it missed.
+    first_answer = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), None)
     ids, labels = ids[:max_length], labels[:max_length]
     result = EncodedExample(ids, labels, example.where, truncated, full_length)
     if result.trained_tokens == 0:
-        first = next((i for i, label in enumerate(labels + [0]) if label != IGNORE_INDEX), full_length)
-        raise TunesmithError(
-            f"no answer token fits in data.max_length={max_length}: the prompt alone is "
-            f"{first if not truncated else 'longer than that'} tokens (the record is {full_length})",
-            where=example.where,
-            fix=f"raise data.max_length to at least {full_length}, or shorten this record",
-        )
+        raise _nothing_to_learn(example.where, first_answer, full_length, max_length)
     result.assistant_spans = _token_spans(labels)
     if char_spans is not None:
         _check_end_of_turn(result, tokenizer, stop_ids)
     return result
+
+
+def _nothing_to_learn(where: str, first_answer: int | None, full_length: int, max_length: int) -> TunesmithError:
+    """The error for a record none of whose tokens would carry loss."""
+    if first_answer is None:  # e.g. a template that renders the answer away
+        return TunesmithError(
+            f"this record ({full_length} tokens) has no answer token to learn from",
+            where=where,
+            fix="give the record an assistant answer, or set data.chat_template to a template that renders it",
+        )
+    return TunesmithError(
+        f"this record is {full_length} tokens and its answer starts at token {first_answer + 1}, past "
+        f"data.max_length={max_length} where records are cut, so nothing of it would be learned",
+        where=where,
+        fix=f"raise data.max_length to at least {full_length}, or shorten this record's prompt",
+    )
 
 
 def _token_spans(labels: list[int]) -> list[tuple[int, int]]:

@@ -14,7 +14,16 @@ from typing import Any
 from tunesmith.data.readers import RawRecord
 from tunesmith.errors import TunesmithError
 
-__all__ = ["FORMATS", "ROLES", "CANONICAL_COLUMNS", "Example", "detect_format", "normalise"]
+__all__ = [
+    "FORMATS",
+    "ROLES",
+    "CANONICAL_COLUMNS",
+    "Example",
+    "detect_format",
+    "normalise",
+    "suggest_column",
+    "missing_column_error",
+]
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 ROLES = ("system", "user", "assistant")
@@ -54,12 +63,18 @@ _SHAREGPT_ROLES = {
     "system": "system",
 }
 
-# Common column names, used only to make the "cannot detect" fix concrete.
+# Common column names, used only to make the fix of a missing or undetected column concrete. The task
+# roles (label, text_pair, ...) are here too: tasks name their columns with missing_column_error.
 _ALIASES: dict[str, tuple[str, ...]] = {
     "prompt": ("question", "query", "input", "instruction", "source", "context"),
     "completion": ("answer", "response", "output", "target", "reply", "label"),
     "messages": ("conversation", "dialog", "dialogue", "chat", "turns"),
-    "text": ("content", "body", "document", "sentence", "passage"),
+    "text": ("content", "body", "document", "sentence", "passage", "review", "message", "utterance", "comment"),
+    "label": ("category", "class", "labels", "tag", "tags", "intent", "sentiment", "topic", "section", "target"),
+    "text_pair": ("passage", "document", "context", "sentence2", "hypothesis"),
+    "output": ("answer", "response", "completion", "target"),
+    "instruction": ("question", "prompt", "query"),
+    "image": ("file_name", "filename", "file", "path", "image_path", "picture", "img"),
 }
 _DEFAULT_COLUMNS_EXAMPLE = "data.columns: {prompt: question, completion: answer}"
 
@@ -86,7 +101,7 @@ def detect_format(records: list[RawRecord], columns: dict[str, str] | None = Non
             raise TunesmithError(
                 f"data.columns maps {canon} to '{column}', but the data has no column '{column}'; "
                 f"columns found: {_list(found)}",
-                where=_source_of(first.where),
+                where=first.header or _source_of(first.where),
                 fix="set data.columns to column names that exist in the data",
             )
     # A format whose columns the user renamed explicitly wins over one matched by default names:
@@ -103,7 +118,7 @@ def detect_format(records: list[RawRecord], columns: dict[str, str] | None = Non
     raise TunesmithError(
         f"cannot tell the data format from the columns found ({_list(found)}). "
         f"The formats and the columns each needs are: {needs}",
-        where=_source_of(first.where),
+        where=first.header or _source_of(first.where),
         fix=f"set data.columns, e.g. {_suggest_columns(found) or _DEFAULT_COLUMNS_EXAMPLE}",
     )
 
@@ -135,18 +150,52 @@ def normalise(
     mapping = _check_columns(columns)
     convert = _CONVERTERS[fmt]
     examples = []
+    roles = _REQUIRED[fmt] + _OPTIONAL.get(fmt, ())
     for record in records:
         for canon in _REQUIRED[fmt]:
             column = mapping.get(canon, canon)
             if column not in record.fields:
-                raise TunesmithError(
-                    f"record has no '{column}' column (needed by the {fmt} format); "
-                    f"its columns are: {_list(record.fields)}",
-                    where=record.where,
-                    fix=f"give every record a '{column}' value, or remove this record",
-                )
+                taken = {mapping.get(other, other) for other in roles if other != canon}
+                raise missing_column_error(record, canon, column, needed_by=f"the {fmt} format", taken=taken)
         examples.append(convert(_Row(record, mapping), system_prompt))
     return examples
+
+
+def suggest_column(found, role: str, taken=(), *, only_familiar: bool = False) -> str | None:
+    """The user's column that most likely holds `role`: one with a familiar name for it (`category` for a
+    label), else (unless `only_familiar`) the only column that no other role reads. None when nothing
+    stands out."""
+    free = [str(name) for name in found if str(name) not in set(taken)]
+    lower = {name.lower(): name for name in free}
+    familiar = next((lower[alias] for alias in _ALIASES.get(role, ()) if alias in lower), None)
+    if familiar is not None or only_familiar:
+        return familiar
+    return free[0] if len(free) == 1 else None
+
+
+def missing_column_error(record: RawRecord, role: str, column: str, *, needed_by: str, taken=()) -> TunesmithError:
+    """`record` has no `column`, which holds `role` (the user's name for it, or the role's own).
+
+    A table file (CSV/TSV) is fixed in its header, so the error names the header line and maps the column
+    that most likely holds the role (`taken`: the columns the other roles read), e.g.
+    `data.columns: {label: category}`. A JSON record is named by its own line: its neighbours may have
+    the column, so a mapping is offered only for a familiar name and as the second choice.
+    """
+    found = list(record.fields)
+    message = f"no '{column}' column (needed by {needed_by}); its columns are: {_list(found)}"
+    if record.header is not None:
+        guess = suggest_column(found, role, taken)
+        fix = (
+            f"if {guess!r} holds the {role}, map it: data.columns: {{{role}: {guess}}}"
+            if guess is not None
+            else f"name the column that holds the {role}: data.columns: {{{role}: <one of {_list(found)}>}}"
+        )
+        return TunesmithError("the header has " + message, where=record.header, fix=fix)
+    guess = suggest_column(found, role, taken, only_familiar=True)
+    fix = f"give every record a '{column}' value, or remove this record"
+    if guess is not None:
+        fix += f"; if your records call it {guess!r}, map it: data.columns: {{{role}: {guess}}}"
+    return TunesmithError("record has " + message, where=record.where, fix=fix)
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -241,11 +290,13 @@ def _suggest_columns(found: list[str]) -> str | None:
     lower = {str(name).lower(): str(name) for name in found}
 
     def pick(canon: str) -> str | None:
-        return next((lower[a] for a in _ALIASES[canon] if a in lower), None)
+        # The role's own name first: `prompt` beside `response` needs only {completion: response}.
+        return next((lower[a] for a in (canon, *_ALIASES[canon]) if a in lower), None)
 
     prompt, completion = pick("prompt"), pick("completion")
     if prompt and completion and prompt != completion:
-        return f"data.columns: {{prompt: {prompt}, completion: {completion}}}"
+        renamed = {role: name for role, name in (("prompt", prompt), ("completion", completion)) if role != name}
+        return "data.columns: {" + ", ".join(f"{role}: {name}" for role, name in renamed.items()) + "}"
     if pick("messages"):
         return f"data.columns: {{messages: {pick('messages')}}}"
     if pick("text"):

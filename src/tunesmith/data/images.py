@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from tunesmith.data.bad_records import drop
-from tunesmith.data.formats import task_columns
+from tunesmith.data.formats import missing_column_error, task_columns
 from tunesmith.errors import TunesmithError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -169,12 +169,7 @@ def examples_from_records(records: list, data_cfg, bad=None) -> list[LabeledImag
 def _example_of(record, columns: dict, data_cfg) -> LabeledImage:
     image_col, label_col = columns.get("image", "image"), columns.get("label", "label")
     if image_col not in record.fields:
-        found = ", ".join(map(str, record.fields)) or "none"
-        raise TunesmithError(
-            f"no {image_col!r} column (columns found: {found})",
-            where=record.where,
-            fix="map yours with data.columns, e.g. data.columns: {image: <path column>, label: <label column>}",
-        )
+        raise missing_column_error(record, "image", image_col, needed_by="image classification", taken={label_col})
     value = record.fields[image_col]
     if not isinstance(value, str) or not value.strip() or "\x00" in value:
         raise TunesmithError(

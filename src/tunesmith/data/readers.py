@@ -13,7 +13,8 @@ import io
 import json
 import os
 import re
-from dataclasses import dataclass
+import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,9 @@ class RawRecord:
 
     fields: dict
     where: str
+    # CSV/TSV: `path:LINE` of the header. A column missing from a table is fixed in its header, so that is
+    # the line an error about the columns names (not the first row's). None for records with own keys.
+    header: str | None = field(default=None, compare=False)
 
 
 def read_records(
@@ -113,12 +117,21 @@ def _looks_like_hub_name(name: str) -> bool:
 
 
 def _missing_file_error(path: Path, name: str) -> TunesmithError:
+    # Name the absolute path that was tried: a relative path is resolved from somewhere the user may
+    # not expect (config paths from the config file's folder, --set paths from the working directory).
+    tried = os.path.abspath(name)
+    # An absolute path is already the one tried (it is the message's location); only a relative one needs it.
+    said = "file not found" if os.path.isabs(name) else f"file not found (tried {tried})"
+    where_from = (
+        "relative paths in a config file are read from the config file's folder, "
+        "those given with --set from the working directory"
+    )
     parent = path.parent
     if not parent.is_dir():
         return TunesmithError(
-            f"file not found, and its folder '{parent}' does not exist either",
+            f"{said}, and its folder {os.path.dirname(tried)} does not exist either",
             where=name,
-            fix=f"check the path; relative paths are resolved from {Path.cwd()}",
+            fix=f"check the path ({where_from})",
         )
     try:
         siblings = sorted(os.listdir(parent))
@@ -126,12 +139,8 @@ def _missing_file_error(path: Path, name: str) -> TunesmithError:
         siblings = []
     matches = difflib.get_close_matches(path.name, siblings, n=3, cutoff=0.6)
     shown = [m if str(parent) == "." else str(parent / m) for m in matches]
-    fix = (
-        "did you mean " + ", ".join(shown) + "?"
-        if shown
-        else f"check the path; relative paths are resolved from {Path.cwd()}"
-    )
-    return TunesmithError("file not found", where=name, fix=fix)
+    fix = "did you mean " + ", ".join(shown) + f"? ({where_from})" if shown else f"check the path ({where_from})"
+    return TunesmithError(said, where=name, fix=fix)
 
 
 # --- text decoding ------------------------------------------------------------------------------
@@ -185,11 +194,44 @@ def _read_text(path: Path, name: str) -> str:
     except UnicodeDecodeError as exc:
         offset = skip + exc.start
         line = _line_at(data, offset)
+        encoding, fix = _guess_encoding(data, offset, name)
         raise TunesmithError(
-            f"file is not UTF-8: byte 0x{data[offset]:02x} at byte offset {offset} (line {line}) is not valid UTF-8",
+            f"file is not UTF-8: byte 0x{data[offset]:02x} at byte offset {offset} (line {line}) is not valid UTF-8"
+            + (f"; {encoding}" if encoding else ""),
             where=f"{name}:{line}",
-            fix="re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT`)",
+            fix=fix,
         ) from None
+
+
+def _guess_encoding(data: bytes, offset: int, name: str) -> tuple[str, str]:
+    """What a file that is not UTF-8 probably is (a clause for the message), and the fix.
+
+    Windows-1252 (cp1252: Excel and Word on Windows) puts its smart quotes, dashes and euro sign at bytes
+    0x80-0x9F, where Latin-1 has only control characters that no text uses: such bytes mean cp1252.
+    Without them the two agree byte for byte, so converting from cp1252 is right for either. Five bytes
+    of that range are undefined in cp1252; a file that holds one is in some other encoding.
+    """
+    source = Path(name)
+    converted = shlex.quote(str(source.with_name(f"{source.stem}.utf8{source.suffix}")))
+    try:
+        data.decode("cp1252")
+    except UnicodeDecodeError:
+        return "", (
+            f"find the file's encoding (e.g. `file -i {shlex.quote(name)}`) and convert it to a new UTF-8 file: "
+            f"`iconv -f ENCODING -t utf-8 {shlex.quote(name)} > {converted}`, then read that one"
+        )
+    fix = (
+        "re-save the file as UTF-8 (in Excel: 'CSV UTF-8'), or convert it to a new file: "
+        f"`iconv -f cp1252 -t utf-8 {shlex.quote(name)} > {converted}`, then read that one"
+    )
+    char = data[offset : offset + 1].decode("cp1252")
+    if any(0x80 <= byte <= 0x9F for byte in data):
+        return (
+            f"the file looks like Windows-1252 (cp1252), in which that byte is {char!r} "
+            "(its bytes 0x80-0x9F are smart quotes, dashes and the euro sign)",
+            fix,
+        )
+    return f"the file is probably Windows-1252 (cp1252) or Latin-1, in which that byte is {char!r}", fix
 
 
 def _json_type(value: Any) -> str:
@@ -352,7 +394,8 @@ def _read_csv(path: Path, name: str, *, delimiter: str, bad: BadRecords | None =
                 if not row:  # blank line
                     continue
                 if header is None:
-                    header = _check_header(row, f"{name}:{start}")
+                    header_where = f"{name}:{start}"
+                    header = _check_header(row, header_where, delimiter)
                     continue
                 if len(row) != len(header):
                     drop(
@@ -364,7 +407,7 @@ def _read_csv(path: Path, name: str, *, delimiter: str, bad: BadRecords | None =
                         ),
                     )
                     continue
-                records.append(RawRecord(fields=dict(zip(header, row)), where=f"{name}:{start}"))
+                records.append(RawRecord(dict(zip(header, row)), f"{name}:{start}", header_where))
         except csv.Error as exc:
             raise TunesmithError(f"malformed CSV: {exc}", where=f"{name}:{reader.line_num}", fix=quote_fix) from None
         return records
@@ -372,9 +415,15 @@ def _read_csv(path: Path, name: str, *, delimiter: str, bad: BadRecords | None =
         csv.field_size_limit(old_limit)
 
 
-def _check_header(row: list[str], where: str) -> list[str]:
+# Delimiters other programs write; one of them inside a one-column header means the file uses it.
+_OTHER_DELIMITERS = {";": "semicolon", "\t": "tab", ",": "comma", "|": "vertical bar"}
+
+
+def _check_header(row: list[str], where: str, delimiter: str) -> list[str]:
     # Stray spaces after the delimiter ("prompt, completion") are a typing habit, not part of the name.
     header = [cell.strip() for cell in row]
+    if len(header) == 1:
+        _refuse_other_delimiter(header[0], where, delimiter)
     duplicates = sorted({cell for cell in header if header.count(cell) > 1})
     if duplicates:
         raise TunesmithError(
@@ -383,6 +432,33 @@ def _check_header(row: list[str], where: str) -> list[str]:
             fix="give every column a distinct name in the first line",
         )
     return header
+
+
+def _refuse_other_delimiter(cell: str, where: str, delimiter: str) -> None:
+    """A header that reads as one column but holds another delimiter: the file is separated by that one
+    (Excel in many European locales saves "CSV" with semicolons; a tab-separated export named .csv)."""
+    counts = {d: cell.count(d) for d in _OTHER_DELIMITERS if d != delimiter}
+    used = max(counts, key=lambda d: counts[d])
+    if not counts[used]:
+        return
+    expected = "tabs (.tsv)" if delimiter == "\t" else "commas (.csv)"
+    if used == "\t":
+        fix = "rename the file to .tsv: tunesmith reads .tsv files as tab-separated"
+    elif used == "," and delimiter == "\t":
+        fix = "rename the file to .csv: tunesmith reads .csv files as comma-separated"
+    else:
+        fix = (
+            "save it again separated by commas (Excel: Save As 'CSV UTF-8 (Comma delimited)'; LibreOffice: "
+            "Save As 'Text CSV' with 'Edit filter settings' and field delimiter ','), or as tab-separated .tsv"
+        )
+    names = [part.strip() for part in cell.split(used)]
+    raise TunesmithError(
+        f"the file looks separated by {_OTHER_DELIMITERS[used]}s, not {expected}: its header "
+        f"{cell!r} reads as one column; split at each {_OTHER_DELIMITERS[used]} it names the columns "
+        + ", ".join(names),
+        where=where,
+        fix=fix,
+    )
 
 
 # --- Parquet ------------------------------------------------------------------------------------

@@ -5,14 +5,33 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tunesmith.errors import TunesmithError
 
-__all__ = ["SPLITS", "split_examples", "find_duplicates"]
+__all__ = [
+    "SPLITS",
+    "REFUSE_BELOW",
+    "WARN_BELOW",
+    "split_examples",
+    "find_duplicates",
+    "first_repeat",
+    "Overlap",
+    "overlaps",
+    "held_out_minimums",
+]
 
 SPLITS = ("train", "validation", "test")
 _TOLERANCE = 1e-6
+
+# How few records a validation or test split may hold. A score that counts records (accuracy, exact
+# match, F1) moves in steps of 100/n points: below 5 records one record moves it by 25 points or more
+# (1 record: 0 or 100%), so neither early stopping nor base-vs-tuned can read anything from it: refused.
+# Its standard error near 50% is 50/sqrt(n) points: about +-22 at 5 records, +-9 at 30, so below 30 a
+# 10-point difference between two runs is within noise: a warning.
+REFUSE_BELOW = 5
+WARN_BELOW = 30
 
 
 def split_examples(
@@ -95,6 +114,48 @@ def find_duplicates(examples: Sequence[Any]) -> int:
         else:
             seen.add(key)
     return duplicates
+
+
+def first_repeat(examples: Sequence[Any]) -> tuple[str, str] | None:
+    """(where, where of the earlier example it repeats) for the first repeated example, or None."""
+    seen: dict = {}
+    for example in examples:
+        key = _content_key(example)
+        if key in seen:
+            return example.where, seen[key]
+        seen[key] = example.where
+    return None
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """Records of the `later` split whose content is also in the `earlier` one (leakage)."""
+
+    earlier: str
+    later: str
+    count: int
+    example: tuple[str, str]  # (where in later, where in earlier) of the first such record
+
+
+def overlaps(splits: dict[str, Sequence[Any]]) -> list[Overlap]:
+    """For each pair of splits in SPLITS order (train-validation, train-test, validation-test), the records
+    of the later one that repeat a record of the earlier one, compared by the normalised example's content:
+    its messages or text, or what its type's `content_key` names (classification: text and text pair,
+    whatever the label, since the same text under two labels leaks as much)."""
+    found = []
+    for i, earlier in enumerate(SPLITS):
+        seen = {_content_key(e): e.where for e in splits.get(earlier, [])}
+        for later in SPLITS[i + 1 :]:
+            repeats = [(e.where, seen[k]) for e in splits.get(later, []) if (k := _content_key(e)) in seen]
+            if repeats:
+                found.append(Overlap(earlier, later, len(repeats), repeats[0]))
+    return found
+
+
+def held_out_minimums(example: Any) -> tuple[int, int]:
+    """(refused below, warned below) for a validation/test split of examples like `example`: an example
+    type whose held-out score is not a count of records declares its own `held_out_minimums`."""
+    return getattr(example, "held_out_minimums", (REFUSE_BELOW, WARN_BELOW))
 
 
 def _content_key(example: Any) -> tuple:

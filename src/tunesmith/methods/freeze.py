@@ -155,6 +155,6 @@ def apply(model: Any, method_cfg: Config, gradient_checkpointing: bool = False, 
     for name in chosen:
         names[name].requires_grad_(True)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     return model

@@ -47,5 +47,5 @@ def apply(model: Any, cfg: Config, gradient_checkpointing: bool = False, task_ty
     for param in model.parameters():
         param.requires_grad_(True)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model

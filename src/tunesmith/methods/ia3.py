@@ -63,7 +63,7 @@ def apply(model: Any, cfg: Config, gradient_checkpointing: bool = False, task_ty
     from peft import IA3Config, get_peft_model
 
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     config = IA3Config(
         target_modules=cfg.target_modules, feedforward_modules=cfg.feedforward_modules, task_type=task_type

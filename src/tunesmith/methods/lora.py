@@ -117,7 +117,7 @@ def apply(model: Any, cfg: Config, gradient_checkpointing: bool = False, task_ty
     from peft import get_peft_model
 
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         # With a frozen embedding no input needs grad, and checkpointed blocks would get none.
         model.enable_input_require_grads()
     try:

@@ -7,6 +7,7 @@ method, how long will an epoch take. Every point of the score comes with a sente
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,6 +201,44 @@ def _rough_plan(entry: Entry, hw: Hardware, methods: list[str]) -> tuple[str | N
         if total <= 0.75 * hw.memory_bytes:
             return method, total
     return None, total
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where the weights come from
+
+
+def _offline_model(task: str) -> str | None:
+    """The installed packaged starter that the task's `init` template trains, if any: what works with no
+    network (taskcards.py init_settings)."""
+    from tunesmith.models.starters import find_starter
+
+    starter = find_starter(str(get_card(task).init_settings.get("model.name", "")))
+    return starter.name if starter is not None and importlib.util.find_spec(starter.package) else None
+
+
+def availability(entry: Entry, task: str, online: bool) -> str:
+    """A reason line saying what the recommended model needs before `tunesmith train` can load it: nothing
+    (an installed packaged starter), a package, or the hub; and, where the hub cannot be reached from here
+    (`online` False), what to use instead."""
+    from tunesmith.models.starters import find_starter
+
+    starter = find_starter(entry.id)
+    if starter is not None:
+        if importlib.util.find_spec(starter.package):
+            return f"weights: the packaged starter {starter.name}, installed: works offline"
+        return f"weights: the packaged starter {starter.name}: install it with `{starter.pip_install}` (works offline)"
+    other = _offline_model(task)
+    if online:
+        return f"weights: needs the hub: {entry.id} is downloaded on first use" + (
+            f"; offline, use the packaged starter {other} (model.name: {other})" if other else ""
+        )
+    return (
+        f"weights: needs the hub, which is unreachable from here (HF_HUB_OFFLINE=1 or no network), so {entry.id} "
+        "cannot be downloaded: "
+        + (f"set model.name: {other} (the packaged starter, works offline), or " if other else "")
+        + f"run `huggingface-cli download {entry.id} --local-dir models/x` on a machine with network, copy the "
+        "folder here and set model.name: models/x"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -431,12 +470,32 @@ def recommend(
             fix="use hardware with more memory (e.g. --hardware A100-80GB), more GPUs, or a larger budget",
         )
     chosen.sort(key=lambda rec: (-rec.score, rec.entry.parameters))
+    chosen = chosen[:top]
     chosen[0].excluded = excluded
-    return chosen[:top]
+    _add_availability(chosen, task)
+    return chosen
+
+
+def _add_availability(recs: list[Recommendation], task: str) -> None:
+    """Each recommendation says where its weights come from. The hub is probed once, and only when a
+    recommended model is not packaged (a probe of an unreachable host takes up to seconds)."""
+    from tunesmith.models.resolve import hub_reachable
+    from tunesmith.models.starters import find_starter
+
+    online = all(find_starter(rec.entry.id) for rec in recs) or hub_reachable()
+    for rec in recs:
+        rec.reasons.append(availability(rec.entry, task, online))
 
 
 # ---------------------------------------------------------------------------------------------------
 # Run config
+
+
+def example_data_for(task: str) -> str | None:
+    """The packaged example data that the task's `init` template trains on (taskcards.py), so that a
+    config written without --data passes the data checks as written."""
+    value = get_card(task).init_settings.get("data.train")
+    return str(value) if value else None
 
 
 def run_config(rec: Recommendation, data_path: str | None = None) -> dict[str, Any]:
@@ -450,7 +509,7 @@ def run_config(rec: Recommendation, data_path: str | None = None) -> dict[str, A
     method: dict[str, Any] = {"name": rec.method}
     if rec.lora_r is not None:
         method.update(r=rec.lora_r, alpha=2 * rec.lora_r, target_modules="all-linear")
-    data: dict[str, Any] = {"train": data_path or rec.data_path}
+    data: dict[str, Any] = {"train": data_path or rec.data_path or example_data_for(rec.task)}
     if not get_card(rec.task).images:
         data["max_length"] = rec.seq_len
     return {
@@ -480,7 +539,12 @@ def write_config(rec: Recommendation, path: str | Path, data_path: str | None = 
         *(f"#   {reason}" for reason in rec.reasons),
     ]
     if not (data_path or rec.data_path):
-        header.append("# set data.train to your training file before `tunesmith train`")
+        header.append(
+            f"# data.train points at the packaged example data for {rec.task}, so the data checks pass as written: set it "
+            "to your training file before `tunesmith train` (recommend --data sizes the plan from it)"
+            if example_data_for(rec.task)
+            else "# set data.train to your training file before `tunesmith train`"
+        )
     data = data_path or rec.data_path
     # A relative data path keeps working when the YAML sits in the working directory; else make it absolute.
     if data and not Path(data).is_absolute() and path.resolve().parent != Path.cwd() and Path(data).exists():

@@ -38,10 +38,14 @@ def resolve_run(ref: str, root: str | Path) -> Path:
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise TunesmithError(f"no run {ref!r}: not a run folder, and no run under {root} has it in its name",
-                             fix=f"give a run folder path, or see the names with `tunesmith runs --root {root}`")
+        raise TunesmithError(
+            f"no run {ref!r}: not a run folder, and no run under {root} has it in its name",
+            fix=f"give a run folder path, or see the names with `tunesmith runs --root {root}`",
+        )
     shown = ", ".join(p.name for p in matches[:8]) + (" ..." if len(matches) > 8 else "")
-    raise TunesmithError(f"{ref!r} matches {len(matches)} runs under {root}: {shown}", fix="give more of the name, or the folder path")
+    raise TunesmithError(
+        f"{ref!r} matches {len(matches)} runs under {root}: {shown}", fix="give more of the name, or the folder path"
+    )
 
 
 def _summary_or_log(run: RunDir) -> dict:
@@ -55,11 +59,17 @@ def _summary_or_log(run: RunDir) -> dict:
     steps = [r["step"] for r in log if "step" in r]
     # How it ended (running, interrupted, failed) is in the index of the folder it lives in.
     indexed = [r for r in RunIndex(run.path.parent).records(scan=False) if r.path.resolve() == run.path.resolve()]
-    return {"status": indexed[0].status if indexed else "unfinished", "steps": max(steps, default=None),
-            "final_train_loss": losses[-1] if losses else None, "best_eval_loss": min(evals, default=None)}
+    return {
+        "status": indexed[0].status if indexed else "unfinished",
+        "steps": max(steps, default=None),
+        "final_train_loss": losses[-1] if losses else None,
+        "best_eval_loss": min(evals, default=None),
+    }
 
 
-def compare_runs(refs: list[str], *, root: str | Path = "runs", output: str | Path | None = "compare.png") -> Comparison:
+def compare_runs(
+    refs: list[str], *, root: str | Path = "runs", output: str | Path | None = "compare.png"
+) -> Comparison:
     """Compare two or more runs; writes the overlaid loss curves to `output` (None: no plot)."""
     import yaml
 
@@ -79,14 +89,36 @@ def compare_runs(refs: list[str], *, root: str | Path = "runs", output: str | Pa
 
     # 2. Metrics side by side, in a fixed order: status, training figures, then test and base scores.
     per_run = [_summary_or_log(run) for run in runs]
-    order = ["status", "steps", "final_train_loss", "best_eval_loss", "best_eval_ppl", "train_seconds", "trained_tokens_per_s"]
+    order = [
+        "status",
+        "steps",
+        "final_train_loss",
+        "best_eval_loss",
+        "best_eval_ppl",
+        "train_seconds",
+        "trained_tokens_per_s",
+    ]
     extra = sorted({k for m in per_run for k in m if k not in order}, key=lambda k: (not k.startswith("test/"), k))
     metrics = {k: [m.get(k) for m in per_run] for k in order + extra if any(m.get(k) is not None for m in per_run)}
 
     # 3. Loss curves.
-    labels = [run.path.name for run in runs]
+    labels = distinct_labels(paths)
     plot = plot_curves(runs, labels, Path(output)) if output is not None else None
     return Comparison(runs=paths, labels=labels, config_diff=diff, metrics=metrics, plot=plot)
+
+
+def distinct_labels(paths: list[Path]) -> list[str]:
+    """A heading per run: its folder name, or, where runs share one (trials of two studies, two output
+    roots), the shortest tail of each path that tells them apart (`study-a/trials/...-trial-0`)."""
+    parts = [p.resolve().parts for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        shared = [i for i, label in enumerate(labels) if labels.count(label) > 1 and depth[i] < len(parts[i])]
+        if not shared:
+            return labels
+        for i in shared:
+            depth[i] += 1
 
 
 def plot_curves(runs: list[RunDir], labels: list[str], output: Path) -> Path | None:
@@ -99,8 +131,12 @@ def plot_curves(runs: list[RunDir], labels: list[str], output: Path) -> Path | N
     curves = []
     for run in runs:
         log = run.read_metrics()
-        curves.append(([(r["step"], r["loss"]) for r in log if isinstance(r.get("loss"), (int, float))],
-                       [(r["step"], r["eval_loss"]) for r in log if isinstance(r.get("eval_loss"), (int, float))]))
+        curves.append(
+            (
+                [(r["step"], r["loss"]) for r in log if isinstance(r.get("loss"), (int, float))],
+                [(r["step"], r["eval_loss"]) for r in log if isinstance(r.get("eval_loss"), (int, float))],
+            )
+        )
     if not any(train or val for train, val in curves):
         return None
     fig, ax = plt.subplots(figsize=(8, 4.5))

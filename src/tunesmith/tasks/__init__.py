@@ -26,7 +26,11 @@ Optional hooks (the pipeline looks them up with getattr; tasks without them take
   packable = True   data.packing may pack its encoded examples (input_ids, labels) into rows
       (data/packing.py); collate must then accept PackedRow lists and loss_sum their position_ids
   read(source, data_cfg, split, bad=None) -> records   the task's own reader (image folders, IDX files, prompt
-      lists); a record it cannot use goes to `bad` (data/bad_records.py: raised, or skipped and counted)
+      lists); a record it cannot use goes to `bad` (data/bad_records.py: raised, or skipped and counted).
+      Without it, `predict` reads its input with data/prompts.py's read_prompt_records (also .txt prompts)
+  normalise_prompts(records, data_cfg) -> (examples, format name)   what `predict` reads, where it differs
+      from `normalise`: records without the answer a training record needs (chat: conversations ending in
+      a user turn, data/prompts.py; text classification: texts without labels). Without it, `normalise`
   load_model(config, resolved, meta, weights=None) -> model   for models that are not one transformers
       Auto class (a diffusers pipeline): the base with config.method applied (weights=None), or a finished
       run's model from its weights folder; replaces load_base_model + method.apply + PeftModel loading.

@@ -16,7 +16,9 @@ from tunesmith.data.chat_template import (
 from tunesmith.data.formats import Example, detect_format
 from tunesmith.data.formats import normalise as normalise_format
 from tunesmith.data.packing import PackedRow, attention_implementation, collate_packed, varlen_layout
+from tunesmith.data.prompts import Prompt, chat_prompts
 from tunesmith.evaluate.metrics import exact_match, rouge_l
+from tunesmith.tasks.progress import GenerationProgress
 from tunesmith.train import padding_free
 from tunesmith.train.loss import causal_lm_loss_sum, count_trained_tokens
 
@@ -29,6 +31,11 @@ def normalise(records: list, data_cfg) -> tuple[list[Example], str]:
     """Chat/instruction records (and plain text) in any format of `data/formats.py`."""
     fmt = detect_format(records, data_cfg.columns) if data_cfg.format == "auto" else data_cfg.format
     return normalise_format(records, fmt, data_cfg.columns, data_cfg.system_prompt), fmt
+
+
+def normalise_prompts(records: list, data_cfg) -> tuple[list[Prompt], str]:
+    """What `predict` reads: conversations to answer, with or without their answers (data/prompts.py)."""
+    return chat_prompts(records, data_cfg)
 
 
 def to_record(example: Example) -> dict:
@@ -142,14 +149,17 @@ def generate(
     max_new_tokens: int,
     batch_size: int,
     chat_template: str | None = None,
+    progress: bool = False,
 ) -> list[str]:
-    """Greedy answers, batched with left padding so every prompt ends where generation starts."""
+    """Greedy answers, batched with left padding so every prompt ends where generation starts.
+    `progress` prints a line per batch to stderr (eval, predict; not the interactive chat)."""
     template = template_for(tokenizer, chat_template)
     texts = [render(tokenizer, conv, template, add_generation_prompt=True) for conv in conversations]
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     model.eval()
-    answers = []
+    answers: list[str] = []
+    shown = GenerationProgress(len(texts), enabled=progress)
     try:
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
@@ -164,31 +174,33 @@ def generate(
             )
             new_tokens = output[:, inputs["input_ids"].shape[1] :]
             answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            shown.advance(len(chunk))
     finally:
         tokenizer.padding_side = previous_side
     return answers
 
 
 def predict(
-    model, tokenizer, examples: list[Example], config, meta: dict | None = None, max_new_tokens: int | None = None
+    model, tokenizer, prompts: list[Prompt], config, meta: dict | None = None, max_new_tokens: int | None = None
 ) -> list[dict]:
-    """Answer each example: the conversation without its final assistant turn, plus a generated one."""
-    conversations = []
-    for example in examples:
-        if example.messages is None:
-            conversations.append([{"role": "user", "content": example.text}])
-            continue
-        turns = example.messages
-        conversations.append(turns[:-1] if turns and turns[-1]["role"] == "assistant" else turns)
+    """Answer each prompt (`normalise_prompts`): its conversation plus a generated assistant turn, and the
+    record's own answer as `reference` where it had one."""
     answers = generate(
         model,
         tokenizer,
-        conversations,
+        [p.messages for p in prompts],
         max_new_tokens=max_new_tokens or config.eval.max_new_tokens,
         batch_size=config.eval.batch_size,
         chat_template=config.data.chat_template,
+        progress=True,
     )
-    return [{"messages": c + [{"role": "assistant", "content": a}]} for c, a in zip(conversations, answers)]
+    rows = []
+    for prompt, answer in zip(prompts, answers):
+        row: dict = {"messages": prompt.messages + [{"role": "assistant", "content": answer}]}
+        if prompt.reference is not None:
+            row["reference"] = prompt.reference
+        rows.append(row)
+    return rows
 
 
 def evaluate_test(
@@ -208,6 +220,7 @@ def evaluate_test(
         max_new_tokens=config.eval.max_new_tokens,
         batch_size=config.eval.batch_size,
         chat_template=config.data.chat_template,
+        progress=True,
     )
     metrics = {
         "rougeL": rouge_l(predictions, list(references)),

@@ -15,8 +15,10 @@ import torch
 
 from tunesmith.data.chat_template import EncodedExample
 from tunesmith.data.formats import Example
+from tunesmith.data.prompts import plain_prompts
 from tunesmith.errors import TunesmithError
 from tunesmith.tasks import chat
+from tunesmith.tasks.progress import GenerationProgress
 
 peft_task_type = "CAUSAL_LM"
 # What `data.packing` is told for this task: it needs no packing option (pipeline.pack_splits).
@@ -44,6 +46,11 @@ def normalise(records: list, data_cfg) -> tuple[list[Example], str]:
         )
     examples, fmt = chat.normalise(records, data_cfg.model_copy(update={"format": "text"}))
     return examples, fmt
+
+
+def normalise_prompts(records: list, data_cfg) -> tuple[list[Example], str]:
+    """What `predict` continues: a `text` or `prompt` column, or the lines of a .txt file (data/prompts.py)."""
+    return plain_prompts(records, data_cfg)
 
 
 def to_record(example: Example) -> dict:
@@ -103,6 +110,7 @@ def predict(
     """Continue each text greedily."""
     model.eval()
     rows = []
+    shown = GenerationProgress(len(examples), "continuations")
     for example in examples:
         inputs = tokenizer(example.text, return_tensors="pt", add_special_tokens=False).to(model.device)
         output = model.generate(
@@ -118,6 +126,7 @@ def predict(
                 "continuation": tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True),
             }
         )
+        shown.advance(1)
     return rows
 
 

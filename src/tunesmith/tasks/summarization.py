@@ -17,6 +17,7 @@ import torch
 from tunesmith.data.chat_template import IGNORE_INDEX
 from tunesmith.data.formats import task_columns
 from tunesmith.errors import TunesmithError
+from tunesmith.tasks.progress import GenerationProgress
 from tunesmith.train.loss import innermost_model, token_loss_sum
 
 peft_task_type = "SEQ_2_SEQ_LM"
@@ -359,7 +360,8 @@ def generate(
     if cfg.num_beams > 1:  # transformers warns about beam settings without beams
         settings.update(length_penalty=cfg.length_penalty, early_stopping=True)
     model.eval()
-    summaries = []
+    summaries: list[str] = []
+    shown = GenerationProgress(len(examples), "summaries")
     for start in range(0, len(examples), cfg.batch_size):
         ids = [source_ids(e, tokenizer, config, meta)[0] for e in examples[start : start + cfg.batch_size]]
         input_ids = _pad(ids, pad).to(model.device)
@@ -367,6 +369,7 @@ def generate(
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
         # Encoder-decoder outputs begin with the decoder start token.
         summaries += [t.strip() for t in tokenizer.batch_decode(output[:, 1:], skip_special_tokens=True)]
+        shown.advance(len(ids))
     return summaries
 
 

@@ -19,7 +19,7 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 
-from tunesmith.data.formats import task_columns
+from tunesmith.data.formats import missing_column_error, task_columns
 from tunesmith.errors import TunesmithError
 from tunesmith.tasks.labels import check_labels_seen, head_kwargs, training_label_names
 
@@ -69,19 +69,17 @@ def model_class():
 # Records -> examples
 
 
-def _column(record_fields: dict, canonical: str, columns: dict, where: str, required: bool):
+def _column(record, canonical: str, columns: dict, required: bool):
     name = columns.get(canonical, canonical)
-    if name in record_fields:
-        return record_fields[name]
-    if canonical == "label" and "labels" in record_fields and "label" not in columns:
-        return record_fields["labels"]
+    if name in record.fields:
+        return record.fields[name]
+    if canonical == "label" and "labels" in record.fields and "label" not in columns:
+        return record.fields["labels"]
     if required:
-        found = ", ".join(map(str, record_fields)) or "none"
-        raise TunesmithError(
-            f"no {name!r} column (columns found: {found})",
-            where=where,
-            fix="map yours with data.columns, e.g. data.columns: {text: <text column>, label: <label column>}",
-        )
+        # Names the CSV header line (a table's columns are fixed there) and the likely column, e.g.
+        # data.columns: {label: category}.
+        taken = {columns.get(role, role) for role in CANONICAL if role != canonical}
+        raise missing_column_error(record, canonical, name, needed_by="text classification", taken=taken)
     return None
 
 
@@ -127,17 +125,7 @@ def normalise(records: list, data_cfg) -> tuple[list[LabeledText], str]:
     scored = bool(records) and score_column in records[0].fields  # the first record decides, like data.format: auto
     examples = []
     for record in records:
-        text = _column(record.fields, "text", columns, record.where, required=True)
-        pair = _column(record.fields, "text_pair", columns, record.where, required=False)
-        for name, value in (("text", text), ("text_pair", pair)):
-            if (value is not None or name == "text") and not isinstance(value, str):
-                raise TunesmithError(
-                    f"{name} is {'null' if value is None else type(value).__name__}, not a string",
-                    where=record.where,
-                    fix="every text must be a string",
-                )
-        if not text.strip():
-            raise TunesmithError("the text is empty", where=record.where, fix="remove the record or fill in its text")
+        text, pair = _texts(record, columns)
         if scored:
             if pair is None:
                 raise TunesmithError(
@@ -145,18 +133,45 @@ def normalise(records: list, data_cfg) -> tuple[list[LabeledText], str]:
                     where=record.where,
                     fix="give every record text (query), text_pair (passage) and score",
                 )
-            score = _score_of(_column(record.fields, "score", columns, record.where, required=True), record.where)
+            score = _score_of(_column(record, "score", columns, required=True), record.where)
             examples.append(LabeledText(record.where, text, (), pair, score))
             continue
-        labels = _labels_of(
-            _column(record.fields, "label", columns, record.where, required=True), data_cfg, record.where
-        )
+        labels = _labels_of(_column(record, "label", columns, required=True), data_cfg, record.where)
         examples.append(LabeledText(record.where, text, labels, pair))
     if scored:
         return examples, "relevance scores (reranking)"
     pairs = any(e.text_pair is not None for e in examples)
     multi = data_cfg.multi_label or any(len(e.labels) != 1 for e in examples)
     return examples, ("multi-label" if multi else "single-label") + (" pairs" if pairs else "")
+
+
+def _texts(record, columns: dict) -> tuple[str, str | None]:
+    """The record's text (required, not empty) and text_pair (optional), both checked to be strings."""
+    text = _column(record, "text", columns, required=True)
+    pair = _column(record, "text_pair", columns, required=False)
+    for name, value in (("text", text), ("text_pair", pair)):
+        if (value is not None or name == "text") and not isinstance(value, str):
+            raise TunesmithError(
+                f"{name} is {'null' if value is None else type(value).__name__}, not a string",
+                where=record.where,
+                fix="every text must be a string",
+            )
+    if not text.strip():
+        raise TunesmithError("the text is empty", where=record.where, fix="remove the record or fill in its text")
+    return text, pair
+
+
+def normalise_prompts(records: list, data_cfg) -> tuple[list[LabeledText], str]:
+    """What `predict` classifies: text (and text_pair) without a label; a label a record does have is read
+    as its reference, written beside the prediction."""
+    columns = task_columns(data_cfg, CANONICAL, "text classification")
+    examples = []
+    for record in records:
+        text, pair = _texts(record, columns)
+        given = _column(record, "label", columns, required=False)
+        labels = _labels_of(given, data_cfg, record.where) if given is not None else ()
+        examples.append(LabeledText(record.where, text, labels, pair))
+    return examples, "texts to classify" + (" (pairs)" if any(e.text_pair is not None for e in examples) else "")
 
 
 def to_record(example: LabeledText) -> dict:
@@ -219,7 +234,8 @@ def encode(examples: list[LabeledText], tokenizer, config, meta: dict) -> list[E
                 if label in index:
                     target[index[label]] = 1.0
         else:
-            target = index.get(example.labels[0], -100)  # unseen labels only reach here from `predict` inputs
+            # -100 (no target): a `predict` input without a label, or with one the run never saw
+            target = index.get(example.labels[0], -100) if example.labels else -100
         out.append(
             EncodedText(
                 input_ids=encoded["input_ids"],
@@ -324,6 +340,8 @@ def predict(model, tokenizer, examples: list[LabeledText], config, meta: dict, *
             result["text_pair"] = example.text_pair
         result["labels" if meta["multi_label"] else "label"] = list(chosen) if meta["multi_label"] else chosen[0]
         result["scores"] = {name: round(float(s), 6) for name, s in zip(meta["labels"], row)}
+        if example.labels:  # the record's own label, to compare with
+            result["reference"] = list(example.labels) if meta["multi_label"] else example.labels[0]
         rows.append(result)
     return rows
 
@@ -368,16 +386,19 @@ def baseline(splits, config, meta: dict) -> dict | None:
         return ranking_metrics([e.text for e in splits.test], _relevance(splits.test), predicted)
     if meta["multi_label"] or not splits.test:
         return None
-    from tunesmith.evaluate.classification import classification_metrics, tfidf_baseline
+    from tunesmith.evaluate.classification import tfidf_baseline_metrics
 
-    predicted_labels = tfidf_baseline(
-        [_joined(e) for e in splits.train],
-        [e.labels[0] for e in splits.train],
+    def texts_and_labels(examples: list[LabeledText]) -> tuple[list[str], list[str]]:
+        return [_joined(e) for e in examples], [e.labels[0] for e in examples]
+
+    # C and the n-gram range are chosen on validation as for any model: a baseline is there to be hard to beat.
+    return tfidf_baseline_metrics(
+        texts_and_labels(splits.train),
+        texts_and_labels(splits.validation),
         [_joined(e) for e in splits.test],
+        [e.labels for e in splits.test],
+        meta["labels"],
         seed=config.seed,
-    )
-    return classification_metrics(
-        [e.labels for e in splits.test], [(p,) for p in predicted_labels], meta["labels"], False
     )
 
 
