@@ -123,3 +123,20 @@ def test_switching_method_drops_the_old_method_s_options_but_keeps_typos_as_erro
     with pytest.raises(TunesmithError, match="unknown key 'method.quant_type'") as err:
         load_config(path)
     assert "belongs to method qlora" in err.value.fix
+
+
+def test_template_notes_are_comment_lines_of_the_header(tmp_path):
+    text = render_template(notes=["data.train points at example data: replace it.", "second note"])
+    header = text.split("\n\n", 1)[0].splitlines()
+    assert header[-2:] == ["# data.train points at example data: replace it.", "# second note"]
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    assert load_config(path) == RunConfig()  # comments only
+
+
+def test_init_puts_its_example_data_note_in_the_header(capsys):
+    from tunesmith.cli import main
+
+    assert main(["init", "--task", "chat"]) == 0
+    header = capsys.readouterr().out.split("\n\n", 1)[0]
+    assert "# data.train points at tunesmith's packaged example data: replace it with your file." in header

@@ -354,15 +354,60 @@ def test_hub_failure_is_wrapped(in_tmp, monkeypatch):
     assert "data.train" in err.fix and "local path" in err.fix
 
 
-def test_local_looking_path_is_not_sent_to_the_hub(in_tmp, monkeypatch):
+def test_a_path_with_a_data_file_suffix_is_not_sent_to_the_hub(in_tmp, monkeypatch):
     import datasets
 
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("hub was called"))
-    (in_tmp / "data").mkdir()
-    with pytest.raises(TunesmithError, match="file not found"):
-        read_records("data/trian")
     with pytest.raises(TunesmithError, match="file not found"):
         read_records("other/train.jsonl")
+
+
+def test_an_owner_name_is_a_hub_id_whatever_folders_the_working_directory_holds(in_tmp, monkeypatch):
+    """config.py decided it against the config's folder (sources.py); a `someorg/` folder in the working
+    directory does not turn it back into a missing local file."""
+    import datasets
+
+    (in_tmp / "someorg").mkdir()
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, split=None: _FakeDataset())
+    assert read_records("someorg/somedata")[0].fields == {"text": "from the hub"}
+
+
+@pytest.fixture
+def hub_unreachable(monkeypatch):
+    """Online mode on a machine without network: tests run with HF_HUB_OFFLINE=1 (conftest.py)."""
+    import datasets
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(readers, "hub_reachable", lambda: False)
+    # huggingface_hub would spend ~28 s retrying before it failed.
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("load_dataset was called"))
+
+
+def test_an_unreachable_hub_fails_at_once_with_how_to_get_the_data(in_tmp, hub_unreachable):
+    with pytest.raises(TunesmithError) as info:
+        read_records("someorg/somedata")
+    err = info.value
+    assert err.where == "someorg/somedata"
+    assert "'someorg/somedata'" in err.message and "hub is unreachable" in err.message
+    assert "save_to_disk('somedata')" in err.fix and "local data file" in err.fix
+
+
+def test_a_mistyped_local_folder_name_is_named_as_possibly_local_too(in_tmp, hub_unreachable):
+    (in_tmp / "data").mkdir()
+    with pytest.raises(TunesmithError) as info:
+        read_records("data/trian")  # a hub id by its shape; the message says it may be a path
+    assert "not a local file or folder" in info.value.message
+    assert "meant to be a local path, check it" in info.value.fix
+
+
+def test_offline_mode_reads_datasets_cache_without_the_reachability_check(in_tmp, monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(readers, "hub_reachable", lambda: pytest.fail("checked the network in offline mode"))
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, split=None: _FakeDataset())
+    assert read_records("owner/name")[0].fields == {"text": "from the hub"}
 
 
 # --- missing / unsupported ----------------------------------------------------------------------
@@ -400,4 +445,12 @@ def test_extension_is_case_insensitive(tmp_path):
 
 
 def test_module_exports():
-    assert set(readers.__all__) >= {"RawRecord", "read_records"}
+    assert set(readers.__all__) >= {"RawRecord", "read_records", "read_text_file"}
+
+
+def test_the_text_reader_is_public_and_its_callers_use_that_name(tmp_path):
+    path = write(tmp_path / "prompts.txt", "\ufeffhello\n")
+    assert readers.read_text_file(path, str(path)) == "hello\n"  # the BOM is dropped
+    assert not hasattr(readers, "_read_text")
+    source = Path(readers.__file__).parents[1]
+    assert not [p for p in source.rglob("*.py") if "_read_text" in p.read_text(encoding="utf-8")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tunesmith.data.formats import Example
-from tunesmith.data.split import SPLITS, find_duplicates, split_examples
+from tunesmith.data.split import SPLITS, Repeats, find_repeats, split_examples
 from tunesmith.errors import TunesmithError
 
 
@@ -103,7 +103,7 @@ def test_ratios_within_tolerance_are_accepted():
     assert sum(len(p) for p in parts.values()) == 10
 
 
-def test_find_duplicates_counts_repeats_of_earlier_content():
+def test_find_repeats_counts_repeats_of_earlier_content_and_names_the_first():
     def chat(user: str, assistant: str, where: str) -> Example:
         return Example(
             where=where, messages=[{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
@@ -118,5 +118,7 @@ def test_find_duplicates_counts_repeats_of_earlier_content():
         Example(where="a:6", text="hi"),
         Example(where="a:7", text="hi "),
     ]
-    assert find_duplicates(examples) == 3
-    assert find_duplicates([]) == 0
+    # The count and the first repeat (with the record it repeats) come from one walk over the content keys.
+    assert find_repeats(examples) == Repeats(3, ("a:2", "a:1"))
+    assert find_repeats(examples[3:]) == Repeats(1, ("a:6", "a:5"))
+    assert find_repeats([]) == Repeats(0, None)

@@ -67,11 +67,30 @@ def _jsonl(path: Path, *records) -> Path:
 # item 10: --version, help texts
 
 
-def test_version_prints_the_installed_version(capsys):
+def test_version_prints_the_package_s_version_installed_or_not(capsys, monkeypatch):
+    import importlib.metadata
+
+    import tunesmith
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)  # a source tree never installed
     with pytest.raises(SystemExit) as stopped:
         main(["--version"])
     assert stopped.value.code == 0
-    assert capsys.readouterr().out == f"tunesmith {version('tunesmith')}\n"
+    assert capsys.readouterr().out == f"tunesmith {tunesmith.__version__}\n"
+
+
+def test_the_version_is_written_once_and_the_installed_metadata_has_it():
+    import tomllib
+
+    import tunesmith
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "tunesmith.__version__"}
+    assert version("tunesmith") == tunesmith.__version__
 
 
 def _commands(parser):
@@ -244,3 +263,74 @@ def test_chat_handles_slash_commands_itself(finished_run):
         "/etc/hosts is a file",
         "hello",
     ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# predict on a token-classification run: a .txt of sentences is sentences, a CoNLL .txt is CoNLL
+
+
+def test_a_txt_of_sentences_is_read_as_one_sentence_a_line_by_a_tagging_run(tmp_path):
+    """Token classification reads a .txt as CoNLL in training; read so, sentences became words tagged with
+    their sentence's last word (['Where', 'John'] tagged ['please', 'this'])."""
+    run = _unfinished_run(tmp_path, "task=token-classification")
+    lines = tmp_path / "sentences.txt"
+    lines.write_text("Where is my order please\n\nJohn Smith wrote this, in 2021.\n")
+    first, second = pipeline.read_predict_input(run, str(lines))
+    assert (first.where, first.tokens, first.tags) == (f"{lines}:1", ["Where", "is", "my", "order", "please"], None)
+    # Cut into words as a {"text": ...} record is, with each word's characters for the entities found.
+    assert second.tokens == ["John", "Smith", "wrote", "this", ",", "in", "2021", "."]
+    assert second.text == "John Smith wrote this, in 2021." and second.offsets is not None
+
+
+def test_a_conll_txt_is_still_read_as_conll_by_predict(tmp_path):
+    run = _unfinished_run(tmp_path, "task=token-classification")
+    conll = tmp_path / "tagged.txt"
+    conll.write_text("-DOCSTART- -X- O\n\nJohn B-PER\nSmith I-PER\nwrote O\n\nIt O\nrained O\n")
+    first, second = pipeline.read_predict_input(run, str(conll))
+    assert (first.tokens, first.tags) == (["John", "Smith", "wrote"], ["B-PER", "I-PER", "O"])
+    assert second.tokens == ["It", "rained"]
+    # Plain tags (part of speech) are told from a sentence's last word by the run's tag names.
+    (run / "task.json").write_text(json.dumps({"labels": ["DT", "NN", "VBD", "."], "scheme": "plain"}))
+    conll.write_text("The DT\ncat NN\nsat VBD\n. .\n")
+    (sentence,) = pipeline.read_predict_input(run, str(conll))
+    assert (sentence.tokens, sentence.tags) == (["The", "cat", "sat", "."], ["DT", "NN", "VBD", "."])
+    # A tokenised sentence ends in ".", Penn's tag of a full stop: still a sentence.
+    conll.write_text("The cat sat .\n")
+    (sentence,) = pipeline.read_predict_input(run, str(conll))
+    assert sentence.tokens == ["The", "cat", "sat", "."] and sentence.tags is None
+
+
+def test_a_txt_of_one_word_a_line_without_tags_is_refused_by_a_tagging_run(tmp_path):
+    run = _unfinished_run(tmp_path, "task=token-classification")
+    words = tmp_path / "words.txt"
+    words.write_text("John\nSmith\nwrote\n\nIt\nrained\n")
+    with pytest.raises(TunesmithError) as error:
+        pipeline.read_predict_input(run, str(words))
+    assert error.value.where == str(words) and "without its tag column" in error.value.message
+    assert "each sentence on one line" in (error.value.fix or "")
+    words.write_text("Paris\nLondon\n")  # a list of one-word texts is that
+    assert [e.tokens for e in pipeline.read_predict_input(run, str(words))] == [["Paris"], ["London"]]
+
+
+def test_chat_starts_with_the_system_prompt_the_run_trained_with(finished_run, tmp_path):
+    """predict and eval give the model the run's data.system_prompt; chat must too (--system replaces it)."""
+    import shutil
+
+    import yaml
+
+    from tunesmith.chat import chat_loop
+
+    run = tmp_path / "run-with-system-prompt"
+    shutil.copytree(finished_run, run)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["data"]["system_prompt"] = "You triage support tickets."
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+
+    stdout = io.StringIO()
+    history = chat_loop(str(run), max_new_tokens=2, stdin=io.StringIO("hello\n/system\n/exit\n"), stdout=stdout)
+    assert history[0] == {"role": "system", "content": "You triage support tickets."}
+    assert stdout.getvalue().count("system prompt: You triage support tickets.") == 2  # at start, and /system
+    replaced = chat_loop(
+        str(run), system="Be brief.", max_new_tokens=2, stdin=io.StringIO("hi\n"), stdout=io.StringIO()
+    )
+    assert replaced[0] == {"role": "system", "content": "Be brief."}

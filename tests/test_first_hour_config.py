@@ -300,3 +300,165 @@ def test_a_json_run_config_is_still_a_config(tmp_path):
     path = tmp_path / "run.json"
     path.write_text('{"train": {"epochs": 2}}')
     assert load_config(path).train.epochs == 2
+
+
+def test_a_json_config_of_misspelt_keys_is_not_called_a_data_file(tmp_path, capsys):
+    from tunesmith.cli import main
+
+    path = tmp_path / "run.json"
+    path.write_text('{"trian": {"epochs": 1}}')  # every key misspelt: still a config, so the key is named
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "data file" not in err
+    assert "unknown key 'trian'" in err and "did you mean 'train'?" in err
+
+
+def test_an_empty_json_object_is_a_config_of_defaults_as_an_empty_yaml_file_is(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text("{}")
+    assert load_config(path) == load_config(None)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"data": [{"text": "a"}, {"text": "b"}]}',  # records under one key, which the readers unwrap
+        '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}',
+        '{"instruction": "q", "output": "a"}',  # one alpaca record: its `output` is text, not the config section
+        '{"text": "a", "label": "b"}',
+    ],
+)
+def test_a_json_object_that_looks_like_records_is_a_data_file(tmp_path, text):
+    path = tmp_path / "tickets.json"
+    path.write_text(text)
+    with pytest.raises(TunesmithError, match="is a data file, not a run config"):
+        load_config(path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 6. model.name: a folder beside the config is read from the config's folder, as data paths are
+
+
+@pytest.fixture()
+def model_beside_config(project):
+    """configs/models/x (a model folder) beside configs/run.yaml, which names it `models/x`."""
+    configs, elsewhere = project
+    (configs / "models" / "x").mkdir(parents=True)
+    (configs / "models" / "x" / "config.json").write_text("{}")
+    (configs / "run.yaml").write_text("model:\n  name: models/x\n")
+    return configs, elsewhere
+
+
+def test_a_model_folder_beside_the_config_is_read_from_the_config_s_folder(model_beside_config):
+    from tunesmith.models.resolve import resolve_model
+
+    configs, _ = model_beside_config
+    name = load_config(configs / "run.yaml").model.name
+    assert name == str(configs / "models" / "x")
+    assert resolve_model(name).source == "local"  # not "the model hub is unreachable, so 'models/x' ..."
+
+
+def test_a_gguf_file_beside_the_config_and_a_path_that_can_only_be_local_are_made_absolute(project):
+    configs, _ = project
+    (configs / "model.gguf").write_bytes(b"GGUF")
+    (configs / "run.yaml").write_text("model:\n  name: model.gguf\n")
+    assert load_config(configs / "run.yaml").model.name == str(configs / "model.gguf")
+    (configs / "run.yaml").write_text("model:\n  name: ./missing/model\n")  # the message then names where
+    assert load_config(configs / "run.yaml").model.name == str(configs / "missing" / "model")
+
+
+def test_a_set_model_name_is_read_from_the_working_directory(model_beside_config):
+    configs, elsewhere = model_beside_config
+    (elsewhere / "models" / "x").mkdir(parents=True)
+    assert load_config(configs / "run.yaml", ["model.name=models/x"]).model.name == str(elsewhere / "models" / "x")
+
+
+def test_hub_ids_and_starter_names_stay_as_written(project):
+    configs, _ = project
+    (configs / "run.yaml").write_text("model:\n  name: HuggingFaceTB/SmolLM2-135M-Instruct\n")
+    assert load_config(configs / "run.yaml").model.name == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    (configs / "run.yaml").write_text("model:\n  name: smollm2-135m-instruct\n")
+    assert load_config(configs / "run.yaml").model.name == "smollm2-135m-instruct"
+
+
+def test_model_name_s_description_says_where_a_relative_path_is_read_from():
+    from tunesmith.config import ModelConfig
+
+    assert "config file's folder" in str(ModelConfig.model_fields["name"].description)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 7. A hub dataset id: decided once, against the config's folder, never again against the working directory
+
+
+def test_a_hub_id_in_a_config_is_not_taken_for_a_path_because_the_working_directory_has_its_owner(
+    tmp_path, monkeypatch
+):
+    import datasets
+
+    from tunesmith.data.readers import read_records
+
+    (tmp_path / "cfgdir").mkdir()
+    (tmp_path / "someorg").mkdir()  # in the working directory, not the config's folder
+    (tmp_path / "cfgdir" / "hub.yaml").write_text("data:\n  train: someorg/somedata\n")
+    monkeypatch.chdir(tmp_path)
+    train = load_config("cfgdir/hub.yaml").data.train
+    assert train == "someorg/somedata"
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, split=None: [{"text": "from the hub"}])
+    assert read_records(train)[0].fields == {"text": "from the hub"}  # was: file not found (tried <cwd>/...)
+
+
+def test_config_and_readers_share_one_list_of_data_suffixes():
+    from tunesmith import config, sources
+    from tunesmith.data import readers
+
+    assert config.DATA_SUFFIXES is sources.DATA_SUFFIXES is readers.SUPPORTED_EXTENSIONS
+
+
+# ---------------------------------------------------------------------------------------------------
+# 8. A bad value is shown, never called "required"; a key that is no name says keys are names
+
+
+def test_a_search_range_outside_a_field_s_bounds_shows_the_value_not_required():
+    from tunesmith.search.space import check_search
+
+    config = load_config(
+        None, ["data.train=x.jsonl", "search.space={train.learning_rate: {type: float, low: -0.1, high: 0.1}}"]
+    )
+    with pytest.raises(TunesmithError) as info:
+        check_search(config)
+    assert "required" not in info.value.message
+    assert "train.learning_rate must be a number above 0 (got -0.1)" in info.value.message
+
+
+def test_a_type_error_without_the_raw_value_shows_pydantic_s_copy_of_it():
+    from pydantic import ValidationError
+
+    from tunesmith.config import RunConfig, explain_error
+
+    with pytest.raises(ValidationError) as info:
+        RunConfig.model_validate({"train": {"batch_size": "eight"}})
+    message = explain_error(info.value, "somewhere").message  # no raw: the search's old call
+    assert "required" not in message and "(got 'eight')" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "says", "fix"),
+    [
+        ("1: foo\n", 1, "the key 1 at the top of the config is a number: keys must be names", "valid keys at the top"),
+        (
+            "train:\n  epochs: 1\n  true: 3\n",
+            3,
+            "the key true in train is true or false",
+            "valid keys in train: epochs",
+        ),
+        ("method:\n  name: lora\n  5: 3\n", 3, "the key 5 in method is a number", "valid keys in method: name, r"),
+        ("data:\n  columns:\n    1: a\n", 3, "the key 1 in data.columns is a number", "e.g. data.columns: {"),
+        ("search:\n  space:\n    3: {type: int}\n", 3, "the key 3 in search.space", "e.g. search.space: {train."),
+    ],
+)
+def test_a_key_that_is_not_a_name_says_keys_are_names(tmp_path, text, line, says, fix):
+    err, path = failure(tmp_path, text)
+    assert says in err.message and "required" not in err.message
+    assert err.where == f"{path}:{line}"
+    assert fix in err.fix

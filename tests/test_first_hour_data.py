@@ -226,6 +226,34 @@ def test_generated_image_splits_of_a_few_images_are_not_refused(tmp_path):
     assert held_out_minimums(CaptionedImage("a.png", "a.png", "a cat")) == (1, 1)
 
 
+def test_small_split_messages_name_the_limits_of_the_example_type_checked(tmp_path, capsys):
+    """An example type with its own held_out_minimums is warned and refused with its limits, not the defaults."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from tunesmith.data.formats import Example
+
+    @dataclass
+    class StrictExample(Example):
+        held_out_minimums: ClassVar[tuple[int, int]] = (8, 50)
+
+    class StrictTask:
+        stratify_key = None
+
+        @staticmethod
+        def normalise(records, data_cfg):
+            examples, fmt = chat.normalise(records, data_cfg)
+            return [StrictExample(**vars(e)) for e in examples], fmt
+
+    splits = prepare_splits(DataConfig(train=str(write_chat(tmp_path / "chat.jsonl", 100))), task=StrictTask)
+    warned = capsys.readouterr().err
+    assert "the validation split has only 10 records" in warned and len(splits.warnings) == 2
+    assert "50 or more bring that under +-7" in warned and "30 or more" not in warned  # 50 / sqrt(50) = 7.1
+    with pytest.raises(TunesmithError) as info:
+        prepare_splits(DataConfig(train=str(write_chat(tmp_path / "few.jsonl", 60))), task=StrictTask)  # 6 and 6
+    assert "at least 8 records (50 or more for a score within +-7 points)" in info.value.fix
+
+
 # --- 5. Wording --------------------------------------------------------------------------------------
 
 

@@ -83,7 +83,10 @@ def test_each_family_reads_its_own_position_field():
     assert position_limit(pair).limit == 256  # data.max_length is the source: the encoder's table
     assert position_limit({"model_type": "mpt", "max_seq_len": 2048}).limit == 2048  # plain config.json dicts too
     # T5's relative position buckets have no table to overflow.
-    assert position_limit(T5Config(d_model=32, num_layers=2, num_heads=2, d_ff=64)) is None
+    t5 = T5Config(d_model=32, num_layers=2, num_heads=2, d_ff=64)
+    assert position_limit(t5) is None
+    # ...and its tokenizer's model_max_length (512, its pre-training length) is not taken for one.
+    assert position_limit(t5, type("T5Tokenizer", (), {"model_max_length": 512})()) is None
 
 
 def test_tokenizer_length_is_a_fallback_only_when_it_is_real():

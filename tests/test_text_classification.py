@@ -464,7 +464,7 @@ def test_tfidf_baseline_chooses_c_and_ngrams_and_beats_the_c1_default():
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from tunesmith.evaluate.classification import tfidf_baseline, tfidf_baseline_metrics
+    from tunesmith.evaluate.classification import tfidf_baseline_metrics
 
     rng = random.Random(0)
     train, validation, test = support_messages(60, rng), support_messages(30, rng), support_messages(60, rng)
@@ -485,9 +485,6 @@ def test_tfidf_baseline_chooses_c_and_ngrams_and_beats_the_c1_default():
     no_validation = tfidf_baseline_metrics(train, ([], []), test[0], [(label,) for label in test[1]], list(TOPICS))
     assert "cross-validation on train" in no_validation["name"]
     assert no_validation["accuracy"] >= default_accuracy + 0.03
-    # The older call (train and test only) gets the same choice.
-    predicted = tfidf_baseline(*train, test[0])
-    assert sum(p == t for p, t in zip(predicted, test[1])) / len(predicted) == no_validation["accuracy"]
 
 
 def test_tfidf_baseline_with_too_little_data_keeps_the_defaults_and_says_so():
@@ -496,3 +493,77 @@ def test_tfidf_baseline_with_too_little_data_keeps_the_defaults_and_says_so():
     train = (["good fast", "bad slow", "good cheap", "bad broken"], ["pos", "neg", "pos", "neg"])
     metrics = tfidf_baseline_metrics(train, ([], []), ["good"], [("pos",)], ["neg", "pos"])
     assert metrics["accuracy"] == 1.0 and "too few" in metrics["name"]
+
+
+def _summary(baseline: dict) -> dict:
+    """A finished run's summary.json, as much of it as the report reads."""
+    return {
+        "model": "tiny",
+        "model_source": "local",
+        "method": "full",
+        "task": "text-classification",
+        "parameters": {"trainable": 10, "total": 10},
+        "data": {"train": 8, "test": 4},
+        "steps": 2,
+        "total_steps": 2,
+        "status": "finished",
+        "precision": "fp32",
+        "processes": 1,
+        "trained_tokens": 100,
+        "trained_tokens_per_s": 50.0,
+        "wall_seconds": 2.0,
+        "best_eval_loss": None,
+        "best_eval_ppl": None,
+        "best_step": None,
+        "base": {"accuracy": 0.25, "f1_macro": 0.2},
+        "tuned": {"accuracy": 0.75, "f1_macro": 0.7},
+        "baseline": baseline,
+    }
+
+
+def test_the_report_says_what_the_baseline_is_and_claims_nothing_of_one_recorded_without_a_description(
+    tmp_path,
+):
+    """Runs recorded before baselines described themselves used C=1 with 1-2 grams, and reranking's baseline
+    is no logistic regression: a baseline without a description gets a sentence that names no model."""
+    from types import SimpleNamespace
+
+    from tunesmith.evaluate.report import NO_DESCRIPTION, write_report
+    from tunesmith.runs.rundir import RunDir
+
+    config = SimpleNamespace(eval=SimpleNamespace(report_samples=0))
+    run = RunDir(tmp_path / "old-run")
+    run.path.mkdir()
+    write_report(run, _summary({"accuracy": 0.5, "f1_macro": 0.4}), [], [], config)
+    report = (run.path / "report.md").read_text()
+    assert NO_DESCRIPTION in report and "cross-validation" not in report and "logistic" not in report
+    assert "| accuracy | 0.2500 | 0.5000 | 0.7500 |" in report
+
+    described = {"accuracy": 0.5, "f1_macro": 0.4, "name": "x", "description": "The baseline is a coin."}
+    write_report(run, _summary(described), [], [], config)
+    report = (run.path / "report.md").read_text()
+    assert "The baseline is a coin." in report and NO_DESCRIPTION not in report
+
+
+def test_the_reranking_baseline_names_itself_a_tfidf_cosine(capsys):
+    from tunesmith.data.prepare import DataSplits
+    from tunesmith.tasks import text_classification as task
+
+    def pair(i: int, query: str, passage: str, score: float):
+        return task.LabeledText(f"p:{i}", query, (), passage, score)
+
+    train = [pair(1, "mail server", "an IMAP mail server", 1.0), pair(2, "mail server", "a chess game", 0.0)]
+    test = [
+        pair(3, "chess game", "a chess engine and game", 1.0),
+        pair(4, "chess game", "an SMTP relay", 0.0),
+        pair(5, "mail", "mail reader", 1.0),
+        pair(6, "mail", "sound mixer", 0.0),
+    ]
+    baseline = task.baseline(DataSplits(train, [], test, "pairs"), None, {"scores": True})
+    assert baseline is not None and baseline["ndcg@10"] == 1.0
+    assert baseline["name"] == "tfidf cosine (query vs passage)"
+    assert "TF-IDF cosine between query and passage" in baseline["description"]
+    assert "logistic" not in baseline["description"]
+    # The comparison table printed after training shows which baseline it was.
+    pipeline.print_comparison({"base": {"ndcg@10": 0.5}, "tuned": {"ndcg@10": 0.9}, "baseline": baseline})
+    assert "baseline: tfidf cosine (query vs passage)" in capsys.readouterr().out

@@ -12,6 +12,8 @@ from tunesmith.models.noise import quiet_known_noise
 # Before any entry point (CLI, API, search worker, `accelerate launch`) loads peft or transformers.
 quiet_known_noise()
 
+# The one place the version is written: pyproject.toml reads it from here (setuptools' dynamic `attr`, which
+# parses this line without importing the package), and `tunesmith --version` prints it.
 __version__ = "0.1.0"
 
 

@@ -50,8 +50,12 @@ def chat_loop(
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     model, tokenizer, config, _ = load_tuned(run_dir, allow_pickle=allow_pickle)
-    conversation = _Conversation(system)
+    # The model learnt its answers under the run's data.system_prompt (predict and eval give it too);
+    # --system replaces it for this conversation.
+    conversation = _Conversation(system if system is not None else config.data.system_prompt)
     print("chat with the tuned model; " + command_help(), file=stdout, flush=True)
+    if conversation.system:
+        print(f"system prompt: {conversation.system}", file=stdout, flush=True)
     while True:
         print("you> ", end="", file=stdout, flush=True)
         line = stdin.readline()

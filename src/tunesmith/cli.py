@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tunesmith import __version__
 from tunesmith.errors import TunesmithError, exit_code_of
 from tunesmith.methods import METHODS
 from tunesmith.plan.cli import add_commands as add_plan_commands
@@ -24,14 +25,12 @@ def _cmd_init(args) -> None:
     if args.method:  # the task's settings of another method's fields do not apply to this one
         start = {k: v for k, v in start.items() if not k.startswith("method.")} | {"method.name": args.method}
     config = load_config(None, [f"task={args.task}"] + [f"{k}={v}" for k, v in start.items()])
-    text = render_template(config)
+    notes = []
     if config.data.train and config.data.train.startswith(str(EXAMPLE_DATA)):
         # The template trains as printed (on the packaged example data), which a newcomer's first
-        # `validate` needs; the line says it is the one to change.
-        text = text.replace(
-            "\n\n", "\n# data.train points at tunesmith's packaged example data: replace it with your file.\n\n", 1
-        )
-    print(text, end="")
+        # `validate` needs; the note says which line to change.
+        notes.append("data.train points at tunesmith's packaged example data: replace it with your file.")
+    print(render_template(config, notes=notes), end="")
 
 
 def _load(args):
@@ -100,7 +99,7 @@ def allow_pickle_arg(p) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune pretrained models to your use case.")
     parser.add_argument(
-        "--version", action="version", version=f"tunesmith {_installed_version()}", help="print the version and exit"
+        "--version", action="version", version=f"tunesmith {__version__}", help="print the version and exit"
     )
     sub = parser.add_subparsers(
         dest="command",
@@ -154,8 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--input",
         required=True,
         metavar="FILE",
-        help="records to answer: JSONL/JSON/CSV/Parquet or a .txt with one prompt a line; chat takes messages "
-        "ending in a user turn, prompt, text or instruction(+input) records, answers are optional (docs/commands.md)",
+        help="records to answer: JSONL/JSON/CSV/Parquet or a .txt with one prompt a line (token classification: "
+        "one sentence a line, or a CoNLL file of words and tags); chat takes messages ending in a user turn, prompt, "
+        "text or instruction(+input) records; answers are optional (docs/commands.md)",
     )
     p.add_argument(
         "--output",
@@ -193,15 +193,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_runs_commands(sub)  # runs, runs compare: read the runs index and run folders only
     add_search_commands(sub)  # search, autotrain: many pipeline.train runs on an Optuna study
     return parser
-
-
-def _installed_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("tunesmith")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,14 +6,13 @@ the trade-off; `tunesmith init` and the README's config reference are generated 
 is an error naming the closest valid key, and every error names the YAML line or the `--set` argument
 of the value, the values the key takes and an example (config_errors.py). What a run saved is read
 leniently (`load_saved_config`): keys this version no longer knows are dropped with a warning, so old
-runs stay usable. Relative data paths are read from the config file's folder, never the working
-directory, unless they were given with `--set`.
+runs stay usable. Relative data paths and model folders are read from the config file's folder, never the
+working directory, unless they were given with `--set` (sources.py decides what is a path and what a hub id).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -28,13 +27,14 @@ from tunesmith.errors import TunesmithError
 from tunesmith.methods import DEFAULT_METHOD, METHODS, default_settings, get_method, methods_for
 from tunesmith.methods.base import MethodSettings
 from tunesmith.section import Section
+from tunesmith.sources import DATA_SUFFIXES, resolve_data_path, resolve_model_name
 from tunesmith.taskcards import TASKS, data_field_owners
 
 
 class ModelConfig(Section):
     name: str = Field(
         "smollm2-135m-instruct",
-        description="base model: a packaged starter name, a hub id (org/name), a local directory or a .gguf file",
+        description="base model: a packaged starter name, a hub id (org/name), a local directory or a .gguf file; a relative path is read from this config file's folder (from the working directory when given with --set)",
     )
     revision: str | None = Field(
         None, description="hub branch, tag or commit to pin; None takes the default branch", examples=["main"]
@@ -627,12 +627,6 @@ def switch_method(method: dict[str, Any], *, note: bool = False) -> dict[str, An
     return {k: v for k, v in method.items() if k not in dropped}
 
 
-# The files data/readers.py reads (its SUPPORTED_EXTENSIONS; data sits above config, so it is not imported
-# from there). Given where the run config goes, such a file is data: `tunesmith validate tickets.jsonl`
-# is a newcomer's natural first try (issue 15).
-DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
-
-
 def _read_yaml(path: Path) -> tuple[dict[str, Any], Origins]:
     """The mapping a YAML run config holds, and the line of each of its keys (for error messages)."""
     if path.is_dir():
@@ -692,10 +686,26 @@ def _holds_json_lines(text: str) -> bool:
 
 
 def _holds_records(path: Path, raw: Any) -> bool:
-    """A JSON array of records, or a .json file whose keys are no config sections (one record)."""
+    """A JSON array of records, or a .json object that looks like data: a list of records under some key
+    (`{"data": [...]}`, which readers.py unwraps) or the columns of one record. An object of misspelt keys
+    (`{"trian": ...}`) or `{}` is a config, so validation names the closest key."""
     if isinstance(raw, list):
-        return bool(raw) and all(isinstance(item, dict) for item in raw)
-    return path.suffix.lower() == ".json" and isinstance(raw, dict) and not set(raw) & set(RunConfig.model_fields)
+        return _is_records(raw)
+    if path.suffix.lower() != ".json" or not isinstance(raw, dict):
+        return False
+    if any(_is_records(value) for value in raw.values()):  # no config key holds a list of mappings
+        return True
+    # A record's columns; `output` is also a config section, which a record holds as text, not a mapping.
+    sections = [key for key in raw if key in RunConfig.model_fields and isinstance(raw[key], dict)]
+    return bool(set(raw) & _DATA_COLUMNS) and not sections
+
+
+# The columns by which the tasks recognise their records (taskcards' detect_columns): messages, prompt, text, ...
+_DATA_COLUMNS = {column for card in TASKS.values() for columns in card.detect_columns for column in columns}
+
+
+def _is_records(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(item, dict) for item in value)
 
 
 def _data_file_error(path: Path) -> TunesmithError:
@@ -737,51 +747,41 @@ def load_config(
 ) -> RunConfig:
     """Read a YAML run config (or defaults when `path` is None), apply `--set` overrides, validate strictly.
 
-    Relative data paths are made absolute, so every later message names the file that is read: those the
-    YAML file holds against its folder (or `base_dir`), never the working directory, so a config reads the
-    same data wherever it is run from; those given with --set (or with no file) against the working
-    directory, where they were typed.
+    Relative data paths and model folders are made absolute, so every later message names the file that
+    is read: those the YAML file holds against its folder (or `base_dir`), never the working directory, so
+    a config reads the same data wherever it is run from; those given with --set (or with no file) against
+    the working directory, where they were typed. Hub ids and starter names stay as written (sources.py).
     """
     raw, origins = _read_yaml(Path(path)) if path else ({}, Origins("--set"))
     raw = _coerce_floats(apply_overrides(raw, overrides or [], origins))
     config = _validate(raw, origins)
     folder = Path(base_dir).resolve() if base_dir else (Path(path).resolve().parent if path else Path.cwd())
     _resolve_data_paths(config.data, origins, folder)
+    _resolve_model_name(config.model, origins, folder)
     return config
 
 
 # Data fields that name files or folders (the other data fields are prompts, separators, flags).
 DATA_PATH_FIELDS = ("train", "validation", "test", "class_data_dir")
-# `owner/name`, as the hub spells dataset ids (data/readers.py reads a train/validation/test so when no such
-# local path exists).
-_HUB_DATASET = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _base(origins: Origins, key: tuple[str, ...], folder: Path) -> Path:
+    """The folder a relative path at `key` is read from: the working directory where --set gave it."""
+    return Path.cwd() if origins.place(key).override else folder
 
 
 def _resolve_data_paths(data: DataConfig, origins: Origins, folder: Path) -> None:
     for key in DATA_PATH_FIELDS:
         value = getattr(data, key)
         if value:
-            base = Path.cwd() if origins.place(("data", key)).override else folder
-            setattr(data, key, _absolute(value, base, may_be_hub_id=key != "class_data_dir"))
+            base = _base(origins, ("data", key), folder)
+            setattr(data, key, resolve_data_path(value, base, may_be_hub_id=key != "class_data_dir"))
 
 
-def _absolute(value: str, base: Path, *, may_be_hub_id: bool) -> str:
-    """`value` against `base`, whether it exists or not (a missing file's message then says where it was
-    looked for); a hub dataset id stays as written."""
-    try:
-        path = Path(value).expanduser()
-    except RuntimeError:  # `~someone/...` for a user this machine does not have: a plain relative path
-        path = Path(value)
-    if path.is_absolute():
-        return str(path)
-    resolved = Path(os.path.normpath(base / path))
-    hub_id = (
-        may_be_hub_id
-        and _HUB_DATASET.match(value) is not None
-        and path.suffix.lower() not in DATA_SUFFIXES
-        and not (base / path.parts[0]).is_dir()  # `data/trian` beside a data/ folder is a mistyped path
-    )
-    return value if hub_id and not resolved.exists() else str(resolved)
+def _resolve_model_name(model: ModelConfig, origins: Origins, folder: Path) -> None:
+    # Only a name the user wrote: the default starter's name is no path, whatever the folder holds.
+    if "name" in model.model_fields_set:
+        model.name = resolve_model_name(model.name, _base(origins, ("model", "name"), folder))
 
 
 def load_saved_config(path: str | Path) -> RunConfig:
@@ -831,12 +831,14 @@ def dump_config(config: RunConfig) -> str:
 # Templates and reference docs come from the field descriptions, so they cannot drift from the code.
 
 
-def render_template(config: RunConfig | None = None) -> str:
-    """A commented YAML config: every field with its value and its description."""
+def render_template(config: RunConfig | None = None, notes: list[str] | None = None) -> str:
+    """A commented YAML config: every field with its value and its description. `notes` are comment lines
+    added to the header (what the reader must change before a real run)."""
     config = config or RunConfig()
     out = [
         "# tunesmith run config. Every key is optional; the comment says what it trades off.",
         "# Validate with `tunesmith validate run.yaml`, train with `tunesmith train run.yaml`.",
+        *(f"# {note}" for note in notes or []),
         "",
     ]
     for name, field in RunConfig.model_fields.items():

@@ -392,6 +392,8 @@ def _file_order(problem: Problem) -> tuple[int, int]:
 
 def _problem(root: type[BaseModel], items: list[ErrorDetails], raw: dict[str, Any], origins: Origins) -> Problem:
     first = items[0]
+    if first["type"] == "invalid_key" or first["loc"][-1:] == ("[key]",):
+        return _key_not_a_name(root, first, origins)
     spot = walk(root, tuple(first["loc"]))
     if first["type"] == "extra_forbidden":
         return _unknown_key(root, spot, origins)
@@ -401,7 +403,11 @@ def _problem(root: type[BaseModel], items: list[ErrorDetails], raw: dict[str, An
     if custom:
         return _custom(spot, custom[0], raw, origins)
     got = value_at(raw, spot.path)
+    if got is _MISSING and first["type"] != "missing":
+        # A value `raw` does not hold (a caller that passed none, a key that is no text): pydantic's copy of it.
+        got = first.get("input", _MISSING)
     allowed = describe(spot.annotation, spot.constraints)
+    # Only an absent field is "required"; `split: [0.5, 0.1]` lacks an item ("missing" too) but was written.
     if got is _MISSING:
         message = f"{spot.dotted} is required: {allowed}"
     else:
@@ -457,6 +463,35 @@ def _unknown_key(root: type[BaseModel], spot: Spot, origins: Origins) -> Problem
     else:
         fix = f"valid keys {'in ' + section if section else 'at the top'}: {', '.join(valid)}"
     return Problem(origins.place(spot.path).where, f"unknown key {spot.dotted!r}", fix)
+
+
+def _key_not_a_name(root: type[BaseModel], item: ErrorDetails, origins: Origins) -> Problem:
+    """`1: foo`: YAML reads an unquoted number (true, null) as one, and config keys are names. pydantic calls it
+    `invalid_key` in a section and a `[key]` string error in a mapping such as data.columns."""
+    key = item["input"]
+    # The mapping the key is in, its path without pydantic's union tags (`method.lora` is `method`).
+    holder = walk(root, tuple(part for part in item["loc"] if part != "[key]")[:-1])
+    section = holder.path
+    where = f"in {'.'.join(section)}" if section else "at the top of the config"
+    kind = (
+        "true or false"
+        if isinstance(key, bool)
+        else "a number"
+        if isinstance(key, (int, float))
+        else "null"
+        if key is None
+        else "not text"
+    )
+    message = f"the key {yaml_value(key)} {where} is {kind}: keys must be names"
+    # Origins holds the key as the YAML text spelt it (`true`, not Python's `True`).
+    place = origins.place((*section, yaml_value(key)))
+    if holder.model is not None:
+        fix = f"valid keys {where}: {', '.join(holder.model.model_fields)}"
+    elif holder.info is not None and holder.info.examples:  # a mapping of names: search.space, data.columns
+        fix = "write a name there, " + _example_text(holder, holder.info.examples[0], place)
+    else:
+        fix = f'write a name there; to keep {yaml_value(key)} as the name, quote it: "{key}"'
+    return Problem(place.where, message, fix)
 
 
 def _sections(root: type[BaseModel]) -> list[tuple[str, type[BaseModel]]]:

@@ -668,14 +668,29 @@ def read_predict_input(run_dir: str | Path, input_path: str) -> list:
     the model, so a bad line fails in a second, naming its file and line. Prompts need no answers (a
     chat conversation may end in a user turn, a text to classify needs no label); which inputs each task
     takes is in docs/commands.md."""
-    config = load_saved_config(RunDir.open(run_dir).config_path)
+    run = RunDir.open(run_dir)
+    config = load_saved_config(run.config_path)
     task = get_task(config.task)
     # Every input record gets an output line, so a bad one stops predict rather than being skipped
     # under the run's data.on_bad_record: skip (the output would no longer line up with the input).
     data_cfg = config.data.model_copy(update={"on_bad_record": "error"})
-    reader = getattr(task, "read", None) or read_prompt_records  # read_prompt_records also reads .txt prompts
-    examples, _ = load_examples(input_path, data_cfg, getattr(task, "normalise_prompts", task.normalise), None, reader)
+    normalise = getattr(task, "normalise_prompts", task.normalise)
+    examples, _ = load_examples(input_path, data_cfg, normalise, None, _predict_reader(task, run))
     return examples
+
+
+def _predict_reader(task, run: RunDir):
+    """The reader of predict's input, with load_examples' signature: the task's `read_prompts` (given the
+    run's task.json, e.g. token classification's tag names), else its `read`, else read_prompt_records
+    (which also reads a .txt of prompts, one a line)."""
+    if hasattr(task, "read_prompts"):
+        meta = run.read_json("task.json")
+
+        def read_prompts(source, data_cfg, split=None, bad=None):
+            return task.read_prompts(source, data_cfg, meta, bad)
+
+        return read_prompts
+    return getattr(task, "read", None) or read_prompt_records
 
 
 def predict(

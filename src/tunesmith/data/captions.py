@@ -106,13 +106,13 @@ def _example_of(record, image_names: list[str], text_names: list[str], data_cfg,
 
 def _caption_of(image: Path, root: Path, data_cfg) -> str | None:
     """The text of `image`'s `.txt` sidecar, which (like the image) may not lead out of the folder."""
-    from tunesmith.data.readers import _read_text
+    from tunesmith.data.readers import read_text_file
 
     caption = image.with_suffix(".txt")
     if not caption.is_file():
         return None
     resolve_inside(str(caption.relative_to(root)), root, str(caption), data_cfg.allow_outside_paths)
-    return _read_text(caption, str(caption)).strip() or None
+    return read_text_file(caption, str(caption)).strip() or None
 
 
 def read_image_folder(root: Path, data_cfg, bad=None) -> list[CaptionedImage]:
@@ -152,9 +152,9 @@ def read_image_folder(root: Path, data_cfg, bad=None) -> list[CaptionedImage]:
 
 
 def read_prompt_lines(path: Path) -> list[CaptionedImage]:
-    from tunesmith.data.readers import _read_text, split_lines
+    from tunesmith.data.readers import read_text_file, split_lines
 
-    lines = split_lines(_read_text(path, str(path)))
+    lines = split_lines(read_text_file(path, str(path)))
     return [
         CaptionedImage(f"{path}:{i}", None, line.strip(), "prompts") for i, line in enumerate(lines, 1) if line.strip()
     ]

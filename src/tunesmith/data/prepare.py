@@ -18,9 +18,7 @@ from tunesmith.data.bad_records import BadRecords, normalise_skipping
 from tunesmith.data.readers import read_records
 from tunesmith.data.split import (
     SPLITS,
-    WARN_BELOW,
-    find_duplicates,
-    first_repeat,
+    find_repeats,
     held_out_minimums,
     overlaps,
     split_examples,
@@ -212,12 +210,12 @@ def _held_out_sizes(splits: DataSplits, data_cfg, carved: list[str], carved_from
             else f"the file {splits.sources[name].path}"
         )
         if n < refuse_below:
-            too_small.append((name, n, refuse_below, origin))
+            too_small.append((name, n, (refuse_below, warn_below), origin))
         elif n < warn_below:
             warnings.append(
                 f"the {name} split has only {n} records ({origin}): a score on it is uncertain by about "
-                f"+-{_standard_error(n):.0f} points (the standard error of a 50% score); {WARN_BELOW} or more "
-                f"bring that under +-{_standard_error(WARN_BELOW):.0f}"
+                f"+-{_standard_error(n):.0f} points (the standard error of a 50% score); {warn_below} or more "
+                f"bring that under +-{_standard_error(warn_below):.0f}"
             )
     if too_small:
         fewest = min(n for _, n, _, _ in too_small)
@@ -239,7 +237,9 @@ def _standard_error(n: int) -> float:
 
 
 def _small_split_fix(too_small: list, data_cfg, carved: list[str], carved_from: int) -> str:
-    needed = max(limit for _, _, limit, _ in too_small)
+    # The limits of the example type being checked (held_out_minimums), not data/split.py's defaults.
+    needed = max(refuse_below for _, _, (refuse_below, _), _ in too_small)
+    enough = max(warn_below for _, _, (_, warn_below), _ in too_small)
     options = []
     carved_small = [name for name, *_ in too_small if name in carved]
     if carved_small:
@@ -263,8 +263,8 @@ def _small_split_fix(too_small: list, data_cfg, carved: list[str], carved_from: 
         + "".join(f" (and remove data.{name})" for name in files)
     )
     return (
-        f"give {'each' if len(too_small) > 1 else 'it'} at least {needed} records ({WARN_BELOW} or more for a score within "
-        f"+-{_standard_error(WARN_BELOW):.0f} points): " + ", or ".join(options)
+        f"give {'each' if len(too_small) > 1 else 'it'} at least {needed} records ({enough} or more for a score within "
+        f"+-{_standard_error(enough):.0f} points): " + ", or ".join(options)
     )
 
 
@@ -275,12 +275,12 @@ def _duplicate_warnings(splits: DataSplits, carved: list[str]) -> list[str]:
     """Records repeated within train (they weigh twice) and across splits (leakage: a record scored in
     validation or test that training saw makes the score overstate what the model learned)."""
     warnings = []
-    repeat = first_repeat(splits.train)
-    if repeat is not None:
-        count = find_duplicates(splits.train)
+    repeats = find_repeats(splits.train)
+    if repeats.first is not None:
+        count, (later, earlier) = repeats.count, repeats.first
         warnings.append(
             f"the train split holds {count} record{'s' if count != 1 else ''} that repeat an earlier one "
-            f"(e.g. {repeat[0]} repeats {repeat[1]}): each repeat counts again in training; remove the "
+            f"(e.g. {later} repeats {earlier}): each repeat counts again in training; remove the "
             "repeats unless that weighting is intended"
         )
     for overlap in overlaps(dict(splits.items())):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.data.formats import normalise
-from tunesmith.data.readers import RawRecord, _read_text, read_records, split_lines
+from tunesmith.data.readers import RawRecord, read_records, read_text_file, split_lines
 from tunesmith.errors import TunesmithError
 
 __all__ = ["Prompt", "read_prompt_records", "chat_prompts", "plain_prompts"]
@@ -62,7 +62,7 @@ def read_prompt_records(source: str | os.PathLike, data_cfg=None, split: str | N
     path = Path(os.fspath(source))
     if not (path.is_file() and path.suffix.lower() == ".txt"):
         return read_records(source, split=split, bad=bad)
-    lines = split_lines(_read_text(path, str(source)))  # UTF-8 checked, with the line of a bad byte
+    lines = split_lines(read_text_file(path, str(source)))  # UTF-8 checked, with the line of a bad byte
     records = [
         RawRecord(fields={"text": line.strip()}, where=f"{source}:{number}")
         for number, line in enumerate(lines, start=1)

@@ -20,14 +20,15 @@ from typing import Any
 
 from tunesmith.data.bad_records import BadRecords, drop
 from tunesmith.errors import TunesmithError
+from tunesmith.models.resolve import hub_reachable
+from tunesmith.sources import DATA_SUFFIXES, hub_shaped
 
-__all__ = ["RawRecord", "read_records", "SUPPORTED_EXTENSIONS"]
+__all__ = ["RawRecord", "read_records", "read_text_file", "split_lines", "SUPPORTED_EXTENSIONS"]
 
-SUPPORTED_EXTENSIONS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
+# The suffixes of the files read here; config.py tells data files from run configs by the same list.
+SUPPORTED_EXTENSIONS = DATA_SUFFIXES
 
 _UTF8_BOM = b"\xef\xbb\xbf"
-# `owner/name`, as the hub spells dataset ids; anything with more path parts is a local path.
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Python's default (128 KiB) is smaller than a long document in a `text` column.
 _CSV_FIELD_LIMIT = 2**31 - 1
 # Line ends as editors count them: \r\n, \n and a lone \r (old Mac exports). Not str.splitlines(): JSON
@@ -53,7 +54,10 @@ def read_records(
     """Read every row of `source`.
 
     `source` is a `.jsonl`/`.json`/`.csv`/`.tsv`/`.parquet` file, a folder written by
-    `datasets.save_to_disk`, or (when no such local path exists) a hub dataset id `owner/name`.
+    `datasets.save_to_disk`, or (when no such local path exists) a hub dataset id `owner/name`. A run
+    config's paths come here already decided (sources.py): local ones absolute, hub ids as written, so a
+    relative `owner/name` that is not a local path is read from the hub, whatever folders the working
+    directory holds.
     `split` picks the split of a saved `DatasetDict` or hub dataset (default "train"); plain files
     ignore it. Raises `TunesmithError` when the source is missing, unreadable or holds no records.
     A row that cannot be parsed (a JSON line, a CSV row) goes to `bad` (data.on_bad_record), which
@@ -65,7 +69,7 @@ def read_records(
         records = _read_saved_dataset(path, name, split)
     elif path.is_file():
         records = _read_file(path, name, bad)
-    elif _looks_like_hub_name(name):
+    elif hub_shaped(name):
         records = _read_hub(name, split)
     else:
         raise _missing_file_error(path, name)
@@ -90,7 +94,7 @@ def read_records(
 def _read_file(path: Path, name: str, bad: BadRecords | None = None) -> list[RawRecord]:
     ext = path.suffix.lower()
     if ext in (".jsonl", ".ndjson"):
-        return _parse_jsonl(_read_text(path, name), name, bad)
+        return _parse_jsonl(read_text_file(path, name), name, bad)
     if ext == ".json":
         return _read_json(path, name, bad)
     if ext in (".csv", ".tsv"):
@@ -104,16 +108,6 @@ def _read_file(path: Path, name: str, bad: BadRecords | None = None) -> list[Raw
         + ", ".join(SUPPORTED_EXTENSIONS)
         + ", a folder saved with datasets' save_to_disk, or a hub dataset name owner/name",
     )
-
-
-def _looks_like_hub_name(name: str) -> bool:
-    if not _HUB_NAME.match(name):
-        return False
-    # `data/trian.jsonl` or `data/trian` next to an existing `data/` folder is a mistyped local path;
-    # reporting it as "hub unreachable" would send the user the wrong way.
-    if Path(name).suffix.lower() in SUPPORTED_EXTENSIONS:
-        return False
-    return not Path(name.split("/", 1)[0]).is_dir()
 
 
 def _missing_file_error(path: Path, name: str) -> TunesmithError:
@@ -155,7 +149,7 @@ def split_lines(text: str) -> list[str]:
     return _LINE_END.split(text)
 
 
-def _read_text(path: Path, name: str) -> str:
+def read_text_file(path: Path, name: str) -> str:
     """Decode the whole file as UTF-8, tolerating a BOM; name the first bad byte otherwise."""
     try:
         data = path.read_bytes()
@@ -309,7 +303,7 @@ def _first_line_is_object(text: str) -> bool:
 
 
 def _read_json(path: Path, name: str, bad: BadRecords | None = None) -> list[RawRecord]:
-    text = _read_text(path, name)
+    text = read_text_file(path, name)
     if not text.strip():
         return []
     try:
@@ -377,7 +371,7 @@ def _records_list_in_object(value: dict, name: str) -> list:
 
 
 def _read_csv(path: Path, name: str, *, delimiter: str, bad: BadRecords | None = None) -> list[RawRecord]:
-    text = _read_text(path, name)
+    text = read_text_file(path, name)
     shown_delim = "tab" if delimiter == "\t" else f"'{delimiter}'"
     quote_fix = f"quote fields that contain the delimiter ({shown_delim}) or line breaks with double quotes"
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
@@ -517,6 +511,16 @@ def _read_saved_dataset(path: Path, name: str, split: str | None) -> list[RawRec
 
 
 def _read_hub(name: str, split: str | None) -> list[RawRecord]:
+    # huggingface_hub retries an unreachable hub for ~28 s before it gives up; one connect says so at once
+    # (as models/resolve.py does for model ids). In offline mode datasets reads its cache without retrying.
+    if not _offline_mode() and not hub_reachable():
+        raise TunesmithError(
+            f"'{name}' is not a local file or folder, so it was read as a Hugging Face hub dataset id, "
+            "and the hub is unreachable",
+            where=name,
+            fix=_hub_fix(name),
+        )
+
     import datasets
 
     try:
@@ -524,13 +528,29 @@ def _read_hub(name: str, split: str | None) -> list[RawRecord]:
     except Exception as exc:  # network, auth, missing repo, unknown split: the remedy is the same
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TunesmithError(
-            f"'{name}' is not a local file, and loading it from the Hugging Face hub failed "
+            f"'{name}' is not a local file or folder, and loading it from the Hugging Face hub failed "
             f"(hub unreachable or dataset/split not found): {detail}",
             where=name,
-            fix="check the name and your network, or download the data file and point data.train at "
-            "its local path (e.g. data.train: data/train.jsonl)",
+            fix="check the name and your network; or " + _hub_fix(name),
         ) from None
     return _dataset_records(loaded, name)
+
+
+def _offline_mode() -> bool:
+    """HF_HUB_OFFLINE / HF_DATASETS_OFFLINE: the user asked for the cache, which needs no network."""
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+def _hub_fix(name: str) -> str:
+    folder = name.rsplit("/", 1)[-1]
+    return (
+        f'on a machine with network save it with datasets: `python -c "import datasets; '
+        f"datasets.load_dataset('{name}').save_to_disk('{folder}')\"`, copy the {folder} folder here and set "
+        f"data.train to its local path; or set data.train to a local data file ({', '.join(SUPPORTED_EXTENSIONS)}). "
+        "If it is meant to be a local path, check it: a config's relative paths are read from the config's folder"
+    )
 
 
 def _dataset_records(dataset: Any, name: str) -> list[RawRecord]:

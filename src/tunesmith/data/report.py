@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tunesmith.data.split import find_duplicates
+from tunesmith.data.split import find_repeats
 
 
 def _percentiles(values: list[int], points=(50, 90, 99, 100)) -> str:
@@ -64,7 +64,7 @@ def data_report(config, resolved, tokenizer, splits, encoded, task) -> str:
         truncated = "-" if enc is None else sum(e.truncated for e in enc)
         lengths = [e.full_length for e in enc or []]
         lines.append(
-            f"{name:<11}{len(examples):>8}{truncated:>11}{find_duplicates(examples):>12}"
+            f"{name:<11}{len(examples):>8}{truncated:>11}{find_repeats(examples).count:>12}"
             f"{_empty_turns(examples):>13}   {_percentiles(lengths)}"
         )
     if splits.bad is not None and splits.bad.count:

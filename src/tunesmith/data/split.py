@@ -15,8 +15,8 @@ __all__ = [
     "REFUSE_BELOW",
     "WARN_BELOW",
     "split_examples",
-    "find_duplicates",
-    "first_repeat",
+    "find_repeats",
+    "Repeats",
     "Overlap",
     "overlaps",
     "held_out_minimums",
@@ -103,28 +103,27 @@ def split_stratified(examples: Sequence[Any], ratios=(0.8, 0.1, 0.1), seed: int 
     return result
 
 
-def find_duplicates(examples: Sequence[Any]) -> int:
-    """Count examples whose content (messages or text) exactly repeats an earlier example's."""
-    seen: set = set()
-    duplicates = 0
-    for example in examples:
-        key = _content_key(example)
-        if key in seen:
-            duplicates += 1
-        else:
-            seen.add(key)
-    return duplicates
+@dataclass(frozen=True)
+class Repeats:
+    """Examples whose content (messages or text) exactly repeats an earlier example's."""
+
+    count: int
+    first: tuple[str, str] | None  # (where, where of the earlier example it repeats) of the first; None: none
 
 
-def first_repeat(examples: Sequence[Any]) -> tuple[str, str] | None:
-    """(where, where of the earlier example it repeats) for the first repeated example, or None."""
+def find_repeats(examples: Sequence[Any]) -> Repeats:
+    """How many examples repeat an earlier one, and the first that does, in one walk."""
     seen: dict = {}
+    count, first = 0, None
     for example in examples:
         key = _content_key(example)
         if key in seen:
-            return example.where, seen[key]
-        seen[key] = example.where
-    return None
+            count += 1
+            if first is None:
+                first = (example.where, seen[key])
+        else:
+            seen[key] = example.where
+    return Repeats(count, first)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from tunesmith.runs.rundir import RunDir, atomic_write_text
 
+NO_DESCRIPTION = "The baseline is the task's reference model on the same split."
+
 
 def plot_loss(run: RunDir) -> str | None:
     import matplotlib
@@ -57,14 +59,9 @@ def write_report(run: RunDir, summary: dict, base_rows: list[dict], tuned_rows: 
         "",
     ]
     if reference:
-        # A task's baseline says what it is (evaluate/classification.py tfidf_baseline_metrics names the
-        # settings it chose); the sentence below is for baselines recorded without one.
-        lines += [
-            reference.get("description")
-            or "The baseline is TF-IDF + logistic regression trained on the same training split (C and word n-grams "
-            "chosen by cross-validation on train).",
-            "",
-        ]
+        # A task's baseline says what it is (its `description`). One recorded without a description may be
+        # any model (runs older than descriptions used a fixed C=1 with 1-2 grams), so the fallback names none.
+        lines += [reference.get("description") or NO_DESCRIPTION, ""]
     lines += [
         "| metric | base |" + (" baseline |" if reference else "") + " tuned |",
         "|---|---|" + ("---|" if reference else "") + "---|",

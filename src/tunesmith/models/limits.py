@@ -70,6 +70,9 @@ def position_limit(model_config: Any, tokenizer: Any = None) -> PositionLimit | 
     found = _from_config(model_config)
     if found is not None:
         return found
+    if (_get(model_config, "model_type") or "") in RELATIVE_POSITIONS:
+        # No table to overflow: T5's tokenizer says 512 (what it was pre-trained on), not a limit.
+        return None
     length = getattr(tokenizer, "model_max_length", None)
     if isinstance(length, int) and 0 < length < UNSET_TOKENIZER_LENGTH:
         return PositionLimit(length, "model_max_length of its tokenizer")

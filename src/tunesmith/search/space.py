@@ -351,4 +351,4 @@ def config_with(base: RunConfig, values: dict[str, Any], *, where: str = "search
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise explain_error(exc, where) from None
+        raise explain_error(exc, where, raw) from None

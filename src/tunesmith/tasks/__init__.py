@@ -28,6 +28,9 @@ Optional hooks (the pipeline looks them up with getattr; tasks without them take
   read(source, data_cfg, split, bad=None) -> records   the task's own reader (image folders, IDX files, prompt
       lists); a record it cannot use goes to `bad` (data/bad_records.py: raised, or skipped and counted).
       Without it, `predict` reads its input with data/prompts.py's read_prompt_records (also .txt prompts)
+  read_prompts(source, data_cfg, meta, bad=None) -> records   what `predict` reads where it differs from
+      `read`; `meta` is the run's task.json (token classification: a .txt of sentences, one a line, or a
+      CoNLL file, told apart by the run's tag names)
   normalise_prompts(records, data_cfg) -> (examples, format name)   what `predict` reads, where it differs
       from `normalise`: records without the answer a training record needs (chat: conversations ending in
       a user turn, data/prompts.py; text classification: texts without labels). Without it, `normalise`

@@ -383,7 +383,13 @@ def baseline(splits, config, meta: dict) -> dict | None:
 
         train_texts = [t for e in splits.train for t in (e.text, e.text_pair)]
         predicted = tfidf_cosine(train_texts, [e.text for e in splits.test], [e.text_pair for e in splits.test])
-        return ranking_metrics([e.text for e in splits.test], _relevance(splits.test), predicted)
+        metrics = ranking_metrics([e.text for e in splits.test], _relevance(splits.test), predicted)
+        metrics["name"] = "tfidf cosine (query vs passage)"
+        metrics["description"] = (
+            "The baseline is the TF-IDF cosine between query and passage, fitted on the training split's texts: "
+            "a lexical scorer that learns nothing from the relevance scores."
+        )
+        return metrics
     if meta["multi_label"] or not splits.test:
         return None
     from tunesmith.evaluate.classification import tfidf_baseline_metrics

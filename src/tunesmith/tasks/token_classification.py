@@ -5,7 +5,8 @@ Records come in three shapes, all turned into words with one tag each:
   spans    `text` + `entities: [{start, end, label}]` (character offsets, end exclusive): the text is cut
            into words (WORD below, cut again at every entity boundary) and tagged BIO (IOB2)
   CoNLL    `.conll`/`.iob`/`.txt` files: one word per line, the word in the first column and its tag in
-           the last, a blank line between sentences, `-DOCSTART-` lines skipped (`read`)
+           the last, a blank line between sentences, `-DOCSTART-` lines skipped (`read`). `predict`
+           reads a `.txt` whose lines are not words and tags as one sentence a line (`read_prompts`)
 `data.columns` maps other column names. Tags may be BIO/IOB2, IOBES, or plain (one tag per word, no
 prefixes, e.g. part-of-speech tags).
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Set
+from collections.abc import Collection, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,9 @@ CONLL_EXTENSIONS = (".conll", ".iob", ".iob2", ".bio", ".txt")
 # and licence ids such as GPL-2+ stay one word), or any other single non-space character (punctuation).
 WORD = re.compile(r"\w+(?:[-.@+/:'’]+\w+)*\+*|\S")
 PREFIXED = re.compile(r"^([BIES])-(.+)$")
+# A CoNLL line's last column as the tagging schemes spell it (BIO, IOBES, BILOU), to tell a CoNLL `.txt`
+# from a `.txt` of sentences (read_prompts).
+TAG = re.compile(r"^(O|[BIESLU]-\S+)$")
 
 
 @dataclass
@@ -145,19 +149,72 @@ def read(source: str, data_cfg, split: str | None = None, bad=None) -> list:
     return read_records(source, split=split, bad=bad)
 
 
+def read_prompts(source: str, data_cfg, meta: dict, bad=None) -> list:
+    """What `predict` reads: a `.txt` file that reads as CoNLL (`looks_like_conll`) as in training, any
+    other `.txt` as one sentence a line (a `{"text": line}` record, cut into words as a text record is), as
+    every other task reads a `.txt` of prompts; other sources as `read`. `meta` is the run's task.json: its
+    tag names tell a CoNLL line of plain tags (`cat NN`) from the last word of a sentence."""
+    from tunesmith.data.prompts import read_prompt_records
+    from tunesmith.data.readers import read_text_file, split_lines
+
+    path = Path(str(source))
+    if path.is_file() and path.suffix.lower() == ".txt":
+        lines = split_lines(read_text_file(path, str(source)))
+        if not looks_like_conll(lines, meta.get("labels", ())):
+            _refuse_words_without_tags(lines, str(source))
+            return read_prompt_records(source, data_cfg, None, bad)
+    return read(source, data_cfg, None, bad)
+
+
+def looks_like_conll(lines: list[str], run_tags: Collection[str] = ()) -> bool:
+    """Whether most word lines are a word and a tag: at least two columns, the last spelled like a tag
+    (O, B-X, I-X, E-X, S-X, L-X, U-X) or one of the run's tags with a letter in it (plain tags such as
+    NN; a tokenised sentence ends in `.`, which is also Penn's tag of a full stop). Most, not all: a CoNLL
+    file with a broken line is still CoNLL, and read_conll names the line."""
+
+    def tagged(columns: list[str]) -> bool:
+        last = columns[-1]
+        return len(columns) > 1 and bool(TAG.match(last) or (last in run_tags and any(c.isalpha() for c in last)))
+
+    words = [line.split() for line in lines if line.strip() and line.split()[0] != "-DOCSTART-"]
+    return sum(map(tagged, words)) * 2 > len(words)
+
+
+def _refuse_words_without_tags(lines: list[str], name: str) -> None:
+    """One word a line, in groups split by blank lines, is CoNLL without its tag column: read as sentences,
+    each word would be tagged alone, without the sentence around it."""
+    if any(len(line.split()) > 1 for line in lines):
+        return
+    groups: list[int] = []  # the number of word lines in each run of lines between blank ones
+    size = 0
+    for line in lines + [""]:
+        if line.strip():
+            size += 1
+        elif size:
+            groups.append(size)
+            size = 0
+    if len(groups) > 1 and max(groups) > 1:
+        raise TunesmithError(
+            "the file holds one word a line in groups split by blank lines: a CoNLL file without its tag column",
+            where=name,
+            fix="write each sentence on one line (words split by spaces), or give each word a tag after it "
+            "(e.g. O) to read the file as CoNLL",
+        )
+
+
 def read_conll(path: Path, bad=None) -> list:
     """One record per sentence: the first column is the word, the last the tag (CoNLL-2003 has POS and
     chunk columns in between); `-DOCSTART-` lines and blank lines end a sentence. A sentence with a
     line of one column is bad as a whole (data.on_bad_record skips all of it)."""
     from tunesmith.data.bad_records import drop
-    from tunesmith.data.readers import RawRecord, _read_text, split_lines
+    from tunesmith.data.readers import RawRecord, read_text_file, split_lines
 
     name = str(path)
     records: list[RawRecord] = []
     words: list[str] = []
     tags: list[str] = []
     start, broken = 0, False
-    for lineno, line in enumerate(split_lines(_read_text(path, name)), start=1):
+    for lineno, line in enumerate(split_lines(read_text_file(path, name)), start=1):
         columns = line.split()
         if not columns or columns[0] == "-DOCSTART-":
             if words and not broken:
