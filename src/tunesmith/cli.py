@@ -11,10 +11,12 @@ import sys
 
 from tunesmith import __version__
 from tunesmith.errors import TunesmithError, exit_code_of
+from tunesmith.export.cli import add_commands as add_export_commands
 from tunesmith.methods import METHODS
 from tunesmith.plan.cli import add_commands as add_plan_commands
 from tunesmith.runs.cli import add_commands as add_runs_commands
 from tunesmith.search.cli import add_commands as add_search_commands
+from tunesmith.serve.cli import add_commands as add_serve_commands
 from tunesmith.taskcards import EXAMPLE_DATA, TASKS
 
 
@@ -189,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     allow_pickle_arg(p)
     p.set_defaults(func=_cmd_merge)
 
+    add_export_commands(sub)  # export: a finished run in another format, checked against the run's own model
+    add_serve_commands(sub)  # serve: an OpenAI-compatible HTTP API over a finished run
     add_plan_commands(sub)  # estimate, recommend: read model configs only, never weights
     add_runs_commands(sub)  # runs, runs compare: read the runs index and run folders only
     add_search_commands(sub)  # search, autotrain: many pipeline.train runs on an Optuna study
