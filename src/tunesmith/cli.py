@@ -14,6 +14,7 @@ from tunesmith.errors import TunesmithError, exit_code_of
 from tunesmith.export.cli import add_commands as add_export_commands
 from tunesmith.methods import METHODS
 from tunesmith.plan.cli import add_commands as add_plan_commands
+from tunesmith.push.cli import add_commands as add_push_commands
 from tunesmith.runs.cli import add_commands as add_runs_commands
 from tunesmith.search.cli import add_commands as add_search_commands
 from tunesmith.serve.cli import add_commands as add_serve_commands
@@ -193,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_commands(sub)  # export: a finished run in another format, checked against the run's own model
     add_serve_commands(sub)  # serve: an OpenAI-compatible HTTP API over a finished run
+    add_push_commands(sub)  # push: a finished run to a Hugging Face Hub repo, with a model card
     add_plan_commands(sub)  # estimate, recommend: read model configs only, never weights
     add_runs_commands(sub)  # runs, runs compare: read the runs index and run folders only
     add_search_commands(sub)  # search, autotrain: many pipeline.train runs on an Optuna study
