@@ -119,6 +119,21 @@ def _alive(pid: int, pid_start: str | None) -> bool:
 # The index
 
 
+def _use_wal(db: sqlite3.Connection, wait_s: float = 60.0) -> None:
+    """Put the index in WAL mode (persistent in the file). Switching needs an exclusive lock, and SQLite
+    answers a switch that races another connection's with "database is locked" at once, without waiting on
+    the busy timeout (seen with four processes creating the index together on a loaded machine): retry."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class RunIndex:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -131,7 +146,7 @@ class RunIndex:
         self.root.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            _use_wal(db)
             db.execute("BEGIN IMMEDIATE")
             try:
                 if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
