@@ -177,3 +177,25 @@ def test_the_command_parses_and_calls_push(finished_run, hub):
     args.func(args)
     assert hub.repos["alice/cli"].private
     assert {r["authorization"] for r in hub.requests if r["method"] == "POST"} == {"Bearer hf_cli"}
+
+
+def test_every_task_kind_gets_the_loader_its_model_needs():
+    """The card's load snippet follows the task card's model kind: a classifier or tagger run (hyphenated
+    task names) is not left without one, and a diffusion run gets none rather than a wrong one."""
+    from tunesmith.config import load_config
+    from tunesmith.push.card import render_card
+
+    expected = {
+        "chat": "AutoPeftModelForCausalLM",
+        "continued-pretraining": "AutoPeftModelForCausalLM",
+        "summarization": "AutoPeftModelForSeq2SeqLM",
+        "text-classification": "AutoPeftModelForSequenceClassification",
+        "token-classification": "AutoPeftModelForTokenClassification",
+        "image-classification": "from peft import AutoPeftModel\n",
+    }
+    for task, loader in expected.items():
+        config = load_config(None, [f"task={task}", "data.train=x.jsonl"])
+        card = render_card(config, {}, "alice/x", merged=False, saves_adapter=True)
+        assert loader in card, task
+    diffusion = load_config(None, ["task=text-to-image", "data.train=images", "method.name=lora"])
+    assert "## Load" not in render_card(diffusion, {}, "alice/x", merged=False, saves_adapter=True)

@@ -133,28 +133,31 @@ def _reproduce_section() -> str:
     )
 
 
-# The transformers head class each task loads with; peft's AutoPeftModel<suffix> exists for the same
-# suffixes except image classification, where the generic AutoPeftModel reads the class from the adapter.
+# The transformers head class each kind of model loads with (the task cards' model_kind, so a new task of
+# a known kind needs nothing here); peft's AutoPeftModel<suffix> exists for the same suffixes except
+# image classification, where the generic AutoPeftModel reads the class from the adapter.
 _AUTO_SUFFIX = {
-    "chat": "ForCausalLM",
-    "continued_pretraining": "ForCausalLM",
-    "summarization": "ForSeq2SeqLM",
-    "text_classification": "ForSequenceClassification",
-    "token_classification": "ForTokenClassification",
-    "image_classification": "ForImageClassification",
+    "causal-lm": "ForCausalLM",
+    "seq2seq": "ForSeq2SeqLM",
+    "classifier": "ForSequenceClassification",
+    "tagger": "ForTokenClassification",
+    "vision": "ForImageClassification",
 }
 
 
 def _load_section(repo_id: str, adapter: bool, task: str) -> str:
-    suffix = _AUTO_SUFFIX.get(task)
-    if suffix is None:  # text_to_image and tasks added later: no one-line loader to promise
+    from tunesmith.taskcards import get_card
+
+    kind = get_card(task).model_kind
+    suffix = _AUTO_SUFFIX.get(kind)
+    if suffix is None:  # a diffusion UNet: no one-line loader to promise
         return ""
     if adapter:
-        cls = "AutoPeftModel" + (suffix if suffix != "ForImageClassification" else "")
+        cls = "AutoPeftModel" + (suffix if kind != "vision" else "")
         code = f'from peft import {cls}\n\nmodel = {cls}.from_pretrained("{repo_id}")\n'
     else:
         cls = "AutoModel" + suffix
         code = f'from transformers import {cls}\n\nmodel = {cls}.from_pretrained("{repo_id}")\n'
-    processor = "AutoImageProcessor" if task == "image_classification" else "AutoTokenizer"
+    processor = "AutoImageProcessor" if kind == "vision" else "AutoTokenizer"
     code += f'\nfrom transformers import {processor}\n\nprocessor = {processor}.from_pretrained("{repo_id}")\n'
     return f"## Load\n\n```python\n{code}```\n"
