@@ -154,6 +154,26 @@ def test_a_run_longer_than_its_model_is_refused_before_any_data_is_read(make_con
     assert info.value.where == "data.max_length" and "512" in info.value.fix
 
 
+def test_a_default_length_beyond_the_model_is_lowered_a_written_one_refused(tiny_llama_dir, tokenizer, capsys):
+    """data.max_length left at its default (1024) was never the user's choice: it is fitted to a 512-position
+    model with a note; the same 1024 written by the user is refused."""
+    from tunesmith.config import load_config
+    from tunesmith.models.limits import check_run_lengths
+
+    def make_config(*overrides):
+        return load_config(None, [f"model.name={tiny_llama_dir}", "data.train=x.jsonl", *overrides])
+
+    resolved = resolve_model(str(tiny_llama_dir))
+    config = make_config()
+    assert "max_length" not in config.data.model_fields_set and config.data.max_length == 1024
+    check_run_lengths(config, resolved, tokenizer)
+    assert config.data.max_length == 512
+    assert "data.max_length lowered from the default 1024 to 512" in capsys.readouterr().out
+    with pytest.raises(TunesmithError) as info:
+        check_run_lengths(make_config("data.max_length=1024"), resolved, tokenizer)
+    assert info.value.where == "data.max_length"
+
+
 def test_a_summary_longer_than_the_decoder_is_refused(tmp_path):
     from transformers import BertConfig, EncoderDecoderConfig
 

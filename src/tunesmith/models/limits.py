@@ -83,10 +83,13 @@ def check_max_length(
     max_length: int, model_config: Any, where: str = "data.max_length", tokenizer: Any = None, name: str | None = None
 ) -> None:
     """Refuse a max length the model cannot read, naming its limit and the setting that fits."""
-    found = position_limit(model_config, tokenizer)
+    name = name or _get(model_config, "_name_or_path") or _get(model_config, "model_type") or "the model"
+    _refuse_beyond(max_length, position_limit(model_config, tokenizer), where, name)
+
+
+def _refuse_beyond(max_length: int, found: PositionLimit | None, where: str, name: str) -> None:
     if found is None or max_length <= found.limit:
         return
-    name = name or _get(model_config, "_name_or_path") or _get(model_config, "model_type") or "the model"
     raise TunesmithError(
         f"{max_length} tokens is longer than {name} can read: {found.limit} positions ({found.source})",
         where=where,
@@ -112,8 +115,9 @@ def _read_model_config(resolved: Any, model_cfg: Any) -> Any | None:
 
 def check_run_lengths(config: Any, resolved: Any, tokenizer: Any = None) -> None:
     """A run's `data.max_length` (and, for tasks that read it, `data.max_target_length` against the
-    decoder) checked against the model it loads, before any data is tokenised. Image tasks have no
-    token lengths."""
+    decoder) checked against the model it loads, before any data is tokenised. A length the user wrote
+    beyond the model's limit is refused; the default (1024), which they did not choose, is lowered to the
+    limit with a note instead (MiniLM reads 512). Image tasks have no token lengths."""
     from tunesmith.taskcards import get_card
 
     card = get_card(config.task)
@@ -122,22 +126,18 @@ def check_run_lengths(config: Any, resolved: Any, tokenizer: Any = None) -> None
     model_config = _read_model_config(resolved, config.model)
     if model_config is None:
         return
-    name = config.model.name
-    for field, table in (("max_length", model_config), ("max_target_length", getattr(model_config, "decoder", None))):
-        if field == "max_target_length" and field not in card.data_fields:
-            continue
-        table = table or model_config  # BERT2BERT's decoder, or BART's one table for both
-        found = position_limit(table, tokenizer if field == "max_length" else None)
-        if (
-            field not in config.data.model_fields_set
-            and found is not None
-            and getattr(config.data, field) > found.limit
-        ):
-            # The default (1024) was not the user's choice: fit it to the model (MiniLM reads 512) rather than
-            # refuse a setting they never wrote. A value they wrote stays theirs and is refused below.
+    limits = {"max_length": position_limit(model_config, tokenizer)}
+    if "max_target_length" in card.data_fields:
+        # BERT2BERT's decoder has its own table; BART's one table serves both. The tokenizer's length is
+        # the source's, so it is no fallback here.
+        limits["max_target_length"] = position_limit(getattr(model_config, "decoder", None) or model_config)
+    for field, found in limits.items():
+        value = getattr(config.data, field)
+        if found is not None and value > found.limit and field not in config.data.model_fields_set:
             print(
-                f"note: data.{field} lowered from the default {getattr(config.data, field)} to {found.limit}, "
-                f"the most {name} reads ({found.source})"
+                f"note: data.{field} lowered from the default {value} to {found.limit}, the most "
+                f"{config.model.name} reads ({found.source})"
             )
             setattr(config.data, field, found.limit)
-        check_max_length(getattr(config.data, field), table, where=f"data.{field}", tokenizer=tokenizer, name=name)
+        else:
+            _refuse_beyond(value, found, f"data.{field}", config.model.name)
