@@ -13,6 +13,7 @@ from tunesmith import __version__
 from tunesmith.errors import TunesmithError, exit_code_of
 from tunesmith.export.cli import add_commands as add_export_commands
 from tunesmith.methods import METHODS
+from tunesmith.models.safe_load import allow_pickle_arg
 from tunesmith.plan.cli import add_commands as add_plan_commands
 from tunesmith.push.cli import add_commands as add_push_commands
 from tunesmith.runs.cli import add_commands as add_runs_commands
@@ -88,15 +89,6 @@ def _cmd_chat(args) -> None:
     from tunesmith.chat import chat_loop
 
     chat_loop(args.run_dir, system=args.system, max_new_tokens=args.max_new_tokens, allow_pickle=args.allow_pickle)
-
-
-def allow_pickle_arg(p) -> None:
-    p.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="also load pickle weights (.bin/.pt/.pth/.ckpt), with torch.load(weights_only=True); without it "
-        "only safetensors load, since a pickle file can run code (model.allow_pickle)",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:

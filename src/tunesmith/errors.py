@@ -7,6 +7,11 @@ traceback and exits with code 2; the Python API lets it propagate so callers can
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class TunesmithError(Exception):
     """A problem the user can fix. `where` names the file/line/field, `fix` says what to do."""
@@ -24,6 +29,21 @@ class TunesmithError(Exception):
         if self.fix:
             parts.append(f"fix: {self.fix}")
         return "\n".join(parts)
+
+
+def lookup(table: Mapping[str, T], name: str, *, what: str, where: str, listing: str) -> T:
+    """`table[name]`, or the error that names the closest key and lists them all: the registries' lookup
+    (methods, task cards, export formats), e.g. what="method", listing="methods"."""
+    if name not in table:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(table), n=1)
+        raise TunesmithError(
+            f"unknown {what} {name!r}",
+            where=where,
+            fix=(f"did you mean {close[0]!r}? " if close else "") + f"{listing}: {', '.join(table)}",
+        )
+    return table[name]
 
 
 def exit_code_of(action) -> int:

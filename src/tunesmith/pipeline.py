@@ -305,7 +305,7 @@ def _create_run(prepared: _Prepared, main: bool) -> RunDir:
     if main:
         run.write_json("task.json", prepared.meta)
         run.write_json("data_report.json", prepared.splits.report())  # format, split sizes, records skipped and where
-        save_examples([prepared.task.to_record(e) for e in prepared.splits.test], run.path / "data" / "test.jsonl")
+        save_examples([prepared.task.to_record(e) for e in prepared.splits.test], saved_test_path(run.path))
         # Last: config.yaml makes the folder a run (for --resume and the runs list), so a run killed
         # before this point has none and is never resumed without the files above.
         atomic_write_text(run.config_path, dump_config(config))
@@ -573,14 +573,11 @@ def evaluate_run(
     task = get_task(config.task)
     if max_samples is not None:
         config.eval.max_samples = max_samples
-    source = test_file or str(run.path / "data" / "test.jsonl")
-    # The saved split is already normalised (canonical columns, system prompt applied): read it
-    # without the run's column mapping, which named the original file's columns. Its image paths are the
-    # ones the run checked when it read its data (absolute, outside data/), so they may lead out.
-    test, _ = (
-        load_examples(source, config.data, task.normalise, "test", getattr(task, "read", None))
+    source = test_file or str(saved_test_path(run.path))
+    test = (
+        load_examples(source, config.data, task.normalise, "test", getattr(task, "read", None))[0]
         if test_file
-        else load_examples(source, DataConfig(allow_outside_paths=True), task.normalise)
+        else read_saved_test(run.path, task)
     )
     accelerator = _accelerator(config.train.precision)
     started = time.time()
@@ -608,6 +605,19 @@ def evaluate_run(
     print_comparison(result)
     print(f"wrote {path} (eval.json: the latest evaluation)")
     return result
+
+
+def saved_test_path(run_dir: str | Path) -> Path:
+    """Where a run saved its test split (the records evaluate_run and the export parity checks read)."""
+    return Path(run_dir) / "data" / "test.jsonl"
+
+
+def read_saved_test(run_dir: str | Path, task: ModuleType) -> list:
+    """The run's saved test split. It is already normalised (canonical columns, system prompt applied):
+    read without the run's column mapping, which named the original file's columns. Its image paths are
+    the ones the run checked when it read its data (absolute, outside data/), so they may lead out."""
+    examples, _ = load_examples(str(saved_test_path(run_dir)), DataConfig(allow_outside_paths=True), task.normalise)
+    return examples
 
 
 def _say(line: str) -> None:

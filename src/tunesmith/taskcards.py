@@ -9,12 +9,11 @@ predict) lives in the module, `tunesmith.tasks.<module>`, imported on first use 
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import lookup
 
 # Example data shipped inside the package (pyproject.toml package-data; links to examples/data/ in the
 # repository): `tunesmith init` writes its absolute path, so a newcomer's `tunesmith init > run.yaml &&
@@ -61,14 +60,7 @@ def register(card: TaskCard) -> None:
 
 
 def get_card(name: str) -> TaskCard:
-    if name not in TASKS:
-        close = difflib.get_close_matches(name, list(TASKS), n=1)
-        raise TunesmithError(
-            f"unknown task {name!r}",
-            where="task",
-            fix=(f"did you mean {close[0]!r}? " if close else "") + f"tasks: {', '.join(TASKS)}",
-        )
-    return TASKS[name]
+    return lookup(TASKS, name, what="task", where="task", listing="tasks")
 
 
 # Registration: one line per task, in the order `init`, the docs and `recommend` list them.

@@ -1,5 +1,5 @@
-"""Exports of a finished run, each checked against the run's own model. One module per format, one
-registration line each (the shape of methods/__init__.py).
+"""Exports of a finished run, each checked against the run's own model. One module per format, one line
+each in FORMATS (a table of module paths, not a third registry: style rule 4).
 
 A format module declares:
   NAME      the `--format` value
@@ -10,13 +10,12 @@ A format module declares:
   parity(tuned, output, inputs, options) -> parity.ParityResult        the export loaded back in the runtime
                                              that will use it, compared with `tuned` on `inputs`
 
-The registry holds names and module paths only: a format module is imported when it is used, so
+FORMATS holds names and module paths only: a format module is imported when it is used, so
 `tunesmith --help` imports neither torch nor a format's runtime (onnx, llama.cpp).
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import json
 import time
@@ -26,37 +25,20 @@ from typing import Any
 
 from tunesmith import __version__
 from tunesmith.config import load_saved_config
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, lookup
 from tunesmith.runs.atomic import atomic_directory, atomic_write_text
 from tunesmith.runs.rundir import RunDir
 
-FORMATS: dict[str, str] = {}  # --format name -> module path
+# --format name -> module path, in the order the docs list them; a module is imported when it is used.
+FORMATS: dict[str, str] = {
+    "merged": "tunesmith.export.merged",
+    "onnx": "tunesmith.export.onnx",
+}
 RECORD = "export.json"  # written next to the exported files
 
 
-def register(name: str, module_path: str) -> None:
-    """Add a format under `name`; its module is imported on first use."""
-    if name in FORMATS:
-        raise ValueError(f"format {name!r} is registered twice")
-    FORMATS[name] = module_path
-
-
 def get_format(name: str) -> ModuleType:
-    if name not in FORMATS:
-        close = difflib.get_close_matches(name, list(FORMATS), n=1)
-        raise TunesmithError(
-            f"unknown export format {name!r}",
-            where="--format",
-            fix=(f"did you mean {close[0]!r}? " if close else "") + f"formats: {', '.join(FORMATS)}",
-        )
-    try:
-        return importlib.import_module(FORMATS[name])
-    except ModuleNotFoundError as exc:
-        if exc.name == FORMATS[name]:  # the format's own module, not a dependency it imports
-            raise TunesmithError(
-                f"export format {name!r} is not available in this installation", where="--format"
-            ) from exc
-        raise
+    return importlib.import_module(lookup(FORMATS, name, what="export format", where="--format", listing="formats"))
 
 
 def export_run(
@@ -141,8 +123,3 @@ def _print_parity(record: dict[str, Any]) -> None:
     print(f"  tolerance        {bounds}")
     verdict = "passed" if record["passed"] else f"FAILED ({parity['detail']})"
     print(f"{verdict}: {len(record['files'])} files and {RECORD} in {record['output']}")
-
-
-# Registration: one line per format, in the order the docs list them.
-register("merged", "tunesmith.export.merged")
-register("onnx", "tunesmith.export.onnx")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from tunesmith.export import FORMATS
+from tunesmith.models.safe_load import allow_pickle_arg
 
 
 def _cmd_export(args) -> None:
@@ -51,10 +52,5 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help="onnx: int8 also writes model.int8.onnx (dynamic int8 weights), its agreement and accuracy reported "
         "beside the float model's",
     )
-    p.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="also load pickle weights (.bin/.pt/.pth/.ckpt), with torch.load(weights_only=True); without it "
-        "only safetensors load, since a pickle file can run code (model.allow_pickle)",
-    )
+    allow_pickle_arg(p)
     p.set_defaults(func=_cmd_export)

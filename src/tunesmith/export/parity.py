@@ -11,15 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunesmith.config import DataConfig
-from tunesmith.data.prepare import load_examples
 from tunesmith.errors import TunesmithError
+from tunesmith.pipeline import TunedModel, read_saved_test, saved_test_path
 from tunesmith.tasks import get_task
 
 if TYPE_CHECKING:
     import torch
-
-    from tunesmith.pipeline import TunedModel
 
 DEFAULT_SAMPLES = 8  # enough positions (a few hundred tokens) for a stable max error, seconds on a CPU
 
@@ -80,14 +77,13 @@ def parity_inputs(tuned: TunedModel, run_dir: Path, samples: int = DEFAULT_SAMPL
     if samples < 1:
         raise TunesmithError(f"--samples must be at least 1, got {samples}", where="--samples", fix="--samples 8")
     task = get_task(tuned.config.task)
-    source = Path(run_dir) / "data" / "test.jsonl"
+    source = saved_test_path(run_dir)
     if not source.exists():
         raise TunesmithError(
             f"{source} is missing: the parity check compares outputs on the run's held-out test split",
             fix="export a run trained with a test split (data.split.test > 0, the default)",
         )
-    # The saved split is already normalised: read it without the run's column mapping (as evaluate_run).
-    examples, _ = load_examples(str(source), DataConfig(allow_outside_paths=True), task.normalise)
+    examples = read_saved_test(run_dir, task)
     if not examples:
         raise TunesmithError(
             f"{source} holds no examples: the parity check needs held-out inputs",
@@ -95,7 +91,7 @@ def parity_inputs(tuned: TunedModel, run_dir: Path, samples: int = DEFAULT_SAMPL
         )
     chosen = examples[:samples]
     if hasattr(task, "prompt_and_reference"):
-        batch = _chat_prompts(tuned, chosen)
+        batch = _chat_prompts(tuned, task, chosen)
     else:
         batch = _encoded_batch(tuned, task, chosen)
     mask = batch.get("attention_mask")
@@ -104,18 +100,14 @@ def parity_inputs(tuned: TunedModel, run_dir: Path, samples: int = DEFAULT_SAMPL
     return ParityInputs(batch=batch, mask=mask, count=len(chosen), source=str(source))
 
 
-def _chat_prompts(tuned: TunedModel, examples: list) -> dict[str, Any]:
-    from tunesmith.data.chat_template import render, template_for
-
+def _chat_prompts(tuned: TunedModel, task: Any, examples: list) -> dict[str, Any]:
     tokenizer, config = tuned.tokenizer, tuned.config
-    template = template_for(tokenizer, config.data.chat_template)
-    texts = []
-    for example in examples:
-        if example.messages is None:  # a plain-text record: the text itself is the input
-            texts.append(example.text)
-            continue
-        last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
-        texts.append(render(tokenizer, example.messages[:last], template, add_generation_prompt=True))
+    template = config.data.chat_template
+    # A plain-text record's text is itself the input; a conversation is cut where the model answers.
+    texts = [
+        e.text if e.messages is None else task.render_prompts(tokenizer, [task.prompt_and_reference(e)[0]], template)[0]
+        for e in examples
+    ]
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "right"  # every row starts at position 0, as in training
     try:

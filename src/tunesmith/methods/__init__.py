@@ -30,10 +30,9 @@ Module top levels import no torch (torch, peft and bitsandbytes are imported whe
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import lookup
 from tunesmith.methods import freeze, full, ia3, lora, lora_8bit, loraplus, prompt_tuning, qlora
 from tunesmith.methods.base import MethodModule, MethodSettings
 
@@ -50,14 +49,7 @@ def register(module: MethodModule) -> MethodModule:
 
 
 def get_method(name: str) -> MethodModule:
-    if name not in METHODS:
-        close = difflib.get_close_matches(name, list(METHODS), n=1)
-        raise TunesmithError(
-            f"unknown method {name!r}",
-            where="method.name",
-            fix=(f"did you mean {close[0]!r}? " if close else "") + f"methods: {', '.join(METHODS)}",
-        )
-    return METHODS[name]
+    return lookup(METHODS, name, what="method", where="method.name", listing="methods")
 
 
 def default_settings(name: str) -> MethodSettings:

@@ -47,6 +47,17 @@ def pickle_error(path: Path | str, where: str) -> TunesmithError:
     )
 
 
+def allow_pickle_arg(parser) -> None:
+    """`--allow-pickle` (argparse), the one wording for every command that loads weights (train, eval,
+    predict, chat, merge, export, serve, push --merged); here, below every command's module."""
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="also load pickle weights (.bin/.pt/.pth/.ckpt), with torch.load(weights_only=True); without it "
+        "only safetensors load, since a pickle file can run code (model.allow_pickle)",
+    )
+
+
 def check_folder(folder: str | Path, allow_pickle: bool, where: str = "model.name") -> None:
     """A local model folder must hold safetensors (or GGUF) weights unless pickle files are allowed.
     Where both kinds are present the loaders are told to read the safetensors ones (load_kwargs)."""

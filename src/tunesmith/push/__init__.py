@@ -35,9 +35,11 @@ def push_run(
     merged: bool = False,
     token: str | None = None,
     endpoint: str | None = None,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Create (or reuse) the model repository `repo_id` and commit the run's weights, config.yaml and a
-    README.md model card to it. Returns what was pushed: the repository url, commit url and file names."""
+    README.md model card to it. `allow_pickle` (`--allow-pickle`) is passed to the merged export's load.
+    Returns what was pushed: the repository url, commit url and file names."""
     from tunesmith.methods import get_method
     from tunesmith.push.card import render_card
 
@@ -57,7 +59,7 @@ def push_run(
     card = render_card(config, run.read_json("summary.json"), repo_id, merged=merged, saves_adapter=saves_adapter)
     with tempfile.TemporaryDirectory(prefix="tunesmith-push-") as tmp:
         staging = Path(tmp) / "repo"
-        _stage_weights(weights, staging, merged, run.path)
+        _stage_weights(weights, staging, merged, run.path, allow_pickle)
         # The saved config is already masked (dump_config wrote it): copied as it is, what actually ran.
         shutil.copyfile(run.config_path, staging / "config.yaml")
         (staging / "README.md").write_text(card, encoding="utf-8")
@@ -121,13 +123,13 @@ def _check_reachable(endpoint: str) -> None:
         ) from exc
 
 
-def _stage_weights(weights: Path, staging: Path, merged: bool, run_path: Path) -> None:
+def _stage_weights(weights: Path, staging: Path, merged: bool, run_path: Path, allow_pickle: bool) -> None:
     if merged:
         from tunesmith.export import export_run
 
         # export_run writes the merged weights and checks them against the run's own model: a merged model
         # that answers differently from the adapter is refused here, not published.
-        export_run(run_path, "merged", staging)
+        export_run(run_path, "merged", staging, options={"allow_pickle": allow_pickle})
         return
     staging.mkdir()
     for path in weights.rglob("*"):

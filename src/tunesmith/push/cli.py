@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from tunesmith.models.safe_load import allow_pickle_arg
+
 
 def _cmd_push(args) -> None:
     from tunesmith.push import push_run
@@ -19,6 +21,7 @@ def _cmd_push(args) -> None:
         merged=args.merged,
         token=args.token,
         endpoint=args.endpoint,
+        allow_pickle=args.allow_pickle,
     )
 
 
@@ -53,4 +56,5 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         metavar="URL",
         help="the hub's address (default: HF_ENDPOINT or https://huggingface.co), for a mirror or a private hub",
     )
+    allow_pickle_arg(p)  # --merged loads the run's model to merge and check it
     p.set_defaults(func=_cmd_push)

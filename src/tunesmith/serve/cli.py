@@ -11,6 +11,7 @@ import os
 
 from tunesmith.errors import TunesmithError
 from tunesmith.extras import require
+from tunesmith.models.safe_load import allow_pickle_arg
 
 API_KEY_VARIABLE = "TUNESMITH_API_KEY"
 
@@ -70,9 +71,5 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         default=1024,
         help="the largest max_tokens a request may ask for; above it the request gets 400 (default 1024)",
     )
-    p.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="also load pickle (.bin/.pt) weights, with torch's weights_only=True (safetensors need no flag)",
-    )
+    allow_pickle_arg(p)
     p.set_defaults(func=cmd_serve)

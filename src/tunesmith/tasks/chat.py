@@ -140,6 +140,13 @@ def prompt_and_reference(example: Example) -> tuple[list[dict], str]:
     return messages[:last], messages[last]["content"]
 
 
+def render_prompts(tokenizer, conversations: list[list[dict]], chat_template: str | None = None) -> list[str]:
+    """Each conversation as the model sees it when it answers: the run's chat template (data.chat_template,
+    else the tokenizer's, else the fallback) with the generation prompt."""
+    template = template_for(tokenizer, chat_template)
+    return [render(tokenizer, conv, template, add_generation_prompt=True) for conv in conversations]
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -153,31 +160,41 @@ def generate(
 ) -> list[str]:
     """Greedy answers, batched with left padding so every prompt ends where generation starts.
     `progress` prints a line per batch to stderr (eval, predict; not the interactive chat)."""
-    template = template_for(tokenizer, chat_template)
-    texts = [render(tokenizer, conv, template, add_generation_prompt=True) for conv in conversations]
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
+    texts = render_prompts(tokenizer, conversations, chat_template)
     model.eval()
     answers: list[str] = []
     shown = GenerationProgress(len(texts), enabled=progress)
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        new_tokens, _ = generate_tokens(model, tokenizer, chunk, max_new_tokens)
+        answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        shown.advance(len(chunk))
+    return answers
+
+
+def generate_tokens(
+    model, tokenizer, texts: list[str], max_new_tokens: int, **settings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tokens generated after each rendered prompt of `texts` ([rows, new tokens]; after the first stop
+    token only padding) and the prompts' attention mask. One left-padded batch, so every prompt ends where
+    generation starts; greedy, stopping at the run's stop tokens, unless `settings` (generate's keyword
+    arguments: do_sample, temperature, num_return_sequences, streamer, ...) say otherwise. `generate` and
+    the server (serve/generation.py) both decode through here, so their greedy answers are the same."""
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
     try:
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
-            inputs = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            output = model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                use_cache=True,  # training turns the cache off in the config; generation needs it
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=sorted(stop_token_ids(tokenizer, getattr(model, "config", None))) or None,
-            )
-            new_tokens = output[:, inputs["input_ids"].shape[1] :]
-            answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-            shown.advance(len(chunk))
+        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     finally:
         tokenizer.padding_side = previous_side
-    return answers
+    inputs = inputs.to(model.device)
+    defaults = {
+        "do_sample": False,
+        "use_cache": True,  # training turns the cache off in the config; generation needs it
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": sorted(stop_token_ids(tokenizer, getattr(model, "config", None))) or None,
+    }
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, **(defaults | settings))
+    return output[:, inputs["input_ids"].shape[1] :], inputs["attention_mask"]
 
 
 def predict(
