@@ -9,37 +9,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SUPPORT_DATA
+from conftest import train_chat_run
 
 from tunesmith import pipeline
-from tunesmith.config import load_config
 from tunesmith.errors import TunesmithError
 from tunesmith.export import FORMATS, export_run, get_format
 from tunesmith.export.cli import add_commands
 from tunesmith.export.parity import compare_logits, judge, parity_inputs
 
-FAST = [
-    "data.max_length=256",
-    "train.batch_size=4",
-    "train.max_steps=6",
-    "train.eval_every=3",
-    "train.learning_rate=1e-2",
-    "train.precision=fp32",
-    "method.dropout=0.0",
-    "method.r=4",
-    "eval.max_new_tokens=8",
-    "eval.max_samples=4",
-    "eval.compare_base=false",
-]
-
 
 def _train(folder: Path, model: Path, *overrides: str) -> Path:
-    data = folder / "chat.jsonl"
-    data.write_text("\n".join(SUPPORT_DATA.read_text().splitlines()[:48]) + "\n")
-    config = load_config(
-        None, [f"model.name={model}", f"data.train={data}", f"output.dir={folder / 'runs'}"] + FAST + list(overrides)
-    )
-    return pipeline.train(config).run_dir
+    return train_chat_run(folder, model, "method.r=4", "eval.compare_base=false", *overrides)
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,11 @@ and sequence axes, the adapter merged before tracing, the int8 copy, and the ref
 
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
 import torch
-from conftest import EXAMPLES
+from conftest import EXAMPLES, TINY_ENCODER, save_tiny_encoder, write_debian_sections
 
 from tunesmith import pipeline
 from tunesmith.config import load_config
@@ -19,32 +18,15 @@ from tunesmith.export.parity import parity_inputs
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-DEBIAN = EXAMPLES / "data" / "debian_sections.csv"
 COPYRIGHT = EXAMPLES / "data" / "copyright_entities.jsonl"
-
-
-@pytest.fixture(scope="module")
-def minilm_tokenizer():
-    from transformers import AutoTokenizer
-
-    from tunesmith.models.resolve import resolve_model
-
-    return AutoTokenizer.from_pretrained(resolve_model("all-minilm-l6-v2").path)
 
 
 @pytest.fixture(scope="module")
 def tiny_encoders(tmp_path_factory, minilm_tokenizer):
     """Base encoders (no head) saved with the MiniLM tokenizer; the task adds the head when it loads them."""
-    from transformers import AutoModel, BertConfig, DebertaV2Config, LlamaConfig, RobertaConfig
+    from transformers import BertConfig, DebertaV2Config, LlamaConfig, RobertaConfig
 
-    small = dict(
-        vocab_size=len(minilm_tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
+    small = dict(vocab_size=len(minilm_tokenizer), **TINY_ENCODER)
     configs = {
         "bert": BertConfig(**small),
         "roberta": RobertaConfig(**small, pad_token_id=minilm_tokenizer.pad_token_id),
@@ -52,27 +34,17 @@ def tiny_encoders(tmp_path_factory, minilm_tokenizer):
         # A decoder with a classifier head (the last real token's state is scored): also a `classifier` run.
         "llama": LlamaConfig(**small, num_key_value_heads=1, pad_token_id=minilm_tokenizer.pad_token_id),
     }
-    paths = {}
-    for name, config in configs.items():
-        torch.manual_seed(0)
-        path = tmp_path_factory.mktemp(name)
-        AutoModel.from_config(config).save_pretrained(path)
-        minilm_tokenizer.save_pretrained(path)
-        paths[name] = path
-    return paths
+    return {
+        name: save_tiny_encoder(tmp_path_factory.mktemp(name), config, minilm_tokenizer)
+        for name, config in configs.items()
+    }
 
 
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory):
     """Four Debian sections (a classifier learns them in a few steps) and 120 tagged copyright records."""
     folder = tmp_path_factory.mktemp("data")
-    keep = {"database", "games", "mail", "sound"}
-    rows = [r for r in csv.DictReader(DEBIAN.open()) if r["label"] in keep][:160]
-    sections = folder / "sections.csv"
-    with sections.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["text", "label", "package"])
-        writer.writeheader()
-        writer.writerows(rows)
+    sections = write_debian_sections(folder / "sections.csv", 160)
     copyright = folder / "copyright.jsonl"
     copyright.write_text("\n".join(COPYRIGHT.read_text().splitlines()[:120]) + "\n")
     return {"text-classification": sections, "token-classification": copyright}

@@ -11,42 +11,18 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-from conftest import SUPPORT_DATA, read_jsonl
+from conftest import read_jsonl, train_chat_run
 
 from tunesmith import pipeline
 from tunesmith.cli import build_parser, main
 from tunesmith.config import dump_config, load_config
 from tunesmith.errors import TunesmithError
 
-FAST = [
-    "data.max_length=256",
-    "train.batch_size=4",
-    "train.max_steps=6",
-    "train.eval_every=3",
-    "train.learning_rate=1e-2",
-    "train.precision=fp32",
-    "method.dropout=0.0",
-    "eval.max_new_tokens=8",
-    "eval.max_samples=4",
-    "eval.compare_base=false",
-]
-
-
-def _chat_data(folder: Path) -> Path:
-    path = folder / "chat.jsonl"
-    path.write_text("\n".join(SUPPORT_DATA.read_text().splitlines()[:48]) + "\n")
-    return path
-
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_llama_dir) -> Path:
     """One trained tiny LoRA chat run, shared by the predict, eval and chat tests."""
-    folder = tmp_path_factory.mktemp("first-hour")
-    config = load_config(
-        None,
-        [f"model.name={tiny_llama_dir}", f"data.train={_chat_data(folder)}", f"output.dir={folder / 'runs'}"] + FAST,
-    )
-    return pipeline.train(config).run_dir
+    return train_chat_run(tmp_path_factory.mktemp("first-hour"), tiny_llama_dir, "eval.compare_base=false")
 
 
 def _unfinished_run(folder: Path, *overrides: str) -> Path:

@@ -12,38 +12,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SUPPORT_DATA
+from conftest import train_chat_run
 from fake_hub import FakeHub
 
-from tunesmith import pipeline
-from tunesmith.config import load_config
 from tunesmith.errors import TunesmithError
 from tunesmith.push import push_run
 from tunesmith.push.cli import add_commands
-
-FAST = [
-    "data.max_length=256",
-    "train.batch_size=4",
-    "train.max_steps=6",
-    "train.eval_every=3",
-    "train.learning_rate=1e-2",
-    "train.precision=fp32",
-    "method.dropout=0.0",
-    "eval.max_new_tokens=8",
-    "eval.max_samples=4",
-]
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_llama_dir) -> Path:
     """One trained tiny LoRA chat run with base-vs-tuned metrics in its summary.json."""
-    folder = tmp_path_factory.mktemp("push")
-    data = folder / "chat.jsonl"
-    data.write_text("\n".join(SUPPORT_DATA.read_text().splitlines()[:48]) + "\n")
-    config = load_config(
-        None, [f"model.name={tiny_llama_dir}", f"data.train={data}", f"output.dir={folder / 'runs'}"] + FAST
-    )
-    return pipeline.train(config).run_dir
+    return train_chat_run(tmp_path_factory.mktemp("push"), tiny_llama_dir)
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import SUPPORT_DATA
+from conftest import TINY_ENCODER, _save_tiny, save_tiny_encoder, tiny_llama_config, train_chat_run
 
 from tunesmith import pipeline
 from tunesmith.config import load_config
@@ -26,18 +26,6 @@ from tunesmith.serve.worker import ModelWorker, _Generate  # noqa: E402
 
 KEY = "test-key"
 LIMIT = 64
-FAST = [
-    "data.max_length=256",
-    "train.batch_size=4",
-    "train.max_steps=6",
-    "train.eval_every=3",
-    "train.learning_rate=1e-3",
-    "train.precision=fp32",
-    "method.dropout=0.0",
-    "eval.max_new_tokens=8",
-    "eval.max_samples=4",
-    "eval.compare_base=false",
-]
 QUESTIONS = [
     "My printer is offline again.",
     "How do I reset my password?",
@@ -74,31 +62,10 @@ def chat_run(tmp_path_factory, tokenizer) -> Path:
     """A tiny LoRA chat run whose answers differ from prompt to prompt. conftest's tiny_llama_dir (tied
     embeddings, small init) answers every prompt with nothing after a few steps, which would make every
     comparison below pass trivially; untied weights drawn wider give long, prompt-dependent text."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
     folder = tmp_path_factory.mktemp("serve")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        initializer_range=0.3,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder / "model")
-    tokenizer.save_pretrained(folder / "model")
-    data = folder / "chat.jsonl"
-    data.write_text("\n".join(SUPPORT_DATA.read_text().splitlines()[:48]) + "\n")
-    overrides = [f"model.name={folder / 'model'}", f"data.train={data}", f"output.dir={folder / 'runs'}"]
-    return pipeline.train(load_config(None, overrides + FAST)).run_dir
+    config = tiny_llama_config(tokenizer, tie_word_embeddings=False, initializer_range=0.3)
+    model = _save_tiny(folder / "model", config, tokenizer)
+    return train_chat_run(folder, model, "train.learning_rate=1e-3", "eval.compare_base=false")
 
 
 @pytest.fixture(scope="module")
@@ -279,27 +246,13 @@ def test_limits_and_validation_give_clear_400s(server, client, chat_run):
 # A classifier run: /v1/classify
 
 
-def _classifier_run(folder: Path, rows: list[dict]) -> Path:
-    """A tiny BERT trained a few steps on `rows` (a csv of their columns)."""
+def _classifier_run(folder: Path, rows: list[dict], tokenizer) -> Path:
+    """A tiny BERT on `tokenizer` (MiniLM's) trained a few steps on `rows` (a csv of their columns)."""
     import csv
 
-    import torch
-    from transformers import AutoModel, AutoTokenizer, BertConfig
+    from transformers import BertConfig
 
-    from tunesmith.models.resolve import resolve_model
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-minilm-l6-v2").path)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    AutoModel.from_config(config).save_pretrained(folder / "bert")
-    tokenizer.save_pretrained(folder / "bert")
+    save_tiny_encoder(folder / "bert", BertConfig(vocab_size=len(tokenizer), **TINY_ENCODER), tokenizer)
     with (folder / "data.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -321,9 +274,9 @@ def _classifier_run(folder: Path, rows: list[dict]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def classifier_run(tmp_path_factory):
+def classifier_run(tmp_path_factory, minilm_tokenizer):
     rows = [{"text": f"{word} item {i}", "label": word} for i in range(40) for word in ("apple", "car")]
-    return _classifier_run(tmp_path_factory.mktemp("serve-classifier"), rows)
+    return _classifier_run(tmp_path_factory.mktemp("serve-classifier"), rows, minilm_tokenizer)
 
 
 def test_classify_answers_labels_with_scores(classifier_run):
@@ -367,14 +320,14 @@ def test_serve_command_defaults_to_localhost_and_reads_the_key_from_the_environm
         parser.parse_args(["serve", "runs/x", "--max-batch", "0"])
 
 
-def test_rerank_returns_documents_sorted_by_score(tmp_path):
+def test_rerank_returns_documents_sorted_by_score(tmp_path, minilm_tokenizer):
     rows = [
         {"text": f"which {topic} {i}", "text_pair": f"{doc} {i}", "score": float(topic == doc)}
         for i in range(20)
         for topic in ("apple", "car")
         for doc in ("apple", "car")
     ]
-    run = _classifier_run(tmp_path, rows)
+    run = _classifier_run(tmp_path, rows, minilm_tokenizer)
     app = build_app(pipeline.load_tuned(run), run.name)
     documents = ["car 3", "apple 3", "car 7"]
     with running(app) as port:

@@ -9,32 +9,15 @@ import json
 
 import pytest
 import torch
-from conftest import EXAMPLES, read_jsonl
+from conftest import DEBIAN_SECTIONS, TINY_ENCODER, read_jsonl, save_tiny_encoder, write_debian_sections
 
 from tunesmith import pipeline
 from tunesmith.config import load_config
 from tunesmith.errors import TunesmithError
 
-DEBIAN = EXAMPLES / "data" / "debian_sections.csv"
-
-
-@pytest.fixture(scope="session")
-def minilm_tokenizer():
-    from transformers import AutoTokenizer
-
-    from tunesmith.models.resolve import resolve_model
-
-    return AutoTokenizer.from_pretrained(resolve_model("all-minilm-l6-v2").path)
-
 
 def _tiny(tmp_path_factory, tokenizer, name, config):
-    from transformers import AutoModel
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp(name)
-    AutoModel.from_config(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_encoder(tmp_path_factory.mktemp(name), config, tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -42,14 +25,7 @@ def tiny_encoders(tmp_path_factory, minilm_tokenizer):
     from transformers import BertConfig, DebertaV2Config, LlamaConfig, MistralConfig, RobertaConfig
 
     vocab = len(minilm_tokenizer)
-    small = dict(
-        vocab_size=vocab,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
+    small = dict(vocab_size=vocab, **TINY_ENCODER)
     decoder = dict(
         vocab_size=vocab,
         hidden_size=32,
@@ -73,14 +49,7 @@ def tiny_encoders(tmp_path_factory, minilm_tokenizer):
 @pytest.fixture()
 def debian_subset(tmp_path):
     # Four sections keep tiny random-init models learning visibly within a few steps.
-    keep = {"database", "games", "mail", "sound"}
-    rows = [r for r in csv.DictReader(DEBIAN.open()) if r["label"] in keep][:240]
-    path = tmp_path / "sections.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["text", "label", "package"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    return write_debian_sections(tmp_path / "sections.csv", 240)
 
 
 def classification_config(tmp_path, model, data, *overrides):
@@ -312,7 +281,7 @@ def test_stratified_split_keeps_label_shares(tmp_path):
     from tunesmith.data.prepare import prepare_splits
     from tunesmith.tasks import text_classification as task
 
-    splits = prepare_splits(DataConfig(train=str(DEBIAN)), 42, task.normalise, task.stratify_key)
+    splits = prepare_splits(DataConfig(train=str(DEBIAN_SECTIONS)), 42, task.normalise, task.stratify_key)
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (960, 120, 120)
     from collections import Counter
 

@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from conftest import EXAMPLES, read_jsonl
+from conftest import EXAMPLES, TINY_ENCODER, read_jsonl, save_tiny_encoder
 
 from tunesmith import pipeline
 from tunesmith.config import DataConfig, load_config
@@ -22,28 +22,12 @@ TAGS = {"O", "B-YEAR", "I-YEAR", "B-HOLDER", "I-HOLDER", "B-EMAIL", "B-LICENSE",
 
 
 @pytest.fixture(scope="session")
-def minilm_tokenizer():
-    from transformers import AutoTokenizer
-
-    from tunesmith.models.resolve import resolve_model
-
-    return AutoTokenizer.from_pretrained(resolve_model("all-minilm-l6-v2").path)
-
-
-@pytest.fixture(scope="session")
 def tiny_taggers(tmp_path_factory, minilm_tokenizer, tokenizer):
     """Base models (no head) saved with their tokenizer; the task adds the tag head when it loads them."""
-    from transformers import AutoModel, BertConfig, DebertaV2Config, LlamaConfig, RobertaConfig
+    from transformers import BertConfig, DebertaV2Config, LlamaConfig, RobertaConfig
 
     def small(tok):
-        return dict(
-            vocab_size=len(tok),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=128,
-        )
+        return dict(vocab_size=len(tok), **TINY_ENCODER)
 
     configs = {
         "bert": (BertConfig(**small(minilm_tokenizer)), minilm_tokenizer),
@@ -67,14 +51,9 @@ def tiny_taggers(tmp_path_factory, minilm_tokenizer, tokenizer):
             minilm_tokenizer,
         ),
     }
-    paths = {}
-    for name, (config, tok) in configs.items():
-        torch.manual_seed(0)
-        path = tmp_path_factory.mktemp(name)
-        AutoModel.from_config(config).save_pretrained(path)
-        tok.save_pretrained(path)
-        paths[name] = path
-    return paths
+    return {
+        name: save_tiny_encoder(tmp_path_factory.mktemp(name), config, tok) for name, (config, tok) in configs.items()
+    }
 
 
 @pytest.fixture(scope="session")
