@@ -156,3 +156,21 @@ def test_qlora_run_merges_into_16_bit_weights(tmp_path, tiny_llama_dir):
     assert {t.dtype for t in weights.values()} == {torch.bfloat16}  # de-quantised 16-bit, no 4-bit packing
     assert not any("absmax" in k or "quant" in k for k in weights)
     assert record["passed"] and record["parity"]["dtype"] == "bfloat16"
+
+
+def test_tunesmith_merge_of_a_qlora_run_is_the_same_merge_as_the_export(tmp_path, tiny_llama_dir):
+    """`tunesmith merge` (and output.save_merged) folds a QLoRA adapter into the de-quantised base it trained
+    against, as the merged export does, with the run's chat template and stop tokens: the same files."""
+    from safetensors.torch import load_file
+
+    from tunesmith.pipeline import merge
+
+    run = _train(tmp_path, tiny_llama_dir, "method.name=qlora", "method.compute_dtype=float32")
+    export_run(run, "merged", tmp_path / "exported", samples=4)
+    merge(run, tmp_path / "merged")
+    exported = load_file(str(tmp_path / "exported" / "model.safetensors"))
+    merged = load_file(str(tmp_path / "merged" / "model.safetensors"))
+    assert exported.keys() == merged.keys()
+    assert all(torch.equal(exported[k], merged[k]) for k in exported)
+    for name in ("chat_template.jinja", "generation_config.json"):
+        assert (tmp_path / "merged" / name).read_text() == (tmp_path / "exported" / name).read_text()

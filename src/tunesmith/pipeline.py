@@ -22,6 +22,7 @@ from tunesmith.data.prepare import DataSplits, load_examples, prepare_splits, sa
 from tunesmith.data.prompts import read_prompt_records
 from tunesmith.data.report import split_sources
 from tunesmith.errors import TunesmithError
+from tunesmith.merging import merge_weights, save_merged
 from tunesmith.methods import count_parameters, get_method
 from tunesmith.models import build
 from tunesmith.models.limits import check_run_lengths
@@ -745,12 +746,17 @@ def merge(run_dir: str | Path, output: str | Path, *, allow_pickle: bool = False
     model, tokenizer, config, _ = load_tuned(run_dir, for_merge=True, allow_pickle=allow_pickle)
     if not hasattr(model, "merge_and_unload"):
         raise build.refuse_merge(config, Path(run_dir))
-    merged = model.merge_and_unload()
+    # A quantised-base run merges into the base it trained against, read from the run's own model.
+    trained = load_tuned(run_dir, allow_pickle=allow_pickle).model if _quantized_base(config) else model
+    merged = merge_weights(model, trained, config)
     with atomic_directory(output) as staging:  # a merge cut short never looks like a model
-        merged.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+        save_merged(merged, tokenizer, config, staging)
     print(f"merged model written to {output}")
     return output
+
+
+def _quantized_base(config: RunConfig) -> bool:
+    return hasattr(get_method(config.method.name), "quantized_bits")
 
 
 def validate(config: RunConfig) -> str:
