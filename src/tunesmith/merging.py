@@ -94,7 +94,7 @@ def _save_generation_config(tokenizer: Any, stop_model: Any, output: Path) -> No
     generation = GenerationConfig.from_pretrained(output) if path.exists() else GenerationConfig()
     # What the run's own generation stops at (tasks/chat.py and serve pass the model's config the same way),
     # so the merged model stops where the adapter model did.
-    eos = sorted(stop_token_ids(tokenizer, getattr(stop_model, "config", None)))
+    eos = sorted(stop_token_ids(tokenizer, stop_model))
     if eos:
         generation.eos_token_id = eos[0] if len(eos) == 1 else eos
     if tokenizer.pad_token_id is not None:

@@ -53,10 +53,12 @@ def render(tokenizer, messages: list[dict], template: str, add_generation_prompt
     )
 
 
-def stop_token_ids(tokenizer, model_config=None) -> set[int]:
-    """Tokens that end an answer: the tokenizer's EOS plus the generation config's EOS ids."""
+def stop_token_ids(tokenizer, model=None) -> set[int]:
+    """Tokens that end an answer: the tokenizer's EOS plus the EOS ids of `model`'s generation config
+    (Llama 3 ends a turn with <|eot_id|>, which is not the tokenizer's EOS). The generation config hangs
+    off the model, not its config: pass the model (a PeftModel forwards the attribute to its base)."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    extra = getattr(getattr(model_config, "generation_config", None), "eos_token_id", None)
+    extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if extra is not None:
         ids.update(extra if isinstance(extra, (list, tuple)) else [extra])
     return ids

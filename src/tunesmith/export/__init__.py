@@ -9,6 +9,11 @@ A format module declares:
   write(tuned, run_dir, output, options) -> list[Path]                 the files written into `output`
   parity(tuned, output, inputs, options) -> parity.ParityResult        the export loaded back in the runtime
                                              that will use it, compared with `tuned` on `inputs`
+and optionally:
+  check_options(options) -> None             refuses bad options (--quantize) before any weight loads
+  FILE_SUFFIX                                `--output` ending in it names one file (out/model.gguf) in a
+                                             folder that may hold other files; `write` finds its name in
+                                             options["file_name"] and the record is <stem>.export.json
 
 FORMATS holds names and module paths only: a format module is imported when it is used, so
 `tunesmith --help` imports neither torch nor a format's runtime (onnx, llama.cpp).
@@ -18,6 +23,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 from types import ModuleType
@@ -32,6 +39,7 @@ from tunesmith.runs.rundir import RunDir
 # --format name -> module path, in the order the docs list them; a module is imported when it is used.
 FORMATS: dict[str, str] = {
     "merged": "tunesmith.export.merged",
+    "gguf": "tunesmith.export.gguf",
     "onnx": "tunesmith.export.onnx",
 }
 RECORD = "export.json"  # written next to the exported files
@@ -58,9 +66,11 @@ def export_run(
     options = dict(options or {})
     output = Path(output)
     # 1. Everything that can be refused is refused before a weight loads.
-    _refuse_existing(output)
     run = RunDir.open(run_dir)
     module = get_format(fmt)
+    folder, record_path = _destination(module, output, options)
+    if hasattr(module, "check_options"):
+        module.check_options(options)
     config = load_saved_config(run.config_path)
     reason = module.unsupported(config)
     if reason:
@@ -74,11 +84,10 @@ def export_run(
     tuned = load_tuned(run.path, allow_pickle=bool(options.get("allow_pickle", False)))
     inputs = parity_inputs(tuned, run.path, samples or DEFAULT_SAMPLES)
     # 3. Written into a staging folder and renamed when complete: a cut-short export never looks finished.
-    with atomic_directory(output) as staging:
-        written = module.write(tuned, run.path, staging, options)
-        files = [str(Path(p).relative_to(staging)) for p in written]
+    files = _write_staged(module, tuned, run.path, folder, options)
     # 4. Checked in the runtime that will use it, recorded either way.
-    result = module.parity(tuned, output, inputs, options)
+    result = module.parity(tuned, folder, inputs, options)
+    files = [name for name in files if (folder / name).exists()]  # an intermediate the check has removed
     record = {
         "format": fmt,
         "run": str(run.path),
@@ -89,37 +98,87 @@ def export_run(
         "tunesmith_version": __version__,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    atomic_write_text(output / RECORD, json.dumps(record, indent=2) + "\n")
-    _print_parity(record)
+    atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
+    _print_parity(record, record_path)
     if not result.passed:
         raise TunesmithError(
             f"the {fmt} export failed its parity check against the run's model: {result.detail}",
-            where=str(output / RECORD),
-            fix=f"the files are kept at {output} for inspection; report the figures in {RECORD} "
+            where=str(record_path),
+            fix=f"the files are kept at {output} for inspection; report the figures in {record_path.name} "
             "if the run's own model answers correctly",
         )
     return record
 
 
-def _refuse_existing(output: Path) -> None:
-    """Never overwrite: an export lands in a new folder or an empty one."""
+def _destination(module: ModuleType, output: Path, options: dict[str, Any]) -> tuple[Path, Path]:
+    """The folder the files go to and the record's path. Never overwrite: a folder export lands in a new
+    or empty folder; a one-file export (out/model.gguf) beside other files, none of its names taken."""
+    suffix = getattr(module, "FILE_SUFFIX", None)
+    if suffix and output.suffix == suffix:
+        folder, stem = output.parent, output.stem
+        options["file_name"] = output.name
+        options["side_file_prefix"] = f"{stem}."  # e.g. model.Modelfile: two exports can share a folder
+        record = folder / f"{stem}.{RECORD}"
+        taken = [p for p in (output, record) if p.exists()]
+        if taken:
+            raise TunesmithError(
+                f"{taken[0]} already exists",
+                where="--output",
+                fix="choose another --output file name; tunesmith never overwrites files",
+            )
+        return folder, record
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise TunesmithError(
             f"{output} already exists and is not an empty folder",
             where="--output",
             fix="choose a new --output folder; tunesmith never overwrites files",
         )
+    return output, output / RECORD
 
 
-def _print_parity(record: dict[str, Any]) -> None:
+def _write_staged(module: ModuleType, tuned: Any, run_dir: Path, folder: Path, options: dict[str, Any]) -> list[str]:
+    """module.write into a staging folder, then the folder renamed into place (a folder export) or each file
+    moved beside what the folder holds (a one-file export), refusing a name taken meanwhile."""
+    if "file_name" not in options:
+        with atomic_directory(folder) as staging:
+            return [str(Path(p).relative_to(staging)) for p in module.write(tuned, run_dir, staging, options)]
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / f".{options['file_name']}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        written = [Path(p) for p in module.write(tuned, run_dir, staging, options)]
+        for path in written:
+            if (folder / path.name).exists():
+                raise TunesmithError(
+                    f"{folder / path.name} already exists", where="--output", fix="choose another --output"
+                )
+        for path in written:
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [p.name for p in written]
+
+
+def _print_parity(record: dict[str, Any], record_path: Path) -> None:
     parity = record["parity"]
     print(f"parity on {parity['inputs']} held-out inputs from {parity['source']}:")
+    _print_figures(parity)
+    # A check made on the way (a quantised GGUF's f16 source) is printed under its name.
+    for name, part in parity.items():
+        if isinstance(part, dict) and "metrics" in part:
+            print(f"{name.replace('_', ' ')}: {'passed' if part['passed'] else 'FAILED (' + part['detail'] + ')'}")
+            _print_figures(part)
+    verdict = "passed" if record["passed"] else f"FAILED ({parity['detail']})"
+    print(f"{verdict}: {', '.join(record['files'])} and {record_path.name} in {record_path.parent}")
+
+
+def _print_figures(parity: dict[str, Any]) -> None:
+    width = max(16, *(len(name) for name in parity["metrics"]))
     for name, value in parity["metrics"].items():
-        print(f"  {name:16} {value:.6g}")
+        print(f"  {name:{width}} {value:.6g}")
     bounds = ", ".join(
         f"{key.removeprefix('min_')} {'>=' if key.startswith('min_') else '<='} {value:g}"
         for key, value in parity["tolerance"].items()
     )
-    print(f"  tolerance        {bounds}")
-    verdict = "passed" if record["passed"] else f"FAILED ({parity['detail']})"
-    print(f"{verdict}: {len(record['files'])} files and {RECORD} in {record['output']}")
+    print(f"  {'tolerance':{width}} {bounds}")

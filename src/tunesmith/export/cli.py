@@ -20,7 +20,7 @@ def _cmd_export(args) -> None:
         args.format,
         args.output,
         samples=args.samples,
-        options={"allow_pickle": args.allow_pickle, "quantize": args.quantize},
+        options={"allow_pickle": args.allow_pickle, "quantize": args.quantize, "ollama": args.ollama},
     )
 
 
@@ -28,7 +28,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     """Add `export` to the main CLI's subparsers."""
     p = subparsers.add_parser(
         "export",
-        help="export a finished run (merged weights, ONNX), checked against the run's own model",
+        help="export a finished run (merged weights, GGUF for llama.cpp/Ollama, ONNX), checked against the run's model",
         description="Write a finished run in another format, load it back in the runtime that will use it, "
         "and compare its outputs with the run's own model on held-out inputs from the run's test split. "
         "The figures and tolerances are printed and written to export.json next to the files; an export "
@@ -38,7 +38,12 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "run_dir", metavar="RUN_DIR", help="a finished run's folder, e.g. runs/20260101-120000-run (printed by train)"
     )
     p.add_argument("--format", required=True, metavar="FORMAT", help=f"one of: {', '.join(FORMATS)}")
-    p.add_argument("--output", required=True, metavar="PATH", help="folder to write (must not exist or be empty)")
+    p.add_argument(
+        "--output",
+        required=True,
+        metavar="PATH",
+        help="folder to write (must not exist or be empty); for gguf also a file name, e.g. out/model.gguf",
+    )
     p.add_argument(
         "--samples",
         type=int,
@@ -49,8 +54,14 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument(
         "--quantize",
         metavar="KIND",
-        help="onnx: int8 also writes model.int8.onnx (dynamic int8 weights), its agreement and accuracy reported "
-        "beside the float model's",
+        help="gguf: f32, f16 (default), bf16, q8_0, q4_0, q4_k_m, q5_k_m; onnx: int8 also writes model.int8.onnx "
+        "(dynamic int8 weights), its agreement and accuracy reported beside the float model's",
+    )
+    p.add_argument(
+        "--ollama",
+        action="store_true",
+        help="gguf: also write an Ollama Modelfile (FROM, TEMPLATE rendering the run's chat template, SYSTEM, stop "
+        "tokens); then `ollama create NAME -f out/Modelfile`",
     )
     allow_pickle_arg(p)
     p.set_defaults(func=_cmd_export)

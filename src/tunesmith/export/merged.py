@@ -43,7 +43,7 @@ def write(tuned: TunedModel, run_dir: Path, output: Path, options: dict) -> list
             where="--quantize",
             fix="leave --quantize out; for quantised weights use --format onnx --quantize int8 (encoder models)",
         )
-    model = _merged_model(tuned, run_dir, options)
+    model = merged_model(tuned, run_dir, options)
     save_merged(model, tuned.tokenizer, tuned.config, output, stop_model=tuned.model)
     return sorted(p for p in output.iterdir() if p.is_file())
 
@@ -65,10 +65,10 @@ def parity(tuned: TunedModel, output: Path, inputs: ParityInputs, options: dict)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Building the merged model (tunesmith/merging.py, shared with `tunesmith merge`)
+# Building the merged model (tunesmith/merging.py, shared with `tunesmith merge`; the GGUF export starts here)
 
 
-def _merged_model(tuned: TunedModel, run_dir: Path, options: dict) -> Any:
+def merged_model(tuned: TunedModel, run_dir: Path, options: dict) -> Any:
     """The run's weights as one plain model. The merge happens on a second copy loaded here: merging
     replaces the adapter layers in place, and `tuned.model` stays the parity reference."""
     from tunesmith.pipeline import load_tuned

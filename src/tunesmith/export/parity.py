@@ -44,6 +44,7 @@ class ParityInputs:
     mask: Any
     count: int
     source: str
+    texts: list[str] | None = None  # chat prompts as rendered text (a GGUF check tokenizes them again)
 
 
 @dataclass
@@ -90,24 +91,31 @@ def parity_inputs(tuned: TunedModel, run_dir: Path, samples: int = DEFAULT_SAMPL
             fix="export a run trained with a test split (data.split.test > 0, the default)",
         )
     chosen = examples[:samples]
+    texts = None
     if hasattr(task, "prompt_and_reference"):
-        batch = _chat_prompts(tuned, task, chosen)
+        texts = _chat_texts(tuned, task, chosen)
+        batch = _chat_prompts(tuned, texts)
     else:
         batch = _encoded_batch(tuned, task, chosen)
     mask = batch.get("attention_mask")
     if task.peft_task_type == "SEQ_2_SEQ_LM":  # logits are over decoder positions: the target tokens
         mask = batch["labels"] != -100
-    return ParityInputs(batch=batch, mask=mask, count=len(chosen), source=str(source))
+    return ParityInputs(batch=batch, mask=mask, count=len(chosen), source=str(source), texts=texts)
 
 
-def _chat_prompts(tuned: TunedModel, task: Any, examples: list) -> dict[str, Any]:
-    tokenizer, config = tuned.tokenizer, tuned.config
-    template = config.data.chat_template
+def _chat_texts(tuned: TunedModel, task: Any, examples: list) -> list[str]:
     # A plain-text record's text is itself the input; a conversation is cut where the model answers.
-    texts = [
-        e.text if e.messages is None else task.render_prompts(tokenizer, [task.prompt_and_reference(e)[0]], template)[0]
+    template = tuned.config.data.chat_template
+    return [
+        e.text
+        if e.messages is None
+        else task.render_prompts(tuned.tokenizer, [task.prompt_and_reference(e)[0]], template)[0]
         for e in examples
     ]
+
+
+def _chat_prompts(tuned: TunedModel, texts: list[str]) -> dict[str, Any]:
+    tokenizer, config = tuned.tokenizer, tuned.config
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "right"  # every row starts at position 0, as in training
     try:

@@ -83,7 +83,7 @@ class Generator:
     def __init__(self, model, tokenizer):
         self.model = model
         self.tokenizer = tokenizer
-        self.end_ids = sorted(stop_token_ids(tokenizer, getattr(model, "config", None)))
+        self.end_ids = sorted(stop_token_ids(tokenizer, model))
 
     def check_length(self, prompt: str, sampling: Sampling) -> None:
         """Refuse a prompt that, with max_tokens more, would run past the model's positions (it would fail

@@ -191,7 +191,7 @@ def generate_tokens(
         "do_sample": False,
         "use_cache": True,  # training turns the cache off in the config; generation needs it
         "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": sorted(stop_token_ids(tokenizer, getattr(model, "config", None))) or None,
+        "eos_token_id": sorted(stop_token_ids(tokenizer, model)) or None,
     }
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, **(defaults | settings))
     return output[:, inputs["input_ids"].shape[1] :], inputs["attention_mask"]
