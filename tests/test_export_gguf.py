@@ -77,8 +77,8 @@ def test_the_gguf_file_carries_architecture_tokenizer_template_and_stop_tokens(q
 
 
 def _go_render(template: str, messages: list[dict], tmp_path: Path) -> str:
-    if shutil.which("go") is None:
-        pytest.skip("Go is not installed (make setup installs Debian's golang-go as root)")
+    # Not skipped when missing: this is the test that the TEMPLATE is what Ollama renders.
+    assert shutil.which("go"), "Go is not installed: apt-get install golang-go (make setup does, as root)"
     source = tmp_path / "template.txt"
     source.write_text(template, encoding="utf-8")
     data = json.dumps({"Messages": [{"Role": m["role"], "Content": m["content"]} for m in messages]})
@@ -208,3 +208,69 @@ def test_packaged_smollm2_lora_run_exports_to_gguf_within_tolerance(tmp_path):
     assert metrics["mean_kl"] <= 1e-3 and metrics["top1_agreement"] >= 0.97
     modelfile = read_modelfile(tmp_path / "out" / "smollm2.Modelfile")
     assert modelfile["from"] == "./smollm2.gguf" and "SmolLM" in modelfile["system"]  # the template's default
+
+
+def test_template_text_with_braces_passes_through_go_literally(tokenizer, tmp_path):
+    # "{{" in the template's own text (not in a message) must be escaped in Go, or Go would parse an action.
+    from tunesmith.export.ollama import go_template
+
+    braces = (
+        "{% for m in messages %}{{ '<' + m['role'] + '>{{' }}{{ m['content'] }}{{ '}}</s>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<assistant>{{' }}{% endif %}"
+    )
+    parts = template_parts(tokenizer, braces)
+    conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    expected = tokenizer.apply_chat_template(
+        [*conversation, {"role": "user", "content": "again"}],
+        chat_template=braces,
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    rendered = _go_render(go_template(parts), [*conversation, {"role": "user", "content": "again"}], tmp_path)
+    assert rendered == expected and "<assistant>{{" in rendered
+
+
+LLAMA3_STYLE = (
+    "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' "
+    "+ m['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+
+
+def test_a_template_that_trims_contents_is_refused(tokenizer):
+    # Go's template cannot trim: such a template rendered by Ollama would differ on padded messages.
+    with pytest.raises(TunesmithError, match="do not reproduce"):
+        template_parts(tokenizer, LLAMA3_STYLE)
+
+
+def test_a_bos_the_template_writes_is_left_to_llama_cpp_when_it_adds_one(tokenizer, tmp_path):
+    from tunesmith.export.ollama import write_modelfile
+
+    no_trim = LLAMA3_STYLE.replace(" | trim", "")
+    args = (tmp_path / "M", "m.gguf", tokenizer, no_trim, [tokenizer.eos_token_id], None)
+    adds = read_modelfile(write_modelfile(*args, adds_bos=True))
+    assert not adds["template"].startswith(tokenizer.bos_token)  # llama.cpp prepends it: not twice
+    keeps = read_modelfile(write_modelfile(tmp_path / "N", *args[1:], adds_bos=False))
+    assert keeps["template"].startswith(tokenizer.bos_token)
+
+
+def test_a_stop_token_llama_cpp_would_not_stop_at_fails_the_check(tmp_path, tiny_llama_dir, tokenizer):
+    # Three stop tokens: GGUF holds EOS and EOT, and llama.cpp recognises end tokens by name only for some;
+    # two ordinary special tokens as extra stops cannot all be honoured, and the check must say so.
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model_dir)
+    generation = json.loads((model_dir / "generation_config.json").read_text())
+    extra = tokenizer.convert_tokens_to_ids(["<gh_stars>", "<issue_start>"])
+    generation["eos_token_id"] = [tokenizer.eos_token_id, *extra]
+    (model_dir / "generation_config.json").write_text(json.dumps(generation))
+    run = train_chat_run(tmp_path, model_dir, "method.r=4", "eval.compare_base=false")
+    output = tmp_path / "out" / "m.gguf"
+    with pytest.raises(TunesmithError, match="stop_tokens_embedded"):
+        export_run(run, "gguf", output, samples=1, options={"quantize": "f32"})
+    assert output.exists()  # kept for inspection
+
+
+def test_ollama_is_refused_for_other_formats(lora_run, tmp_path):
+    with pytest.raises(TunesmithError, match="--ollama does not apply to --format merged"):
+        export_run(lora_run, "merged", tmp_path / "m", options={"ollama": True})
+    assert not (tmp_path / "m").exists()

@@ -341,3 +341,31 @@ def test_rerank_returns_documents_sorted_by_score(tmp_path, minilm_tokenizer):
     assert results[0]["relevance_score"] >= results[1]["relevance_score"]
     assert all(r["document"]["text"] == documents[r["index"]] for r in results)
     assert classify.status_code == 404  # a reranker serves /v1/rerank only
+
+
+def test_streaming_n_choices_each_join_to_their_non_streamed_answer(client, chat_run):
+    # Greedy: both choices are the single answer. Sampled with a seed: each streamed choice repeats.
+    whole = _ask(client, chat_run, QUESTIONS[0]).choices[0].message.content
+    chunks = list(_ask(client, chat_run, QUESTIONS[0], stream=True, n=2, stream_options={"include_usage": True}))
+    joined = {0: "", 1: ""}
+    finished = {}
+    for c in chunks:
+        for choice in c.choices:
+            joined[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finished[choice.index] = choice.finish_reason
+    assert joined == {0: whole, 1: whole} and set(finished) == {0, 1}
+    single = _ask(client, chat_run, QUESTIONS[0]).usage
+    assert chunks[-1].usage.completion_tokens == 2 * single.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == single.prompt_tokens
+
+    def sampled_stream():
+        params = dict(model=chat_run.name, prompt="Hello", max_tokens=8, temperature=1.0, seed=7, n=2, stream=True)
+        texts = {0: "", 1: ""}
+        for c in client.completions.create(**params):
+            for choice in c.choices:
+                texts[choice.index] += choice.text
+        return texts
+
+    first = sampled_stream()
+    assert first == sampled_stream()

@@ -68,9 +68,14 @@ def export_run(
     # 1. Everything that can be refused is refused before a weight loads.
     run = RunDir.open(run_dir)
     module = get_format(fmt)
+    for flag in ("quantize", "ollama"):
+        if options.get(flag) and flag not in getattr(module, "FLAGS", ()):
+            raise TunesmithError(
+                f"--{flag} does not apply to --format {fmt}",
+                where=f"--{flag}",
+                fix=f"leave out --{flag}; `tunesmith export --help` says which formats take it",
+            )
     folder, record_path = _destination(module, output, options)
-    if hasattr(module, "check_options"):
-        module.check_options(options)
     config = load_saved_config(run.config_path)
     reason = module.unsupported(config)
     if reason:
@@ -79,15 +84,15 @@ def export_run(
             where="--format",
             fix=f"formats: {', '.join(FORMATS)}",
         )
+    if hasattr(module, "check_options"):
+        module.check_options(options)
     # 2. The run's own model (base + adapter, as predict loads it) is the reference of the parity check.
     print(f"exporting {run.path} as {fmt}: {module.SUMMARY}")
     tuned = load_tuned(run.path, allow_pickle=bool(options.get("allow_pickle", False)))
     inputs = parity_inputs(tuned, run.path, samples or DEFAULT_SAMPLES)
-    # 3. Written into a staging folder and renamed when complete: a cut-short export never looks finished.
-    files = _write_staged(module, tuned, run.path, folder, options)
-    # 4. Checked in the runtime that will use it, recorded either way.
-    result = module.parity(tuned, folder, inputs, options)
-    files = [name for name in files if (folder / name).exists()]  # an intermediate the check has removed
+    # 3-4. Written into a staging folder and checked there in the runtime that will use it, then moved into
+    # place: a cut-short export never looks finished, and one whose check crashed leaves nothing behind.
+    files, result = _write_and_check(module, tuned, run.path, folder, inputs, options)
     record = {
         "format": fmt,
         "run": str(run.path),
@@ -119,7 +124,8 @@ def _destination(module: ModuleType, output: Path, options: dict[str, Any]) -> t
         options["file_name"] = output.name
         options["side_file_prefix"] = f"{stem}."  # e.g. model.Modelfile: two exports can share a folder
         record = folder / f"{stem}.{RECORD}"
-        taken = [p for p in (output, record) if p.exists()]
+        sides = [folder / f"{stem}.{name}" for name in getattr(module, "SIDE_FILES", ())]
+        taken = [p for p in (output, record, *sides) if p.exists()]
         if taken:
             raise TunesmithError(
                 f"{taken[0]} already exists",
@@ -136,28 +142,35 @@ def _destination(module: ModuleType, output: Path, options: dict[str, Any]) -> t
     return output, output / RECORD
 
 
-def _write_staged(module: ModuleType, tuned: Any, run_dir: Path, folder: Path, options: dict[str, Any]) -> list[str]:
-    """module.write into a staging folder, then the folder renamed into place (a folder export) or each file
-    moved beside what the folder holds (a one-file export), refusing a name taken meanwhile."""
+def _write_and_check(
+    module: ModuleType, tuned: Any, run_dir: Path, folder: Path, inputs: Any, options: dict[str, Any]
+) -> tuple[list[str], Any]:
+    """module.write and module.parity in a staging folder, then the folder renamed into place (a folder
+    export) or each file moved beside what the folder holds (a one-file export). Files the check removed
+    (a quantiser's intermediate) are not listed. If writing or checking raises, nothing is left."""
     if "file_name" not in options:
         with atomic_directory(folder) as staging:
-            return [str(Path(p).relative_to(staging)) for p in module.write(tuned, run_dir, staging, options)]
+            written = [Path(p) for p in module.write(tuned, run_dir, staging, options)]
+            result = module.parity(tuned, staging, inputs, options)
+            return [str(p.relative_to(staging)) for p in written if p.exists()], result
     folder.mkdir(parents=True, exist_ok=True)
     staging = folder / f".{options['file_name']}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
         written = [Path(p) for p in module.write(tuned, run_dir, staging, options)]
-        for path in written:
-            if (folder / path.name).exists():
+        result = module.parity(tuned, staging, inputs, options)
+        kept = [p for p in written if p.exists()]
+        for path in kept:
+            if (folder / path.name).exists():  # taken while the export ran
                 raise TunesmithError(
                     f"{folder / path.name} already exists", where="--output", fix="choose another --output"
                 )
-        for path in written:
+        for path in kept:
             os.replace(path, folder / path.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return [p.name for p in written]
+    return [p.name for p in kept], result
 
 
 def _print_parity(record: dict[str, Any], record_path: Path) -> None:

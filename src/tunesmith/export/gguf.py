@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.errors import TunesmithError
-from tunesmith.export.gguf_writer import unsupported_model, write_gguf
+from tunesmith.export.gguf_writer import adds_bos_token, unsupported_model, write_gguf
 from tunesmith.export.parity import ParityInputs, ParityResult, compare_logits, judge
 from tunesmith.extras import require
 from tunesmith.taskcards import get_card
@@ -33,6 +33,8 @@ NAME = "gguf"
 SUMMARY = "one GGUF file for llama.cpp / Ollama (Llama family): tokenizer, chat template and stop tokens inside"
 FILE_SUFFIX = ".gguf"  # `--output out/model.gguf` names the file; its folder gets the Modelfile and record
 DEFAULT_FILE = "model.gguf"
+FLAGS = ("quantize", "ollama")  # the export options this format takes
+SIDE_FILES = ("Modelfile",)  # may be written beside the file as <stem>.Modelfile: checked before writing
 
 DIRECT = ("f32", "f16", "bf16", "q8_0")
 # --quantize -> llama.cpp's file type, quantised by llama.cpp from an f16 file.
@@ -109,7 +111,11 @@ def write(tuned: TunedModel, run_dir: Path, output: Path, options: dict) -> list
     quantize = options.get("quantize") or DEFAULT_QUANTIZE
     reason = unsupported_model(tuned.model.config, tuned.tokenizer)
     if reason:
-        raise TunesmithError(f"run {run_dir.name} cannot be exported as GGUF: {reason}", where="--format gguf")
+        raise TunesmithError(
+            f"run {run_dir.name} cannot be exported as GGUF: {reason}",
+            where="--format gguf",
+            fix="tunesmith export RUN --format merged --output out/ writes weights any converter reads",
+        )
     template = template_for(tuned.tokenizer, tuned.config.data.chat_template)
     stop_ids = _stop_ids(tuned)
     model = merged_model(tuned, run_dir, options)
@@ -129,7 +135,8 @@ def write(tuned: TunedModel, run_dir: Path, output: Path, options: dict) -> list
         # Folder export: out/Modelfile; one-file export (out/model.gguf): out/model.Modelfile.
         modelfile = output / (options.get("side_file_prefix", "") + MODELFILE)
         system = tuned.config.data.system_prompt
-        written.append(write_modelfile(modelfile, path.name, tuned.tokenizer, template, stop_ids, system))
+        adds_bos = adds_bos_token(tuned.tokenizer)
+        written.append(write_modelfile(modelfile, path.name, tuned.tokenizer, template, stop_ids, system, adds_bos))
     return written
 
 
@@ -198,18 +205,27 @@ def _measure(tuned: TunedModel, path: Path, inputs: ParityInputs) -> dict[str, f
             reference = tuned.model(**inputs.batch).logits.float()
             ref_rows, file_rows, tokenized, greedy = _compare_prompts(llm, tuned, prompts, inputs, reference)
         metadata = dict(llm.metadata)
+        # What llama.cpp itself stops at (EOS, EOT and tokens it recognises by their text): every run stop
+        # token must be one. llama-cpp-python has no public call for it, hence its model's vocab handle.
+        stops_honoured = [bool(llama_cpp_eog(llm, i)) for i in stop_ids]
+        # With its special tokens (BOS where the tokenizer adds one), as a plain-text prompt is encoded.
+        probe = "Hello world. A plain-text prompt."
+        special_ok = llm.tokenize(probe.encode(), add_bos=True, special=True) == tuned.tokenizer(probe)["input_ids"]
     finally:
         llm.close()  # the file is unmapped (an intermediate is deleted next)
     ref, out = torch.cat(ref_rows), torch.cat(file_rows)
     metrics = compare_logits(ref, out, None)
     metrics["mean_kl"] = _mean_kl(ref, out)
     metrics["greedy_agreement"] = float(sum(greedy) / len(greedy))
-    metrics["tokenizer_agreement"] = float(sum(tokenized) / len(tokenized))
+    metrics["tokenizer_agreement"] = float(sum(tokenized) / len(tokenized)) * float(special_ok)
     metrics["template_embedded"] = float(metadata.get("tokenizer.chat_template") == _template(tuned))
-    keys = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")
-    embedded_stops = {int(metadata[k]) for k in keys if k in metadata}
-    metrics["stop_tokens_embedded"] = float(embedded_stops == set(stop_ids[:2]))
+    metrics["stop_tokens_embedded"] = float(sum(stops_honoured) / len(stops_honoured))
     return metrics
+
+
+def llama_cpp_eog(llm: Any, token: int) -> bool:
+    """Whether llama.cpp ends generation at `token` in the loaded file."""
+    return bool(_llama_cpp().llama_vocab_is_eog(llm._model.vocab, token))
 
 
 def _compare_prompts(llm: Any, tuned: TunedModel, prompts: list[list[int]], inputs: ParityInputs, reference: Any):
@@ -219,7 +235,8 @@ def _compare_prompts(llm: Any, tuned: TunedModel, prompts: list[list[int]], inpu
     import torch
 
     stop_ids = _stop_ids(tuned)
-    texts = inputs.texts or [tuned.tokenizer.decode(p) for p in prompts]
+    # Plain-text prompts: decoded without clean-up, which would change spaces and so the re-encoded ids.
+    texts = inputs.texts or [tuned.tokenizer.decode(p, clean_up_tokenization_spaces=False) for p in prompts]
     ref_rows, file_rows, tokenized, greedy = [], [], [], []
     for row, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
         # Truncated to max_length like the run's encoding, so compare llama.cpp's ids over the same length.
@@ -247,8 +264,8 @@ def _computing_in_float32(model: Any) -> Iterator[None]:
     if is_quantized(model) or not any(d in (torch.bfloat16, torch.float16) for d in dtypes.values()):
         yield
         return
-    model.float()
     try:
+        model.float()
         yield
     finally:  # each tensor back to its own dtype (a LoRA adapter may be float32 beside a bf16 base)
         for module_name, module in model.named_modules():

@@ -54,6 +54,17 @@ def unsupported_model(model_config: Any, tokenizer: Any) -> str | None:
         )
     if getattr(model_config, "mlp_bias", False):
         return "an MLP with biases is not the llama.cpp llama graph: export --format merged"
+    window = getattr(model_config, "sliding_window", None)
+    if window and window < model_config.max_position_embeddings:
+        return (
+            f"sliding-window attention ({window} of {model_config.max_position_embeddings} positions) is not in "
+            "llama.cpp's llama graph, which would attend to the whole context: export --format merged"
+        )
+    if max(tokenizer.get_vocab().values()) >= model_config.vocab_size:
+        return (
+            f"the tokenizer has ids beyond the model's {model_config.vocab_size} embeddings (added tokens without "
+            "resized embeddings): export --format merged"
+        )
     if _byte_fallback(tokenizer):
         return (
             "the tokenizer is SentencePiece-style (byte fallback: Llama 2, Mistral 7B), which tunesmith does not "
@@ -180,6 +191,12 @@ def _write_vocabulary(writer: Any, tokenizer: Any, config: Any, chat_template: s
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
+    if not stop_ids:
+        raise TunesmithError(
+            "the run has no stop token (no EOS in the tokenizer or the generation config): llama.cpp would never stop",
+            where="--format gguf",
+            fix="set the tokenizer's eos_token, or export --format merged",
+        )
     # EOS is the tokenizer's own when it is one of the run's stop tokens; another stop token (Llama 3's
     # <|eot_id|>, a template's end-of-turn) becomes the end-of-turn token, which llama.cpp also stops at.
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id in stop_ids else stop_ids[0]
@@ -192,8 +209,14 @@ def _write_vocabulary(writer: Any, tokenizer: Any, config: Any, chat_template: s
     if tokenizer.pad_token_id is not None:
         writer.add_pad_token_id(tokenizer.pad_token_id)
     # Whether the tokenizer itself prepends BOS: llama.cpp must encode a prompt to the same ids.
-    writer.add_add_bos_token(bool(tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]))
+    writer.add_add_bos_token(adds_bos_token(tokenizer))
     writer.add_chat_template(chat_template)
+
+
+def adds_bos_token(tokenizer: Any) -> bool:
+    """Whether encoding a text prepends BOS (Llama 3 does, SmolLM2 does not)."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
 
 
 def _permute(weight: Any, heads: int) -> Any:
@@ -213,13 +236,17 @@ def _write_tensors(writer: Any, model: Any, outtype: str) -> None:
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     tensor_type = _types(outtype)[1]
-    for hf_name, tensor in model.state_dict().items():
-        if hf_name == "lm_head.weight" and getattr(config, "tie_word_embeddings", False):
-            continue  # llama.cpp reuses token_embd for a missing output.weight
+    state = model.state_dict()
+    # llama.cpp reuses token_embd for a missing output.weight: left out only when the two really are one.
+    tied = "lm_head.weight" in state and torch.equal(state["lm_head.weight"], state["model.embed_tokens.weight"])
+    for hf_name, tensor in state.items():
+        if hf_name == "lm_head.weight" and tied:
+            continue
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise TunesmithError(
                 f"tensor {hf_name} has no llama.cpp name: this checkpoint is not a plain Llama-family model",
+                where="--format gguf",
                 fix="export --format merged and convert it with llama.cpp's convert_hf_to_gguf.py",
             )
         data = tensor.detach().to(torch.float32).cpu().numpy()

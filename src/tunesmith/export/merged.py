@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunesmith.errors import TunesmithError
 from tunesmith.export.parity import ParityInputs, ParityResult, compare_logits, judge, logit_tolerance
 from tunesmith.merging import merge_weights, save_merged
 from tunesmith.methods import get_method
@@ -37,12 +36,6 @@ def unsupported(config: RunConfig) -> str | None:
 
 def write(tuned: TunedModel, run_dir: Path, output: Path, options: dict) -> list[Path]:
     """Save the merged model into `output` (a staging folder the caller renames when done)."""
-    if options.get("quantize"):  # the merged weights keep the model's dtype; quantising is another format's
-        raise TunesmithError(
-            f"--format merged has no --quantize (got {options['quantize']!r}): it keeps the model's dtype",
-            where="--quantize",
-            fix="leave --quantize out; for quantised weights use --format onnx --quantize int8 (encoder models)",
-        )
     model = merged_model(tuned, run_dir, options)
     save_merged(model, tuned.tokenizer, tuned.config, output, stop_model=tuned.model)
     return sorted(p for p in output.iterdir() if p.is_file())

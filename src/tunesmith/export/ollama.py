@@ -112,6 +112,8 @@ def _check(parts: TemplateParts, tokenizer: Any, template: str) -> None:
             {"role": "assistant", "content": "Hello! How can I help?"},
             {"role": "user", "content": "Reset my password, please."},
         ],
+        # A template that trims or otherwise edits contents (Llama 3's `| trim`) shows it here: Go cannot.
+        [{"role": "user", "content": "  padded \n"}, {"role": "assistant", "content": ""}],
     ]
     for messages in samples:
         for prompt in (True, False):
@@ -155,15 +157,26 @@ def _literal(text: str) -> str:
 
 
 def write_modelfile(
-    path: Path, gguf_name: str, tokenizer: Any, template: str, stop_ids: list[int], system_prompt: str | None
+    path: Path,
+    gguf_name: str,
+    tokenizer: Any,
+    template: str,
+    stop_ids: list[int],
+    system_prompt: str | None,
+    adds_bos: bool,
 ) -> Path:
-    """Write the Modelfile `path` for the GGUF file `gguf_name` in the same folder; returns `path`."""
+    """Write the Modelfile `path` for the GGUF file `gguf_name` in the same folder; returns `path`.
+    `adds_bos`: llama.cpp prepends BOS to every prompt (the file's add_bos_token), so a template that writes
+    it itself (Llama 3's `{{ bos_token }}`) loses it here, or the model would read two."""
     parts = template_parts(tokenizer, template)
+    bos = getattr(tokenizer, "bos_token", None)
+    if adds_bos and bos and parts.head.startswith(bos):
+        parts.head = parts.head[len(bos) :]
     body = go_template(parts)
     system = system_prompt if system_prompt is not None else parts.default_system
     for label, text in (("TEMPLATE", body), ("SYSTEM", system or "")):
-        if '"""' in text:
-            raise _refusal(f'the {label} text contains """, which a Modelfile cannot quote')
+        if '"""' in text or text.endswith('"'):
+            raise _refusal(f'the {label} text contains """ or ends with ", which a Modelfile cannot quote')
     lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{body}"""']
     if system is not None:
         lines.append(f'SYSTEM """{system}"""')

@@ -42,6 +42,7 @@ _OTHER_FORMAT = {
 }
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+FLAGS = ("quantize",)  # the export options this format takes (--quantize int8)
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -234,8 +234,6 @@ def build_app(tuned: TunedModel, name: str, settings: ServeSettings = ServeSetti
                 "(ask for fewer, or start the server with a larger --max-tokens-limit)",
                 param=field,
             )
-        if request.stream and request.n > 1:
-            raise ApiError(400, "streaming answers one choice at a time: set n=1 or stream=false", param="n")
         stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
         return Sampling(
             max_tokens=max_tokens or min(settings.default_max_tokens, settings.max_tokens_limit),
@@ -379,53 +377,68 @@ def _completion_body(name: str, outputs_per_prompt: list[list[Output]], chat: bo
 def _answer(worker: ModelWorker, name: str, prompt: str, sampling: Sampling, request: _Generation, chat: bool):
     if not request.stream:
         return _completion_body(name, [_generate(worker, prompt, sampling)], chat)
-    sink = worker.stream(prompt, sampling)
-    pieces = iter(sink)
+    # n choices stream as n generations, one after another in the worker, each chunk naming its choice
+    # (OpenAI's `index`). A seed is offset per choice so that sampled choices differ yet repeat.
+    sinks = [worker.stream(prompt, _choice_sampling(sampling, k)) for k in range(sampling.n)]
+    streams = [(sink, iter(sink)) for sink in sinks]
     try:
-        next(pieces)  # the worker accepted the prompt; a refused one is still a 400, not a broken stream
+        next(streams[0][1])  # the worker accepted the prompt; a refused one is still a 400, not a broken stream
     except PromptTooLong as exc:
+        for sink in sinks:
+            sink.cancelled.set()
         raise ApiError(400, str(exc), param="max_tokens", code="context_length_exceeded") from exc
     include_usage = bool((request.stream_options or {}).get("include_usage"))
-    return StreamingResponse(_events(name, sink, pieces, chat, include_usage), media_type="text/event-stream")
+    return StreamingResponse(_events(name, streams, chat, include_usage), media_type="text/event-stream")
 
 
-def _events(name: str, sink, pieces: Iterator[str], chat: bool, include_usage: bool) -> Iterator[str]:
-    """OpenAI's server-sent events: one chunk per text piece, a last chunk with the finish reason, then
-    (when asked) one with the usage, then `data: [DONE]`."""
+def _choice_sampling(sampling: Sampling, k: int) -> Sampling:
+    seed = None if sampling.seed is None else sampling.seed + k
+    return replace(sampling, n=1, seed=seed)
+
+
+def _events(name: str, streams: list[tuple[Any, Iterator[str]]], chat: bool, include_usage: bool) -> Iterator[str]:
+    """OpenAI's server-sent events: per choice, one chunk per text piece and a last chunk with its finish
+    reason; then (when asked) one with the usage of all choices, then `data: [DONE]`."""
     ident, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
     kind = "chat.completion.chunk" if chat else "text_completion"
 
-    def chunk(text: str | None, finish_reason: str | None, first: bool = False, **extra) -> str:
+    def chunk(index: int, text: str | None, finish_reason: str | None, first: bool = False) -> str:
         if chat:
             delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text is not None else {})
-            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+            choice = {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
         else:
-            choice = {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
-        body = {"id": ident, "object": kind, "created": created, "model": name, "choices": [choice], **extra}
+            choice = {"index": index, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+        body = {"id": ident, "object": kind, "created": created, "model": name, "choices": [choice]}
         return f"data: {json.dumps(body)}\n\n"
 
+    prompt_tokens = completion_tokens = 0
     try:
-        if chat:
-            yield chunk(None, None, first=True)
-        try:
-            for piece in pieces:
-                yield chunk(piece, None)
-        except Exception as exc:  # headers are sent: the error can only be an event of its own
-            yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error'}})}\n\n"
-            return
-        output = sink.output
-        yield chunk(None, output.finish_reason)
+        for index, (sink, pieces) in enumerate(streams):
+            if chat:
+                yield chunk(index, None, None, first=True)
+            try:
+                for piece in pieces:
+                    if piece:  # "" marks a generation's start (the first choice's was read above)
+                        yield chunk(index, piece, None)
+            except Exception as exc:  # headers are sent: the error can only be an event of its own
+                yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error'}})}\n\n"
+                return
+            output = sink.output
+            yield chunk(index, None, output.finish_reason)
+            prompt_tokens = output.prompt_tokens  # the same prompt for every choice, counted once as OpenAI does
+            completion_tokens += output.completion_tokens
         if include_usage:
             usage = {
-                "prompt_tokens": output.prompt_tokens,
-                "completion_tokens": output.completion_tokens,
-                "total_tokens": output.prompt_tokens + output.completion_tokens,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
             }
             body = {"id": ident, "object": kind, "created": created, "model": name, "choices": [], "usage": usage}
             yield f"data: {json.dumps(body)}\n\n"
         yield "data: [DONE]\n\n"
     finally:
-        sink.cancelled.set()  # the client went away (or all is sent): stop generating for nobody
+        for sink, _ in streams:
+            sink.cancelled.set()  # the client went away (or all is sent): stop generating for nobody
 
 
 # ---------------------------------------------------------------------------------------------------
