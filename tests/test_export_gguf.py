@@ -22,12 +22,24 @@ from tunesmith.export.parity import parity_inputs
 GO_RENDERER = Path(__file__).parent / "go" / "render_template.go"
 
 
+# The tiny Llama with weights drawn 15x wider than its default (0.02): attention then depends sharply on
+# the keys and their positions, as in a trained model, so a wrong Q/K layout or rope shows in the logits.
+# At the default width attention is near-uniform and such bugs move the logits by under 1%.
+SHARP = 0.3
+
+
+def sharp_llama(folder: Path, tokenizer, **changes) -> Path:
+    from conftest import _save_tiny, tiny_llama_config
+
+    return _save_tiny(folder, tiny_llama_config(tokenizer, initializer_range=SHARP, **changes), tokenizer)
+
+
 @pytest.fixture(scope="module")
-def lora_run(tmp_path_factory, tiny_llama_dir) -> Path:
+def lora_run(tmp_path_factory, tokenizer) -> Path:
     # A system prompt the model learns under: the Modelfile's SYSTEM must carry it.
     return train_chat_run(
         tmp_path_factory.mktemp("gguf-lora"),
-        tiny_llama_dir,
+        sharp_llama(tmp_path_factory.mktemp("sharp-llama"), tokenizer),
         "method.r=4",
         "eval.compare_base=false",
         "data.system_prompt=You answer support tickets.",
@@ -35,30 +47,30 @@ def lora_run(tmp_path_factory, tiny_llama_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def q8_export(lora_run, tmp_path_factory) -> tuple[Path, dict]:
+def f16_export(lora_run, tmp_path_factory) -> tuple[Path, dict]:
     output = tmp_path_factory.mktemp("gguf-out") / "model.gguf"
-    return output, export_run(lora_run, "gguf", output, samples=4, options={"quantize": "q8_0", "ollama": True})
+    return output, export_run(lora_run, "gguf", output, samples=4, options={"ollama": True})
 
 
-def test_q8_0_export_runs_in_llama_cpp_within_tolerance(q8_export):
-    output, record = q8_export
+def test_f16_export_runs_in_llama_cpp_within_tolerance(f16_export):
+    output, record = f16_export
     saved = json.loads((output.parent / "model.export.json").read_text())
     assert saved == record and saved["passed"] is True
     assert saved["files"] == ["model.gguf", "model.Modelfile"]
     metrics, tolerance = saved["parity"]["metrics"], saved["parity"]["tolerance"]
-    assert saved["parity"]["quantize"] == "q8_0"
+    assert saved["parity"]["quantize"] == "f16"  # the default
     # Exact properties: llama.cpp tokenizes every prompt as the run did; template and stop tokens embedded.
     assert metrics["tokenizer_agreement"] == metrics["template_embedded"] == metrics["stop_tokens_embedded"] == 1.0
-    assert metrics["mean_kl"] <= tolerance["mean_kl"] == 5e-2
+    assert metrics["mean_kl"] <= tolerance["mean_kl"] == 1e-3
     assert metrics["top1_agreement"] >= tolerance["min_top1_agreement"]
     assert metrics["greedy_agreement"] >= tolerance["min_greedy_agreement"]
     assert metrics["positions"] > 4 * 10  # every prompt position of 4 chat prompts
 
 
-def test_the_gguf_file_carries_architecture_tokenizer_template_and_stop_tokens(q8_export, lora_run):
+def test_the_gguf_file_carries_architecture_tokenizer_template_and_stop_tokens(f16_export, lora_run):
     from gguf import GGUFReader
 
-    output, _ = q8_export
+    output, _ = f16_export
     tuned = pipeline.load_tuned(lora_run)
     reader = GGUFReader(output)
 
@@ -72,7 +84,7 @@ def test_the_gguf_file_carries_architecture_tokenizer_template_and_stop_tokens(q
     assert value("tokenizer.ggml.eos_token_id") == tuned.tokenizer.eos_token_id
     assert len(value("tokenizer.ggml.tokens")) == tuned.model.config.vocab_size
     types = {t.name: t.tensor_type.name for t in reader.tensors}
-    assert types["blk.0.attn_q.weight"] == "Q8_0" and types["output_norm.weight"] == "F32"
+    assert types["blk.0.attn_q.weight"] == "F16" and types["output_norm.weight"] == "F32"
     assert "output.weight" not in types  # tied embeddings: llama.cpp reuses token_embd
 
 
@@ -89,8 +101,8 @@ def _go_render(template: str, messages: list[dict], tmp_path: Path) -> str:
     return done.stdout
 
 
-def test_the_modelfile_renders_conversations_as_the_tokenizer_template_does(q8_export, lora_run, tmp_path):
-    output, _ = q8_export
+def test_the_modelfile_renders_conversations_as_the_tokenizer_template_does(f16_export, lora_run, tmp_path):
+    output, _ = f16_export
     tuned = pipeline.load_tuned(lora_run)
     modelfile = read_modelfile(output.parent / "model.Modelfile")
     assert modelfile["from"] == "./model.gguf"
@@ -156,9 +168,8 @@ def test_a_wrong_tensor_layout_fails_the_parity_check(lora_run, tmp_path, monkey
     output = tmp_path / "broken.gguf"
     with pytest.raises(TunesmithError, match="failed its parity check") as failed:
         export_run(lora_run, "gguf", output, samples=2, options={"quantize": "f32"})
-    # The tiny model's attention barely matters (near-uniform at init), so the logits move by ~1% of their
-    # scale: float32's max_rel_error bound (5e-3) catches it. On SmolLM2 the same bug gives KL 2.9 nats.
-    assert "max_rel_error" in str(failed.value)
+    # On SmolLM2 the same bug gives KL 2.9 nats and top-1 agreement 0.22.
+    assert "mean_kl" in str(failed.value) and "top1_agreement" in str(failed.value)
     assert output.exists() and (tmp_path / "broken.export.json").exists()  # kept for inspection
 
 
@@ -201,11 +212,13 @@ def test_packaged_smollm2_lora_run_exports_to_gguf_within_tolerance(tmp_path):
         "train.precision=auto",  # bf16 where the CPU has it: the reference then computes in fp32 for the check
         "eval.compare_base=false",
     )
-    record = export_run(run, "gguf", tmp_path / "out" / "smollm2.gguf", samples=4, options={"ollama": True})
+    options = {"quantize": "q8_0", "ollama": True}
+    record = export_run(run, "gguf", tmp_path / "out" / "smollm2.gguf", samples=4, options=options)
     metrics = record["parity"]["metrics"]
-    assert record["passed"] and record["parity"]["quantize"] == "f16"
-    assert metrics["tokenizer_agreement"] == metrics["template_embedded"] == 1.0
-    assert metrics["mean_kl"] <= 1e-3 and metrics["top1_agreement"] >= 0.97
+    assert record["passed"] and record["parity"]["quantize"] == "q8_0"
+    assert metrics["tokenizer_agreement"] == metrics["template_embedded"] == metrics["stop_tokens_embedded"] == 1.0
+    # The demo run measured KL 9.4e-3 and top-1 0.944 for q8_0 (README); the bounds are 5e-2 and 0.85.
+    assert metrics["mean_kl"] <= 5e-2 and metrics["top1_agreement"] >= 0.85
     modelfile = read_modelfile(tmp_path / "out" / "smollm2.Modelfile")
     assert modelfile["from"] == "./smollm2.gguf" and "SmolLM" in modelfile["system"]  # the template's default
 
@@ -274,3 +287,83 @@ def test_ollama_is_refused_for_other_formats(lora_run, tmp_path):
     with pytest.raises(TunesmithError, match="--ollama does not apply to --format merged"):
         export_run(lora_run, "merged", tmp_path / "m", options={"ollama": True})
     assert not (tmp_path / "m").exists()
+
+
+def test_llama_3_1_rope_scaling_is_written_as_rope_freqs(tmp_path, tokenizer, monkeypatch):
+    # Llama 3.1 / 3.2 scale their rotary frequencies (rope_type "llama3"); llama.cpp reads the factors from
+    # a rope_freqs tensor. A context of 32 original positions puts the tiny model's 8 frequencies on all
+    # three branches (kept, divided by the factor, blended), so a wrong factor shows in the logits.
+    from gguf import GGUFReader
+
+    from tunesmith.export import gguf_writer
+
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 10000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32,
+    }
+    model_dir = sharp_llama(tmp_path / "llama31", tokenizer, rope_parameters=rope)
+    run = train_chat_run(tmp_path, model_dir, "method.r=4", "eval.compare_base=false")
+    record = export_run(run, "gguf", tmp_path / "out", samples=2, options={"quantize": "f32"})
+    assert record["passed"]
+    reader = GGUFReader(tmp_path / "out" / "model.gguf")
+    factors = next(t for t in reader.tensors if t.name == "rope_freqs.weight").data
+    assert len(factors) == 8 and factors.min() == 1.0 and factors.max() == 8.0
+    assert any(1.0 < f < 8.0 for f in factors)
+    # Without the factors llama.cpp rotates by the unscaled frequencies: measured KL 3.6 nats, top-1 0.06.
+    monkeypatch.setattr(gguf_writer, "_llama3_rope_factors", lambda config: None)
+    with pytest.raises(TunesmithError, match="mean_kl"):
+        export_run(run, "gguf", tmp_path / "unscaled", samples=2, options={"quantize": "f32"})
+
+
+def sentencepiece_style_tokenizer(folder: Path):
+    """A Llama-2-style tokenizer trained here on the demo tickets: BPE over ▁-marked words with byte fallback
+    (<0x00>..<0xFF>), a normalizer that turns spaces into ▁ and puts one before every text between special
+    tokens (as Llama 2's tokenizer.json does, and llama.cpp's SentencePiece tokenizer too), BOS added."""
+    from conftest import SUPPORT_DATA
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, trainers
+    from tokenizers.models import BPE
+    from transformers import LlamaTokenizerFast
+
+    texts = [m["content"] for line in SUPPORT_DATA.read_text().splitlines() for m in json.loads(line)["messages"]]
+    backend = Tokenizer(BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    # Trained on words, as SentencePiece is; then applied to whole texts, as Llama 2's tokenizer.json is.
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
+    specials = ["<unk>", "<s>", "</s>", *(f"<0x{i:02X}>" for i in range(256))]
+    backend.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1200, special_tokens=specials))
+    backend.pre_tokenizer = None
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    tokenizer = LlamaTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", legacy=True, add_bos_token=True
+    )
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+        "{% elif m['role'] == 'assistant' %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
+    )
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def test_a_sentencepiece_style_tokenizer_is_refused_with_the_reason(tmp_path):
+    # What refusing rests on, measured: llama.cpp's SentencePiece tokenizer reads "<s>[INST]" as
+    # <s>, "▁[", ... where transformers 5 (which trains the run) reads <s>, "[", ...
+    from transformers import AutoTokenizer
+
+    from tunesmith.export.gguf_writer import unsupported_model
+
+    model_dir = tmp_path / "llama2-style"
+    sentencepiece_style_tokenizer(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)  # as a run loads it (transformers rebuilds its Metaspace)
+    ids = tokenizer("<s>[INST] Hello", add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids)[:2] == ["<s>", "["]
+    from conftest import tiny_llama_config
+
+    config = tiny_llama_config(tokenizer, architectures=["LlamaForCausalLM"])
+    reason = unsupported_model(config, tokenizer)
+    assert reason and "SentencePiece-style" in reason and "--format merged" in reason

@@ -55,14 +55,19 @@ CONTINUATION_TOKENS = 16  # greedy tokens compared per prompt
 #   top1_agreement    share of positions whose most likely next token is the same
 #   greedy_agreement  share of the run's greedy continuation tokens that the file repeats before the first
 #                     difference
-# Measured on the packaged SmolLM2-135M demo run (README table) and set a few times above: f32 KL 1.6e-6 and
-# rel 1.7e-3 (30 layers of float32 summed in another order); f16 9.0e-6 and 4.5e-3; bf16 4.2e-4 and 2.9e-2;
-# q8_0 KL 9.4e-3, top-1 0.944. Q and K left in Hugging Face's layout (the classic conversion bug) gives KL
-# 2.9 and top-1 0.22 on the same run, and rel 9.7e-3 on the tiny test model, whose attention barely matters.
+# Measured on the packaged SmolLM2-135M demo run (README table) and on the GGUF tests' tiny Llama with
+# sharp attention (weights 15x wider than at init, so that attention depends on keys and positions), then
+# set a few times above. llama.cpp keeps its key/value cache in f16 whatever the file's type, so even an
+# f32 file rounds attention to 16 bits: f32 KL 1.6e-6 / 6.1e-6, max rel 1.7e-3 / 4.4e-3, top-1 1.0 / 0.991;
+# f16 KL 9.0e-6 / 2.4e-5, rel 4.5e-3 / 8.6e-3, top-1 1.0 / 0.986; bf16 (SmolLM2) KL 4.2e-4, rel 2.9e-2,
+# top-1 0.989; q8_0 (SmolLM2) KL 9.4e-3, top-1 0.944, greedy 1.0 (the random tiny model, with many
+# near-ties, is too fragile to grade q8_0 on). Q and K left in Hugging Face's layout (the classic
+# conversion bug) gives KL 2.9 and top-1 0.22 on SmolLM2, KL 4.7 and top-1 0.02 on the tiny model;
+# Llama 3.1's rope factors left out, KL 3.6.
 TOLERANCE = {
-    "f32": {"mean_kl": 1e-4, "max_rel_error": 5e-3, "min_top1_agreement": 0.99, "min_greedy_agreement": 0.9},
-    "f16": {"mean_kl": 1e-3, "max_rel_error": 2e-2, "min_top1_agreement": 0.97, "min_greedy_agreement": 0.75},
-    "bf16": {"mean_kl": 5e-3, "max_rel_error": 1e-1, "min_top1_agreement": 0.95, "min_greedy_agreement": 0.6},
+    "f32": {"mean_kl": 1e-4, "max_rel_error": 1e-2, "min_top1_agreement": 0.97, "min_greedy_agreement": 0.9},
+    "f16": {"mean_kl": 1e-3, "max_rel_error": 2e-2, "min_top1_agreement": 0.95, "min_greedy_agreement": 0.75},
+    "bf16": {"mean_kl": 5e-3, "max_rel_error": 1e-1, "min_top1_agreement": 0.93, "min_greedy_agreement": 0.6},
     "q8_0": {"mean_kl": 5e-2, "min_top1_agreement": 0.85, "min_greedy_agreement": 0.5},
 }
 # q4_0, q4_k_m, q5_k_m: what these cost depends on the model (on SmolLM2-135M, whose 576-wide rows do not

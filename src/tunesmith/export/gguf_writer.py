@@ -7,11 +7,13 @@ it (the script is not part of any package):
   - Q and K projections are permuted from Hugging Face's rotate-half layout to llama.cpp's interleaved one;
   - the pre-tokenizer is identified by hashing the token ids of a fixed probe text (`_PROBE_TEXT`), since
     llama.cpp implements each model family's split regex in C++ under a name (`tokenizer.ggml.pre`);
-  - 1-D tensors (norms) stay float32; Q8_0 rows need a length divisible by 32, else they stay 16-bit.
+  - 1-D tensors (norms) stay float32; Q8_0 rows need a length divisible by 32, else they stay 16-bit;
+  - Llama 3.1's rope scaling is one factor per rotary frequency, written as the `rope_freqs` tensor.
 """
 
 from __future__ import annotations
 
+import math
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -47,10 +49,10 @@ def unsupported_model(model_config: Any, tokenizer: Any) -> str | None:
             "model: export --format merged and convert it with llama.cpp's convert_hf_to_gguf.py"
         )
     rope = _rope(model_config)
-    if rope.get("rope_type", "default") != "default":
+    if rope.get("rope_type", "default") not in ("default", "llama3"):
         return (
-            f"rope scaling {rope.get('rope_type')!r} is not written to GGUF by tunesmith yet: export --format "
-            "merged and convert it with llama.cpp's convert_hf_to_gguf.py"
+            f"rope scaling {rope.get('rope_type')!r} is not written to GGUF by tunesmith yet (default and Llama 3.1's "
+            "are): export --format merged and convert it with llama.cpp's convert_hf_to_gguf.py"
         )
     if getattr(model_config, "mlp_bias", False):
         return "an MLP with biases is not the llama.cpp llama graph: export --format merged"
@@ -65,10 +67,21 @@ def unsupported_model(model_config: Any, tokenizer: Any) -> str | None:
             f"the tokenizer has ids beyond the model's {model_config.vocab_size} embeddings (added tokens without "
             "resized embeddings): export --format merged"
         )
-    if _byte_fallback(tokenizer):
+    kind = tokenizer_kind(tokenizer)
+    if kind == "llama":
+        # Measured with a Llama-2-style tokenizer (tests/test_export_gguf.py): transformers 5 encodes the text
+        # after a special token ("<s>[INST] ...") without a leading ▁, llama.cpp's SentencePiece tokenizer with
+        # one ("▁[INST]"), as sentencepiece itself does. A GGUF would read other tokens than the model learnt.
         return (
-            "the tokenizer is SentencePiece-style (byte fallback: Llama 2, Mistral 7B), which tunesmith does not "
-            "write to GGUF yet: export --format merged and convert it with llama.cpp's convert_hf_to_gguf.py"
+            "the tokenizer is SentencePiece-style (Llama 2, Mistral 7B): llama.cpp puts a ▁ before text that "
+            "follows a special token and transformers 5, which trained this run, does not, so the file would read "
+            "chat prompts as tokens the model never saw: export --format merged and serve it with transformers "
+            "or vLLM"
+        )
+    if kind is None:
+        return (
+            "the tokenizer is not byte-level BPE (SmolLM2, Llama 3, Mistral Nemo): export --format merged and "
+            "convert it with llama.cpp's convert_hf_to_gguf.py"
         )
     if pre_tokenizer(tokenizer) is None:
         return (
@@ -154,43 +167,23 @@ def _write_hyperparameters(writer: Any, config: Any, outtype: str, name: str) ->
     writer.add_file_type(_types(outtype)[0])
 
 
-def _byte_fallback(tokenizer: Any) -> bool:
+def tokenizer_kind(tokenizer: Any) -> str | None:
+    """llama.cpp's tokenizer model for this tokenizer: "gpt2" (byte-level BPE, written here), "llama"
+    (SentencePiece BPE: ▁ for spaces, bytes as <0xNN> tokens; refused), or None (neither)."""
     import json
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:  # a slow (SentencePiece) tokenizer
-        return True
+    if backend is None:  # a slow tokenizer: no tokenizer.json to read
+        return None
     model = json.loads(backend.to_str()).get("model", {})
-    return model.get("type") != "BPE" or bool(model.get("byte_fallback"))
+    if model.get("type") != "BPE":
+        return None
+    return "llama" if model.get("byte_fallback") else "gpt2"
 
 
 def _write_vocabulary(writer: Any, tokenizer: Any, config: Any, chat_template: str, stop_ids: list[int]) -> None:
-    """Byte-level BPE ("gpt2" in llama.cpp): every id's token text and type, the merges, the special ids."""
-    import json
-
-    import gguf
-
-    vocab = tokenizer.get_vocab()
-    by_id = {i: token for token, i in vocab.items()}
-    added = tokenizer.added_tokens_decoder  # id -> AddedToken, special or not
-    tokens, types = [], []
-    for i in range(config.vocab_size):
-        if i not in by_id:  # rows the embedding has beyond the tokenizer (padding to a multiple of 64)
-            tokens.append(f"[PAD{i}]")
-            types.append(gguf.TokenType.UNUSED)
-        elif i in added:
-            tokens.append(by_id[i])
-            types.append(gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
-        else:
-            tokens.append(by_id[i])
-            types.append(gguf.TokenType.NORMAL)
-    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre_tokenizer(tokenizer))
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
+    """Every id's token text and type, how to split text (merges, or scores), the special ids and flags."""
+    _write_byte_level_tokens(writer, tokenizer, config)
     if not stop_ids:
         raise TunesmithError(
             "the run has no stop token (no EOS in the tokenizer or the generation config): llama.cpp would never stop",
@@ -204,13 +197,49 @@ def _write_vocabulary(writer: Any, tokenizer: Any, config: Any, chat_template: s
     others = [i for i in stop_ids if i != eos]
     if others:
         writer.add_eot_token_id(others[0])
-    if tokenizer.bos_token_id is not None:
-        writer.add_bos_token_id(tokenizer.bos_token_id)
-    if tokenizer.pad_token_id is not None:
-        writer.add_pad_token_id(tokenizer.pad_token_id)
+    for kind in ("bos", "pad", "unk"):
+        token_id = getattr(tokenizer, f"{kind}_token_id", None)
+        if token_id is not None:
+            getattr(writer, f"add_{kind}_token_id")(token_id)
     # Whether the tokenizer itself prepends BOS: llama.cpp must encode a prompt to the same ids.
     writer.add_add_bos_token(adds_bos_token(tokenizer))
     writer.add_chat_template(chat_template)
+
+
+def _token_types(tokenizer: Any, config: Any) -> tuple[list[str], list[Any]]:
+    """Token texts by id up to the embedding's size, and their llama.cpp types (as get_vocab_base does)."""
+    import gguf
+
+    by_id = {i: token for token, i in tokenizer.get_vocab().items()}
+    added = tokenizer.added_tokens_decoder  # id -> AddedToken, special or not
+    tokens, types = [], []
+    for i in range(config.vocab_size):
+        if i not in by_id:  # rows the embedding has beyond the tokenizer (padding to a multiple of 64)
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+            continue
+        tokens.append(by_id[i])
+        if i == tokenizer.unk_token_id:
+            types.append(gguf.TokenType.UNKNOWN)
+        elif i in added:
+            types.append(gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+    return tokens, types
+
+
+def _write_byte_level_tokens(writer: Any, tokenizer: Any, config: Any) -> None:
+    """Byte-level BPE ("gpt2" in llama.cpp): tokens, merges, and the pre-tokenizer's name."""
+    import json
+
+    tokens, types = _token_types(tokenizer, config)
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre_tokenizer(tokenizer))
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
 
 
 def adds_bos_token(tokenizer: Any) -> bool:
@@ -226,6 +255,34 @@ def _permute(weight: Any, heads: int) -> Any:
     )
 
 
+def _llama3_rope_factors(config: Any) -> Any | None:
+    """Llama 3.1's rope scaling as llama.cpp reads it: one factor per rotary frequency (the `rope_freqs`
+    tensor), computed as convert_hf_to_gguf.py and transformers' _compute_llama3_parameters do. None for
+    unscaled rope."""
+    import numpy as np
+
+    rope = _rope(config)
+    if rope.get("rope_type") != "llama3":
+        return None
+    dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    freqs = 1.0 / (float(rope["rope_theta"]) ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    factor = rope.get("factor", 8.0)
+    low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    old_context = rope.get("original_max_position_embeddings", 8192)
+    low_wavelen, high_wavelen = old_context / low, old_context / high
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old_context / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
+
+
 def _write_tensors(writer: Any, model: Any, outtype: str) -> None:
     import gguf
     import numpy as np
@@ -236,6 +293,9 @@ def _write_tensors(writer: Any, model: Any, outtype: str) -> None:
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     tensor_type = _types(outtype)[1]
+    factors = _llama3_rope_factors(config)
+    if factors is not None:
+        writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors)
     state = model.state_dict()
     # llama.cpp reuses token_embd for a missing output.weight: left out only when the two really are one.
     tied = "lm_head.weight" in state and torch.equal(state["lm_head.weight"], state["model.embed_tokens.weight"])
