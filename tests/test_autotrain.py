@@ -83,6 +83,10 @@ def test_budget_decisions_on_a_fake_clock():
     # at 150 s: int(0.85 * (50 - 31) / 5) = 3 of them; at 190 s: none fits, it is skipped.
     final = budget.limit_final(config, 145)
     assert final.train.max_steps is None and final.eval.compare_base is False
+    # At 115 s the whole schedule fits at the measured speed (31 + 10 * 5 = 81 <= 85 s left), though not with
+    # the safety margin: it runs whole; the margin only sizes a cut.
+    now[0] = 115.0
+    assert budget.limit_final(config, 145).train.max_steps is None
     now[0] = 150.0
     assert budget.limit_final(config, 145).train.max_steps == 3
     now[0] = 190.0
@@ -168,3 +172,26 @@ def test_autotrain_keeps_its_budget_on_an_injected_clock(sections, tiny_bert, tm
     report = (result.study_dir / "report.md").read_text()
     assert "| complete |" in report and "default values" in report
     assert (result.study_dir / "best.yaml").exists()
+
+
+class _Trial:
+    number, params = 0, {}
+
+    def __init__(self, **user_attrs):
+        self.user_attrs = user_attrs
+
+
+def test_the_final_training_runs_the_whole_schedule_of_a_trial_the_budget_cut(sections, tmp_path):  # noqa: F811
+    # A trial stopped by its time slice at step 6 (best so far at 3) was still learning: the final training must not stop
+    # at its "best step" (what left a 15-minute autotrain with a final run of a third of its schedule). A
+    # trial that early stopping ended at step 6 after its best at 3 says how long to train: that one stands.
+    from tunesmith.config import load_config
+    from tunesmith.search.report import final_config
+
+    config = load_config(
+        None, ["task=text-classification", "model.name=x", f"data.train={sections}", "train.batch_size=16"]
+    )
+    cut = final_config(config, _Trial(steps=6, best_step=3, cut_by_budget=True), tmp_path / "a")
+    assert cut.train.max_steps is None
+    stopped = final_config(config, _Trial(steps=6, best_step=3), tmp_path / "b")
+    assert stopped.train.max_steps is not None and stopped.train.max_steps >= 3

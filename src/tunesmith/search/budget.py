@@ -126,12 +126,16 @@ class Budget:
     # -- the final training ---------------------------------------------------------------------------
 
     def limit_final(self, config: RunConfig, examples: int) -> RunConfig | None:
-        """The final training's config (on `examples` records) with the steps that fit in what is left."""
+        """The final training's config (on `examples` records): its whole schedule when that fits in what is
+        left at the measured speed, else the steps that fit with the safety margin, never cut while the budget
+        would hold it."""
         from tunesmith.train.loop import total_optimizer_steps
 
         left = self.end - self.clock()
         planned = config.train.max_steps or total_optimizer_steps(examples, config.train, 1)
-        steps = min(planned, self._fitting_steps(left))
+        # The whole schedule whenever it fits at the measured speed; the safety margin only sizes a cut.
+        fits_whole = self.seconds_per_step is None or ((self.overhead or 0.0) + planned * self.seconds_per_step <= left)
+        steps = planned if fits_whole else min(planned, self._fitting_steps(left))
         if steps < 1:
             self.cuts.append(f"final training skipped: {max(left, 0):.0f} s left, less than one step after loading")
             return None

@@ -154,7 +154,12 @@ def run_trial(trial, setup: TrialSetup):
                     f"pruned at step {step}: validation loss {loss:.4f} is behind the earlier "
                     f"trials at this step ({search.pruner} pruner)"
                 )
-        return setup.budget.should_stop(step) if setup.budget is not None else False
+        if setup.budget is not None and setup.budget.should_stop(step):
+            # Cut by the clock, not ended by its schedule or by early stopping: its best step says when time
+            # ran out, not how long this config should train (the final training must not stop there).
+            trial.set_user_attr("cut_by_budget", True)
+            return True
+        return False
 
     try:
         result = pipeline.train(config, on_evaluation=on_evaluation)

@@ -282,9 +282,12 @@ def final_config(config: RunConfig, trial, study_dir: Path) -> RunConfig:
     final.output.dir = str(Path(study_dir) / "final")
     final.train.early_stopping_patience = None  # no validation split is left to stop on
     final.eval.compare_base = True
-    # The best trial kept the weights of its best validation pass: train as far as that, on more data.
+    # The best trial kept the weights of its best validation pass: train as far as that, on more data. Not
+    # when the budget cut the trial: it was still improving when time ran out, so the final training runs
+    # the config's whole schedule.
     steps, best_step = trial.user_attrs.get("steps"), trial.user_attrs.get("best_step")
-    if best_step and steps and best_step < steps and splits.train:
+    cut = trial.user_attrs.get("cut_by_budget", False)
+    if best_step and steps and best_step < steps and splits.train and not cut:
         final.train.max_steps = math.ceil(best_step * (len(splits.train) + len(splits.validation)) / len(splits.train))
     return final
 
