@@ -445,8 +445,9 @@ def test_two_workers_killed_then_resumed_lose_no_trial_and_repeat_none(search_co
             info = json.loads((study_dir / "study.json").read_text())
             trials = optuna.load_study(study_name=info["study_name"], storage=info["storage"]).trials
             states = [t.state for t in trials]
-            # Kill once a running trial has drawn its point: that point is what its rerun must repeat.
-            if TrialState.COMPLETE in states and any(t.state == TrialState.RUNNING and t.params for t in trials):
+            # Kill once a running trial has drawn its whole point (lr and wd): that is what its rerun must repeat.
+            drawn = [t for t in trials if t.state == TrialState.RUNNING and len(t.params) == 2]
+            if TrialState.COMPLETE in states and drawn:
                 break
         assert search.poll() is None, search.stdout.read()[-3000:]
         time.sleep(0.1)
@@ -474,11 +475,10 @@ def test_two_workers_killed_then_resumed_lose_no_trial_and_repeat_none(search_co
     for number, lost in interrupted.items():
         reruns = [t for t in trials if t.user_attrs.get("retry_of") == number]
         assert len(reruns) == 1 and reruns[0].state == TrialState.COMPLETE
-        # Every drawn point is repeated exactly. (A second worker's trial started in the last 0.1 s before the
-        # kill may have drawn none: its rerun draws one, there being nothing to repeat.)
-        if lost.params:
-            assert reruns[0].params == lost.params
-    assert any(lost.params for lost in interrupted.values())  # the kill waited for a drawn point
+        # Every drawn value is repeated exactly. (A second worker's trial started in the last 0.1 s before the
+        # kill may have drawn none, or only the learning rate: its rerun draws the rest.)
+        assert {name: reruns[0].params[name] for name in lost.params} == lost.params
+    assert any(len(lost.params) == 2 for lost in interrupted.values())  # the kill waited for a whole point
     assert not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
     # Trials that finished before the kill were not run again; every trial number has one run directory.
     assert {n: (run / "summary.json").stat().st_mtime_ns for n, run in finished.items()} == stamps
