@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -445,8 +446,15 @@ def test_two_workers_killed_then_resumed_lose_no_trial_and_repeat_none(search_co
             info = json.loads((study_dir / "study.json").read_text())
             trials = optuna.load_study(study_name=info["study_name"], storage=info["storage"]).trials
             states = [t.state for t in trials]
-            # Kill once a running trial has drawn its whole point (lr and wd): that is what its rerun must repeat.
-            drawn = [t for t in trials if t.state == TrialState.RUNNING and len(t.params) == 2]
+            # Kill once a running trial has drawn its whole point (lr and wd), which its rerun must repeat, and
+            # started under a second ago: still loading its model, so it is certainly running at the kill.
+            drawn = [
+                t
+                for t in trials
+                if t.state == TrialState.RUNNING
+                and len(t.params) == 2
+                and (datetime.now() - t.datetime_start).total_seconds() < 1.0
+            ]
             if TrialState.COMPLETE in states and drawn:
                 break
         assert search.poll() is None, search.stdout.read()[-3000:]
