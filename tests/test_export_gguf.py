@@ -367,3 +367,17 @@ def test_a_sentencepiece_style_tokenizer_is_refused_with_the_reason(tmp_path):
     config = tiny_llama_config(tokenizer, architectures=["LlamaForCausalLM"])
     reason = unsupported_model(config, tokenizer)
     assert reason and "SentencePiece-style" in reason and "--format merged" in reason
+
+
+def test_the_readme_command_line_exports_and_refuses_a_second_time(lora_run, tmp_path, capsys):
+    # README "Use your model": tunesmith export runs/<id> --format gguf --quantize q8_0 --output out/model.gguf
+    # --ollama, through the CLI (parsing, exit codes), on the tiny run; run again, it refuses (exit 2).
+    # q8_0's parity on this random model is graded loosely elsewhere: here the tolerance is not the point,
+    # so f16 is the type (the sharp tiny model's near-ties make q8_0's greedy check fragile).
+    from tunesmith.cli import main
+
+    line = ["export", str(lora_run), "--format", "gguf", "--output", str(tmp_path / "out" / "model.gguf"), "--ollama"]
+    assert main([*line, "--quantize", "f16"]) == 0
+    assert "passed: model.gguf, model.Modelfile and model.export.json" in capsys.readouterr().out
+    assert main([*line, "--quantize", "f16"]) == 2
+    assert "already exists" in capsys.readouterr().err
