@@ -46,132 +46,147 @@ def test_unknown_columns_and_bad_budgets_are_one_message(sections, tmp_path):  #
         assert says in caught.value.message and caught.value.where == "--budget"
 
 
-def test_budget_decisions_on_a_fake_clock():
+def test_budget_plans_the_final_training_first_on_a_fake_clock():
     from tunesmith.config import load_config
     from tunesmith.search.budget import Budget
 
     now = [0.0]
-    budget = Budget(200, 4, 130, start=0.0, clock=lambda: now[0])  # the search: 130 s, slices of 32.5 s
-    config = load_config(None, ["task=text-classification", "train.batch_size=16"])  # 130 records: 9 steps
+    budget = Budget(1000, start=0.0, clock=lambda: now[0])
+    config = load_config(None, ["task=text-classification", "train.batch_size=16", "train.max_steps=8"])
+    # Nothing measured: the first run is what measures, so it always fits.
+    assert budget.estimate(config, 8) is None and budget.fits(None, None)
 
-    # Trial 0: no measure yet, so its 9 planned steps and a validation pass every 9 // 4 = 2 steps.
-    assert budget.can_start()
-    first = budget.limit(config, 0)
-    assert first.train.max_steps is None and first.train.eval_every == 2
-    for step, at in ((2, 14.0), (4, 24.0), (6, 34.0)):  # loaded by 4 s, then 5 s a step
+    # A run of 8 steps with passes at 4 and 8: loaded by 20 s, 2 s a step, scored by 40 s.
+    budget.run_deadline = 1000.0
+    limited = budget.limit(config, 0)
+    assert limited.train.eval_every == 4  # two passes: halfway (speed) and the end (the objective's weights)
+    for step, at in ((4, 28.0), (8, 36.0)):
         now[0] = at
-        assert budget.should_stop(step) is (at >= 32.5)  # the pass at step 6 is past the slice's end
-    now[0] = 36.0  # scored
-    budget.measured({"steps": 6})
-    # The speed comes from the passes, (34 - 14) / (6 - 2), not from the trial's whole time (36 / 6).
-    assert budget.seconds_per_step == 5.0 and budget.overhead == 36.0 - 6 * 5.0
+        assert not budget.should_stop(step)
+    now[0] = 40.0
+    budget.measured({"steps": 8})
+    # Speed between the passes: (36 - 28) / (8 - 4) = 2 s a step, / 16 examples; the rest is overhead.
+    assert budget.seconds_per_example == 2.0 / 16 and budget.overhead == 40.0 - 8 * 2.0
+    assert budget.estimate(config, 100) == 24.0 + 100 * 2.0
 
-    # Trial 1 at 36 s: 94 s left > 6 + 32.5 / 4 needed; int(0.85 * (32.5 - 6) / 5) = 4 steps, a pass each.
-    assert budget.can_start()
-    second = budget.limit(config, 1)
-    assert (second.train.max_steps, second.train.eval_every) == (4, 1)
-    now[0] = 70.0  # a slow first step: past its slice's end (36 + 32.5)
-    assert budget.should_stop(1)
-    now[0] = 72.0
-    budget.measured({"steps": 1})  # one pass: the earlier measure stands, the rest is overhead
-    assert budget.seconds_per_step == 5.0 and budget.overhead == 72.0 - 36.0 - 5.0
+    # At 40 s, 960 s are left: a 40 s run and an 800 s final training fit with the slack (40 / 0.85 + 800 /
+    # 0.95 = 889); with a 900 s final training (1,000 s with the slack) they do not.
+    assert budget.fits(40.0, 800.0) and not budget.fits(40.0, 900.0)
+    # A run that overruns the time kept for the final training is stopped at its next pass, marked cut.
+    budget.run_deadline = 500.0
+    budget.limit(config, 1)
+    now[0] = 510.0
+    assert budget.should_stop(4) and budget.cut
 
-    # At 100 s: 30 s of the search left < 31 + 8.125 needed: no third trial.
-    now[0] = 100.0
-    assert not budget.can_start()
-    # The final training (145 records: 10 steps) at 100 s: int(0.85 * (100 - 31) / 5) = 11 fit, all 10 run;
-    # at 150 s: int(0.85 * (50 - 31) / 5) = 3 of them; at 190 s: none fits, it is skipped.
-    final = budget.limit_final(config, 145)
-    assert final.train.max_steps is None and final.eval.compare_base is False
-    # At 115 s the whole schedule fits at the measured speed (31 + 10 * 5 = 81 <= 85 s left), though not with
-    # the safety margin: it runs whole; the margin only sizes a cut.
-    now[0] = 115.0
-    assert budget.limit_final(config, 145).train.max_steps is None
-    now[0] = 150.0
-    assert budget.limit_final(config, 145).train.max_steps == 3
-    now[0] = 190.0
-    assert budget.limit_final(config, 145) is None
-    assert budget.notes() == [
-        "trial 1: 4 of its 9 planned steps (a 32 s slice)",
-        "2 of 4 planned trials not started: 30 s of the search's 130 s were left",
-        "final training: 3 of 10 planned steps (50 s were left)",
-        "final training skipped: 10 s left, less than one step after loading",
-        "a trial stopped at step 6: its 32 s slice was spent",
-        "a trial stopped at step 1: its 32 s slice was spent",
-    ]
+    # The final training: 300 steps (24 + 600 s) fit in the 490 s left? No: cut to what fits with the slack,
+    # int(0.85 * (490 - 24) / 2) = 198 steps. 200 steps (424 s) fit at the measured speed: whole, though the
+    # slack would not hold them (the slack sizes a cut, never decides one).
+    final = load_config(None, ["task=text-classification", "train.batch_size=16"])
+    assert budget.limit_final(final, 200).train.max_steps == 200
+    assert budget.limit_final(final, 300).train.max_steps == 198
+    assert budget.notes() == ["final training: 198 of 300 planned steps (490 s were left)"]
+    now[0] = 990.0
+    assert budget.limit_final(final, 300) is None  # 10 s left: not even the loading
+
+
+def test_an_edge_value_widens_its_range_once_and_within_the_field():
+    from tunesmith.config import SearchParam, load_config
+    from tunesmith.search.halving import _edge
+    from tunesmith.search.space import widened
+
+    config = load_config(None, ["task=text-classification"])
+    rate = SearchParam(type="log-float", low=1e-5, high=3e-4)
+    assert _edge(rate, 2.9e-4) == "top" and _edge(rate, 1.1e-5) == "bottom" and _edge(rate, 5e-5) is None
+    wider = widened(rate, "top", config, "train.learning_rate")
+    assert (wider.low, wider.high) == (1e-5, pytest.approx(9e-4))
+    warmup = SearchParam(type="float", low=0.0, high=0.2)
+    assert widened(warmup, "bottom", config, "train.warmup_ratio") is None  # a ratio cannot go below 0
+    assert widened(warmup, "top", config, "train.warmup_ratio").high == pytest.approx(0.3)
+    epochs = SearchParam(type="int", low=1, high=3)
+    assert _edge(epochs, 3) == "top" and _edge(epochs, 2) is None
+    assert widened(epochs, "top", config, "train.epochs").high == 4
+    assert widened(epochs, "bottom", config, "train.epochs") is None  # no fewer than one epoch
 
 
 class StepClock:
     """Fake seconds for the budget: LOAD each time a run starts (`pipeline.train`: loading, scoring) and
-    STEP per training step (the loop's progress update). Nothing else moves it, so every decision the
-    budget takes is exact arithmetic, whatever the machine's speed."""
+    STEP per 16 examples trained (the loop's progress update, scaled by the run's batch size). Nothing else
+    moves it, so every decision the budget takes is exact arithmetic, whatever the machine's speed."""
 
     LOAD, STEP = 30.0, 60.0
 
     def __init__(self):
         self.now = 1000.0
+        self.step = self.STEP
 
     def __call__(self) -> float:
         return self.now
 
 
-def test_autotrain_keeps_its_budget_on_an_injected_clock(sections, tiny_bert, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_autotrain_spends_its_budget_and_finishes_the_winner_on_an_injected_clock(
+    sections,  # noqa: F811
+    tiny_bert,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    capsys,
+):
     from tunesmith import pipeline
+    from tunesmith.config import load_saved_config
     from tunesmith.search.autotrain import autotrain
+    from tunesmith.train.loop import total_optimizer_steps
     from tunesmith.train.progress import ProgressReporter
 
     clock = StepClock()
     update, train = ProgressReporter.update, pipeline.train
 
     def step(self, *args, **kwargs):
-        clock.now += clock.STEP
+        clock.now += clock.step
         return update(self, *args, **kwargs)
 
-    def run(*args, **kwargs):
+    def run(config, *args, **kwargs):
         clock.now += clock.LOAD
-        return train(*args, **kwargs)
+        clock.step = clock.STEP * config.train.batch_size / 16
+        return train(config, *args, **kwargs)
 
     monkeypatch.setattr(ProgressReporter, "update", step)
     monkeypatch.setattr(pipeline, "train", run)
-    # 600 s, 2 trials: the search may use 0.65 * 600 = 390 s, a slice of 195 s per trial. (The search's
-    # Optuna timeout is on the wall clock: 390 real seconds, far more than this test takes.)
-    result = autotrain(
-        str(sections), model=str(tiny_bert), budget="10m", trials=2, output=str(tmp_path / "runs"), clock=clock
-    )
+    result = autotrain(str(sections), model=str(tiny_bert), budget="120m", output=str(tmp_path / "runs"), clock=clock)
     out = capsys.readouterr().out
-    assert "-> task text-classification" in out and "method lora" in out
-    assert "final model:" in out and "cut to keep the budget:" in out and "study:" in out
+    assert "-> task text-classification" in out and "objective: f1_macro on the validation split" in out
 
-    # What the clock decided (times from the start; 130 training records at batch 16 plan 9 steps):
-    # trial 0 has no measure yet: 9 steps, a validation pass every 9 // 4 = 2. Loaded at 30, step 2 at
-    #   150 (< 195, go on), step 4 at 270 (>= 195): stopped at step 4. Speed between its passes:
-    #   (270 - 150) / (4 - 2) = 60 s per step; the rest, 270 - 4 * 60 = 30 s, is loading and scoring.
-    # trial 1 starts at 270: 120 s of the search left > 30 + 195 / 4 needed. Its slice ends at 390 (the
-    #   search's end): int(0.85 * (120 - 30) / 60) = 1 step, a pass at step 1 (360 < 390). Ends at 360.
-    # n_trials (2) reached. The final training at 360: 240 s left, int(0.85 * (240 - 30) / 60) = 2 steps
-    #   of the best trial's plan (10 or more steps on 145 records, or ceil(145 / 130 * its best step) >= 3
-    #   when it stopped before its last pass). Loaded at 390, trained by 510 <= 600.
-    trials = sorted(p for p in result.study_dir.glob("trials/*") if p.is_dir())
-    summaries = [json.loads((t / "summary.json").read_text()) for t in trials]
-    assert [s["steps"] for s in summaries] == [4, 1]
-    assert [s["status"] for s in summaries] == ["stopped_early", "completed"]
-    assert re.fullmatch(r"trial 1: 1 of its \d+ planned steps \(a 195 s slice\)", result.cuts[0]), result.cuts
-    assert re.fullmatch(r"final training: 2 of \d+ planned steps \(240 s were left\)", result.cuts[1]), result.cuts
-    assert result.cuts[2:] == ["a trial stopped at step 4: its 195 s slice was spent"], result.cuts
+    # 1. The budget is spent: search and final training together use at least 90% of it, and no more.
+    budget = 120 * 60
+    assert 0.9 * budget <= result.trained_seconds <= budget, result.spent
+    assert result.spent["used_share"] >= 0.9 and result.spent["search_seconds"] > 0
+    # 2. The final training ran the chosen config's whole schedule on train+validation: nothing was cut.
+    chosen = load_saved_config(result.best_config)
     final = json.loads((result.final_run / "summary.json").read_text())
-    assert final["steps"] == 2 and final["status"] == "completed"
-    assert result.seconds == 510.0  # nothing after the final training's last step moves the fake clock
-    # The promise: trained (weights saved) within the budget; the test scoring after it is not counted.
-    assert 500 < result.trained_seconds <= 510 <= 600
+    whole = total_optimizer_steps(final["data"]["train"], chosen.train, 1)
+    assert final["steps"] == whole and final["status"] == "completed"
+    assert not [c for c in result.cuts if c.startswith("final training")], result.cuts
+    # 3. Successive halving: every run trained a rung of its own schedule, at least one was promoted, and
+    #    only whole-schedule runs are complete trials.
+    import optuna
 
+    study = optuna.load_study(
+        study_name="autotrain-text-classification", storage=f"sqlite:///{result.study_dir}/study.db"
+    )
+    runs = [t for t in study.trials if t.user_attrs.get("rung") is not None]
+    assert len(runs) >= 4 and any("promoted from trial" in t.user_attrs["note"] for t in runs)
+    for t in runs:
+        steps, full = map(int, re.search(r"(\d+) of (\d+) steps", t.user_attrs["note"]).groups())
+        assert (t.state.name == "COMPLETE") == (steps == full), t.user_attrs
+    assert runs[0].user_attrs.get("default") and "known-good 1" in [t.user_attrs.get("known_good") for t in runs]
+    # 4. The report says where the budget went, the ranges, and how far the search moved from the defaults.
+    report = (result.study_dir / "report.md").read_text()
+    for section in ("## Autotrain", "### Budget", "### Ranges", "### Distance from the defaults"):
+        assert section in report
+    assert f"| {budget} s |" in report and "| `train.learning_rate` |" in report
+    record = json.loads((result.study_dir / "autotrain.json").read_text())
+    assert record["used_share"] == result.spent["used_share"] and record["test"] == result.test
     # The test accuracy is the share of right answers in the predictions written to disk.
     rows = json.loads((result.final_run / "test_predictions.json").read_text())["tuned"]
-    assert len(rows) == final["data"]["test"] == final["tuned"]["test_samples"]
     assert final["tuned"]["accuracy"] == pytest.approx(sum(r["prediction"] == r["reference"] for r in rows) / len(rows))
-    assert result.test["accuracy"] == final["tuned"]["accuracy"]
-    report = (result.study_dir / "report.md").read_text()
-    assert "| complete |" in report and "default values" in report
-    assert (result.study_dir / "best.yaml").exists()
 
 
 class _Trial:

@@ -147,14 +147,21 @@ def _score_test(model, tokenizer, test, config: RunConfig, accelerator, meta: di
 
 
 def train(
-    config: RunConfig | None = None, *, resume: str | Path | None = None, force: bool = False, on_evaluation=None
+    config: RunConfig | None = None,
+    *,
+    resume: str | Path | None = None,
+    force: bool = False,
+    on_evaluation=None,
+    score_test: bool = True,
 ) -> RunResult:
     """Fine-tune as `config` says, or continue the run in `resume` exactly where it stopped. A run the
     memory estimate says will not fit is refused with the cheapest fix, unless `force`. `on_evaluation`
-    is passed to the loop (`train.loop.fit`): called with (step, metrics) after each validation pass."""
+    is passed to the loop (`train.loop.fit`): called with (step, metrics) after each validation pass.
+    `score_test` False skips the test split (autotrain's search runs: only validation chooses, and
+    generating test answers for every run would cost the search a run in three)."""
     tracking = RunTracking()  # the runs index and track.report_to: registered at start, closed at the end
     try:
-        return _train(config, resume, force, on_evaluation, tracking)
+        return _train(config, resume, force, on_evaluation, tracking, score_test)
     except BaseException as exc:
         tracking.fail(exc)  # the index and the trackers say failed (or interrupted) and why
         raise
@@ -173,7 +180,7 @@ class _Prepared:
     encoded: dict
 
 
-def _train(config, resume, force, on_evaluation, tracking: RunTracking) -> RunResult:
+def _train(config, resume, force, on_evaluation, tracking: RunTracking, score_test: bool = True) -> RunResult:
     from accelerate.utils import set_seed
 
     # 1. The config that rules the run, and the accelerator.
@@ -239,7 +246,7 @@ def _train(config, resume, force, on_evaluation, tracking: RunTracking) -> RunRe
     # 5. Save, score, report (main process only).
     summary: dict = {}
     if main:
-        summary = _finish(prepared, run, model, result, base_metrics, params, accelerator, started)
+        summary = _finish(prepared, run, model, result, base_metrics, params, accelerator, started, score_test)
         tracking.finish(summary)
         print(f"done: {run.path}")
     accelerator.wait_for_everyone()
@@ -340,7 +347,15 @@ def _build_model(prepared: _Prepared, accelerator, main: bool):
 
 
 def _finish(
-    prepared: _Prepared, run: RunDir, model, result, base_metrics: dict, params: dict, accelerator, started: float
+    prepared: _Prepared,
+    run: RunDir,
+    model,
+    result,
+    base_metrics: dict,
+    params: dict,
+    accelerator,
+    started: float,
+    score_test: bool = True,
 ) -> dict:
     """Weights saved, the tuned model scored, summary, predictions, report and the comparison printed."""
     from tunesmith.evaluate.metrics import perplexity  # clamped: a diverged run must not overflow here
@@ -354,7 +369,7 @@ def _finish(
         tokenizer.save_pretrained(staging)
     tuned_metrics: dict[str, Any] = {}
     tuned_rows: list[dict[str, Any]] = []
-    if splits.test:
+    if splits.test and score_test:
         print("scoring the tuned model on the test split")
         tuned_metrics, tuned_rows = _score_test(model, tokenizer, splits.test, config, accelerator, prepared.meta)
         task.plots(tuned_rows, prepared.meta, run.plots)

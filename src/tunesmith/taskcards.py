@@ -47,6 +47,8 @@ class TaskCard:
     # specific set that a record has wins (search/autotrain.py detect_task).
     detect_columns: tuple[tuple[str, ...], ...] = ()
     autotrain_max_length: int | None = None  # `autotrain` caps data.max_length here: longer rows cost trials
+    # `autotrain`'s objective on the validation split (a higher-is-better entry of `metrics`); None: eval_loss
+    autotrain_objective: str | None = None
     # `data.*` options that only this task reads (others reading them too list them as well): setting one for
     # another task is an error naming the tasks it belongs to, and `init` shows each task only its own.
     data_fields: tuple[str, ...] = ()
@@ -73,6 +75,7 @@ register(
         ("rougeL", "exact_match"),
         default_seq_len=1024,
         lora_rank=16,
+        autotrain_objective="rougeL",
         detect_columns=(("messages",), ("conversations",), ("instruction", "output"), ("prompt", "completion")),
         autotrain_max_length=1024,
         data_fields=("train_on",),
@@ -104,6 +107,7 @@ register(
         "classifier",
         _CLASSIFICATION + ("pearson", "spearman", "ndcg@10", "mrr@10"),
         default_seq_len=256,
+        autotrain_objective="f1_macro",
         detect_columns=(("text", "label"), ("text", "labels"), ("text", "text_pair", "score")),
         data_fields=("multi_label", "label_separator"),
         init_settings={
@@ -123,6 +127,7 @@ register(
         tuple(f"{m}_{a}" for m in ("precision", "recall", "f1") for a in ("macro", "micro", "weighted"))
         + ("token_accuracy",),
         default_seq_len=256,
+        autotrain_objective="f1_micro",
         detect_columns=(("tokens", "tags"), ("words", "tags"), ("tokens", "ner_tags"), ("text", "entities")),
         data_fields=("label_all_subwords",),
         init_settings={
@@ -143,6 +148,7 @@ register(
         ("rouge1", "rouge2", "rougeL"),
         default_seq_len=1024,
         lora_rank=16,
+        autotrain_objective="rougeL",
         detect_columns=(
             ("document", "summary"),
             ("article", "highlights"),
@@ -169,6 +175,7 @@ register(
         "vision",
         _CLASSIFICATION,
         images=True,
+        autotrain_objective="accuracy",
         detect_columns=(("image", "label"),),
         data_fields=("augment", "skip_bad_images", "image_size"),
         init_settings={

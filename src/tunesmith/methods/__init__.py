@@ -23,6 +23,7 @@ Optional (looked up with getattr; most methods have none):
                                              are then taken with the fresh adapter on
   save(model, cfg, folder)                   save the trained weights itself (a PiSSA adapter converted)
   check(config) -> None                      refuse run settings it cannot train with (raises TunesmithError)
+  known_good: tuple[dict, ...]               values autotrain tries first after the planner's (dotted paths)
 
 Module top levels import no torch (torch, peft and bitsandbytes are imported where a model is built), so
 `tunesmith.config` and the planner read the registry without loading a framework.

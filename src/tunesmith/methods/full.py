@@ -27,6 +27,16 @@ recommend = Recommendable(
 )
 
 
+# Autotrain's first configs after the planner's default (search/space.py known_good). BERT's fine-tuning grid
+# (Devlin et al. 2019, appendix A.3: 2e-5..5e-5, batch 16/32, 2-4 epochs), and this repository's
+# examples/text_classification.yaml, which a 22M encoder scored best with (docs/search.md): small models
+# take higher rates.
+known_good = (
+    {"train.learning_rate": 5e-5, "train.epochs": 4, "train.batch_size": 32, "train.warmup_ratio": 0.1},
+    {"train.learning_rate": 1e-4, "train.epochs": 6, "train.batch_size": 32, "train.warmup_ratio": 0.1},
+)
+
+
 def trainable_parameters(shape: Any, cfg: Config) -> int:
     return int(shape.parameters)
 

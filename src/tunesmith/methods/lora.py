@@ -66,6 +66,15 @@ recommend = Recommendable(
 )
 
 
+# Autotrain's first configs after the planner's default (search/space.py known_good): the QLoRA paper's
+# setting (Dettmers et al. 2023: rate 2e-4, dropout 0.05 for small models), and the higher rate with which
+# a new output format is learnt in few steps (examples/quickstart.yaml: 5e-4, rank 16).
+known_good = (
+    {"train.learning_rate": 2e-4, "method.r": 16, "method.alpha": 32, "method.dropout": 0.05, "train.epochs": 3},
+    {"train.learning_rate": 5e-4, "method.r": 16, "method.alpha": 32, "method.dropout": 0.05, "train.epochs": 2},
+)
+
+
 def adapter_parameters(shape: Any, r: int, targets: Any) -> int:
     """A (r x fan_in) and B (fan_out x r) on each targeted layer (Hu et al. 2021): r*(in+out)."""
     return int(sum(r * (lin.fan_in + lin.fan_out) * lin.count for lin in shape.targeted(targets)))

@@ -48,6 +48,7 @@ recommend = Recommendable(
 )
 trainable_parameters = lora.trainable_parameters
 search_space = lora.search_space
+known_good = lora.known_good
 save = lora.save
 
 

@@ -53,6 +53,7 @@ def _cmd_autotrain(args) -> None:
         budget=args.budget,
         hardware=args.hardware,
         trials=args.trials,
+        objective=args.objective,
         output=args.output,
         seed=args.seed,
     )
@@ -102,7 +103,12 @@ def add_commands(sub) -> None:
     )
     p.add_argument("--hardware", default="auto", help="hardware profile the planner sizes for (auto: this machine)")
     p.add_argument(
-        "--trials", type=_positive_int, default=8, help="trials planned for the search; the budget may cut them"
+        "--trials", type=_positive_int, help="the most configs to try (default: as many as the budget holds)"
+    )
+    p.add_argument(
+        "--objective",
+        help="the metric on the validation split that chooses (default: the task's, e.g. f1_macro for "
+        "text-classification, rougeL for chat; eval_loss for validation loss)",
     )
     p.add_argument("--output", default="runs", help="root folder of the study and the final run")
     p.add_argument("--seed", type=int, default=42, help="seed of splits, sampling and training")

@@ -45,6 +45,7 @@ class TrialSetup:
     budget: Budget | None = None  # search.budget.Budget for autotrain: step limits and a time guard
     defaults: dict = field(default_factory=dict)  # the config's own values, to mark the trial that runs them
     extra_overrides: dict = field(default_factory=dict)
+    score_test: bool = True  # False: the trial's run skips the test split (autotrain: validation alone chooses)
 
 
 def worker_id() -> str:
@@ -119,7 +120,8 @@ def _record(
     return run_dir
 
 
-def run_trial(trial, setup: TrialSetup):
+def run_trial(trial, setup: TrialSetup, values: dict | None = None):
+    """`values`: already drawn (autotrain's successive halving draws them to size the run first)."""
     import optuna
 
     from tunesmith import pipeline
@@ -130,7 +132,7 @@ def run_trial(trial, setup: TrialSetup):
 
     # 1. Values and config.
     trial.set_user_attr("worker", worker_id())
-    values = suggest(trial, setup.space)
+    values = suggest(trial, setup.space) if values is None else values
     if values == setup.defaults:
         trial.set_user_attr("default", True)
     config = trial_config(setup, values, trial.number)
@@ -162,7 +164,7 @@ def run_trial(trial, setup: TrialSetup):
         return False
 
     try:
-        result = pipeline.train(config, on_evaluation=on_evaluation)
+        result = pipeline.train(config, on_evaluation=on_evaluation, score_test=setup.score_test)
     except optuna.TrialPruned as exc:
         _record(study_dir, trial.number, trial, "pruned", str(exc))
         print(f"trial {trial.number}: {exc}", flush=True)

@@ -4,6 +4,7 @@ importance plots, and the optional final training of the best config on train+va
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -86,6 +87,13 @@ def _plots(study, folder: Path, objectives: list[str]) -> tuple[list[str], list[
     return made, missing
 
 
+def _values(trial) -> list[float]:
+    """A trial's objective values; a lower rung of autotrain's halving is pruned, its value the one it reported."""
+    if trial.values:
+        return list(trial.values)
+    return [v for _, v in sorted(trial.intermediate_values.items())][-1:]
+
+
 def _first_objective(study):
     """Several objectives: plots and importances follow the first. Optuna's importance evaluator reads
     a target as 'lower is better', so a maximised one is negated."""
@@ -104,14 +112,18 @@ def _importances(study, objectives: list[str]) -> dict:
         return {}
 
 
-def write_report(study, config: RunConfig, study_dir: Path, notes: list[str]) -> tuple[Path, Path | None]:
-    """report.md, plots/ and best.yaml in the study folder; returns (report, best.yaml or None)."""
+def write_report(
+    study, config: RunConfig, study_dir: Path, notes: list[str], chosen=None, sections: Sequence[str] = ()
+) -> tuple[Path, Path | None]:
+    """report.md, plots/ and best.yaml in the study folder; returns (report, best.yaml or None). `chosen`: the
+    trial the caller chose (autotrain's best run at the highest rung reached, which may not be complete);
+    `sections`: markdown lines the caller adds before the notes (autotrain's budget and ranges)."""
     from optuna.trial import TrialState
 
     study_dir = Path(study_dir)
     objectives = list(config.search.objectives)
     trials = study.get_trials(deepcopy=False)
-    front = best_trials(study)
+    front = [chosen] if chosen is not None else best_trials(study)
     best = front[0] if front else None
     best_path = None
     lines = [
@@ -129,7 +141,7 @@ def write_report(study, config: RunConfig, study_dir: Path, notes: list[str]) ->
         chosen = best_config(config, best)
         header = [
             f"# best trial {best.number} of study {study.study_name!r} ({study_dir})",
-            "# " + ", ".join(f"validation {m} = {v:.6g}" for m, v in zip(objectives, best.values)),
+            "# " + ", ".join(f"validation {m} = {v:.6g}" for m, v in zip(objectives, _values(best))),
             f"# train it: tunesmith train {study_dir / 'best.yaml'}",
         ]
         best_path = study_dir / "best.yaml"
@@ -137,7 +149,7 @@ def write_report(study, config: RunConfig, study_dir: Path, notes: list[str]) ->
         lines += [
             "## Best trial",
             "",
-            f"Trial {best.number}: " + ", ".join(f"{m} = {v:.4g}" for m, v in zip(objectives, best.values)),
+            f"Trial {best.number}: " + ", ".join(f"{m} = {v:.4g}" for m, v in zip(objectives, _values(best))),
             "",
             "| parameter | value |",
             "|---|---|",
@@ -191,9 +203,20 @@ def write_report(study, config: RunConfig, study_dir: Path, notes: list[str]) ->
         # A pruned trial's value is its last intermediate one (possibly signed loss): not the objective.
         complete = t.state == TrialState.COMPLETE and t.values and len(t.values) == len(objectives)
         values = t.values if complete else [None] * len(objectives)
+        if t.state == TrialState.PRUNED and t.user_attrs.get("rung") is not None:
+            values = list(t.values or [None])  # a lower rung's value: shown, and the note says which rung
         state = "interrupted" if t.number in interrupted and t.state == TrialState.FAIL else t.state.name.lower()
         seconds = t.duration.total_seconds() if t.duration else None
-        note = t.user_attrs.get("reason") or ("default values" if t.user_attrs.get("default") else "")
+        note = "; ".join(
+            n
+            for n in (
+                "default values" if t.user_attrs.get("default") else "",
+                t.user_attrs.get("known_good", ""),
+                t.user_attrs.get("note", ""),
+                t.user_attrs.get("reason", ""),
+            )
+            if n
+        )
         if t.user_attrs.get("retry_of") is not None:
             note = f"rerun of interrupted trial {t.user_attrs['retry_of']}" + (f"; {note}" if note else "")
         lines.append(
@@ -220,6 +243,7 @@ def write_report(study, config: RunConfig, study_dir: Path, notes: list[str]) ->
     lines += [f"![{name[:-4]}](plots/{name})" for name in made]
     if missing:
         lines += ["", "Plots not drawn: " + "; ".join(missing)]
+    lines += list(sections)
     if notes:
         lines += ["", "## What was cut", ""] + [f"- {n}" for n in notes]
     report = study_dir / "report.md"
@@ -228,7 +252,7 @@ def write_report(study, config: RunConfig, study_dir: Path, notes: list[str]) ->
         f"report: {report}"
         + (
             f"\nbest config: {best_path} (trial {best.number}: "
-            + ", ".join(f"{m} {v:.4g}" for m, v in zip(objectives, best.values))
+            + ", ".join(f"{m} {v:.4g}" for m, v in zip(objectives, _values(best)))
             + ")"
             if best
             else ""
@@ -241,7 +265,7 @@ def write_report(study, config: RunConfig, study_dir: Path, notes: list[str]) ->
 # Final training
 
 
-def final_config(config: RunConfig, trial, study_dir: Path) -> RunConfig:
+def final_config(config: RunConfig, trial, study_dir: Path, whole_schedule: bool = False) -> RunConfig:
     """The best config trained on train+validation: both splits written out as one file (in the task's
     canonical columns, so no column mapping or system prompt is applied twice), the same test split."""
     import json
@@ -283,27 +307,31 @@ def final_config(config: RunConfig, trial, study_dir: Path) -> RunConfig:
     final.train.early_stopping_patience = None  # no validation split is left to stop on
     final.eval.compare_base = True
     # The best trial kept the weights of its best validation pass: train as far as that, on more data. Not
-    # when the budget cut the trial: it was still improving when time ran out, so the final training runs
-    # the config's whole schedule.
+    # when the budget cut the trial (it was still improving when time ran out), nor when the trial was a rung
+    # of autotrain's halving (`whole_schedule`: a rung is a share of the schedule): then the whole schedule.
     steps, best_step = trial.user_attrs.get("steps"), trial.user_attrs.get("best_step")
     cut = trial.user_attrs.get("cut_by_budget", False)
-    if best_step and steps and best_step < steps and splits.train and not cut:
+    if best_step and steps and best_step < steps and splits.train and not cut and not whole_schedule:
         final.train.max_steps = math.ceil(best_step * (len(splits.train) + len(splits.validation)) / len(splits.train))
     return final
 
 
-def final_training(study, config: RunConfig, study_dir: Path, budget=None) -> Path | None:
+def final_training(study, config: RunConfig, study_dir: Path, budget=None, chosen=None) -> Path | None:
+    """Train the best trial's config (or `chosen`'s, at its whole schedule) on train+validation; with a
+    `budget` (search/budget.py), its whole schedule when it fits, else the steps that do."""
     from tunesmith import pipeline
+    from tunesmith.train.loop import total_optimizer_steps
 
-    front = best_trials(study)
+    front = [chosen] if chosen is not None else best_trials(study)
     if not front:
         return None
-    final = final_config(config, front[0], study_dir)
+    final = final_config(config, front[0], study_dir, whole_schedule=chosen is not None)
     if budget is not None:
         train_file = cast(str, final.data.train)  # final_config wrote train+validation to one file
         examples: int = sum(1 for line in Path(train_file).read_text(encoding="utf-8").splitlines() if line.strip())
-        final = budget.limit_final(final, examples)
-        if final is None:
+        limited = budget.limit_final(final, total_optimizer_steps(examples, final.train, 1))
+        if limited is None:
             return None
+        final = limited
     print(f"\n=== final training: trial {front[0].number}'s config on train+validation -> {final.output.dir}")
     return pipeline.train(final).run_dir

@@ -57,6 +57,75 @@ def effective_space(config: RunConfig) -> dict[str, SearchParam]:
     return dict(config.search.space) or default_space(config)
 
 
+# Autotrain's space: the method's ranges scaled to the model's size, plus the schedule and batch size.
+# Small models take higher rates (a 22M MiniLM fine-tunes fully at 1e-4..3e-4, BERT-base at 2e-5..5e-5;
+# LoRA on SmolLM2-135M at 5e-4..1e-3), large ones lower (QLoRA: 2e-4 up to 13B, 1e-4 above).
+SMALL_MODEL, LARGE_MODEL = 200e6, 3e9
+
+
+def autotrain_space(config: RunConfig, parameters: int | None, train_examples: int) -> dict[str, SearchParam]:
+    """The default space for `config`'s method, its learning rate scaled to the model's size, and the
+    schedule: epochs (more for less data), warmup, weight decay, and the batch size up to the planner's."""
+    space = default_space(config)
+    rate = space.get("train.learning_rate")
+    if rate is not None and parameters and rate.low is not None and rate.high is not None:
+        factor = 3.0 if parameters < SMALL_MODEL else 0.5 if parameters > LARGE_MODEL else 1.0
+        space["train.learning_rate"] = SearchParam(
+            type=rate.type, low=rate.low * min(factor, 1.0), high=rate.high * factor
+        )
+    if "train.epochs" in space:  # a few hundred records need several passes; a big set learns in one or two
+        most = 8 if train_examples <= 2000 else 5 if train_examples <= 20000 else 3
+        space["train.epochs"] = SearchParam(type="int", low=1, high=most)
+    space.setdefault("train.warmup_ratio", SearchParam(type="float", low=0.0, high=0.2))
+    space.setdefault("train.weight_decay", SearchParam(type="float", low=0.0, high=0.1))
+    batch = config.train.batch_size
+    if isinstance(batch, int):  # the planner's batch fits memory: search it and the smaller powers of two
+        # (a small model takes 32 in any memory: BERT's grid had 16 and 32)
+        largest = max(batch, 32) if parameters and parameters < SMALL_MODEL else batch
+        choices = [b for b in (8, 16, 32) if b < largest] + [largest]
+        if len(choices) >= 2:
+            space["train.batch_size"] = SearchParam(type="categorical", choices=choices)
+    return space
+
+
+def known_good(config: RunConfig, space: dict[str, SearchParam]) -> list[dict[str, Any]]:
+    """The method's known-good values (its module's optional `known_good`) that the space holds; values
+    outside a range are left to the sampler."""
+    out = []
+    for point in getattr(get_method(config.method.name), "known_good", ()):
+        inside = {
+            path: value
+            for path, value in point.items()
+            if path in space and current_values(config_with(config, {path: value}), {path: space[path]})
+        }
+        if inside:
+            out.append(inside)
+    return out
+
+
+def widened(param: SearchParam, side: str, config: RunConfig, path: str) -> SearchParam | None:
+    """`param` with its `side` ("top" or "bottom") moved out: x3 for a rate, half the width for a float or
+    an int; None when the field cannot take the wider value (a ratio past its bound, epochs below 1)."""
+    low, high = float(param.low or 0.0), float(param.high or 0.0)
+    if param.type == "log-float":
+        low, high = (low, high * 3) if side == "top" else (low / 3, high)
+    else:
+        reach = (high - low) / 2
+        if param.type == "int":
+            reach = max(1.0, float(round(reach)))
+        low, high = (low, high + reach) if side == "top" else (low - reach, high)
+    if param.type != "log-float" and low < 0 <= float(param.low or 0.0):
+        low = 0.0
+    if (low, high) == (param.low, param.high):
+        return None
+    try:
+        config_with(config, {path: int(low) if param.type == "int" else low}, where="autotrain")
+        config_with(config, {path: int(high) if param.type == "int" else high}, where="autotrain")
+    except TunesmithError:
+        return None
+    return SearchParam(type=param.type, low=low, high=high, step=param.step)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Checks
 

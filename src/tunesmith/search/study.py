@@ -65,6 +65,9 @@ def _quiet_optuna() -> None:
     # for failed trials (already recorded with their reason) would bury them.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # Autotrain's halving asks and tells trials itself (several rungs of one config); a run that dies with its
+    # process leaves a running trial that the next autotrain, a new study, never resumes: no heartbeat needed.
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def storage_url(info: dict) -> str:
@@ -294,15 +297,11 @@ def load_study(study_dir: Path, *, seed_offset: int = 0):
     return study, config, space
 
 
-def work(
-    study_dir: Path, *, quota: int | None = None, deadline: float | None = None, index: int = 0, budget=None
-) -> int:
+def work(study_dir: Path, *, quota: int | None = None, deadline: float | None = None, index: int = 0) -> int:
     """One worker: run trials until its quota, the study's n_trials, the deadline or the grid ends.
     Returns the number of trials it ran."""
     study, config, space = load_study(study_dir, seed_offset=index)
-    setup = TrialSetup(
-        base=config, study_dir=Path(study_dir), space=space, budget=budget, defaults=current_values(config, space)
-    )
+    setup = TrialSetup(base=config, study_dir=Path(study_dir), space=space, defaults=current_values(config, space))
     sampler = study.sampler
     done = 0
     while quota is None or done < quota:
@@ -311,8 +310,6 @@ def work(
         if config.search.n_trials is not None and counted(study) >= config.search.n_trials:
             break
         if hasattr(sampler, "is_exhausted") and sampler.is_exhausted(study):
-            break
-        if budget is not None and not budget.can_start():
             break
         study.optimize(lambda trial: run_trial(trial, setup), n_trials=1, catch=(TrialFailed,), gc_after_trial=True)
         done += 1
@@ -446,7 +443,6 @@ def run_search(
     n_trials: int | None = None,
     timeout: float | None = None,
     final_train: bool | None = None,
-    budget=None,
 ) -> SearchResult:
     """Run (or with `resume`, continue) the study that `config.search` describes; write its report,
     best.yaml and plots; with `final_train`, retrain the best config on train+validation."""
@@ -493,7 +489,7 @@ def run_search(
     if remaining is not None:
         print(f"{counted(study)} of {total} trials done or running; {remaining} to run on {n_workers} worker(s)")
     if n_workers == 1 or remaining == 0:
-        work(path, quota=remaining, deadline=deadline, budget=budget)
+        work(path, quota=remaining, deadline=deadline)
     else:
         quotas = (
             [None] * n_workers
@@ -506,14 +502,12 @@ def run_search(
         notes.append(
             f"timeout: {saved.search.timeout:g} s passed after {counted(study)} of {total} trials; no more were started"
         )
-    if budget is not None:
-        notes += budget.notes()
 
     # 3. Report, best config, final training.
     result = SearchResult(study_dir=path, counts=counts(study), notes=notes)
     result.report, result.best_config = write_report(study, config, path, notes)
     if config.search.final_train and result.best_config is not None:
-        result.final_run = final_training(study, config, path, budget=budget)
+        result.final_run = final_training(study, config, path)
     if any(n.startswith("worker ") for n in notes):
         raise TunesmithError(
             "; ".join(n for n in notes if n.startswith("worker ")),
