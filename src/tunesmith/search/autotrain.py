@@ -291,8 +291,9 @@ def autotrain(
 
     # 5. The final training: the chosen config's whole schedule on train+validation.
     sections = _sections(metric, space, setup.space, default, outcome, range_notes, spent=None)
-    report, best_path = write_report(study, saved, path, notes + guard.notes(), chosen=chosen, sections=sections)
-    final_run = final_training(study, saved, path, budget=guard, chosen=final_trial)
+    # setup.base, not the saved config: the search may have fixed a value it stopped searching (epochs).
+    report, best_path = write_report(study, setup.base, path, notes + guard.notes(), chosen=chosen, sections=sections)
+    final_run = final_training(study, setup.base, path, budget=guard, chosen=final_trial)
 
     # 6. Where everything is.
     test: dict = {}
@@ -307,7 +308,7 @@ def autotrain(
     spent = guard.spent(trained)
     cuts = guard.notes()
     sections = _sections(metric, space, setup.space, default, outcome, range_notes, spent=spent)
-    report, best_path = write_report(study, saved, path, notes + cuts, chosen=chosen, sections=sections)
+    report, best_path = write_report(study, setup.base, path, notes + cuts, chosen=chosen, sections=sections)
     elapsed = clock() - began
     result = AutotrainResult(
         task=task,
