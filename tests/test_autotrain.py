@@ -51,42 +51,50 @@ def test_budget_plans_the_final_training_first_on_a_fake_clock():
     from tunesmith.search.budget import Budget
 
     now = [0.0]
-    budget = Budget(1000, start=0.0, clock=lambda: now[0])
+    budget = Budget(1000, start=0.0, clock=lambda: now[0], prior_seconds_per_example=1.0)
     config = load_config(None, ["task=text-classification", "train.batch_size=16", "train.max_steps=8"])
-    # Nothing measured: the first run is what measures, so it always fits.
-    assert budget.estimate(config, 8) is None and budget.fits(None, None)
+    # Only the planner's estimate (16 s a step): the first run is what measures, so it always fits.
+    assert budget.estimate(config, 8) == 8 * 16.0 and budget.fits(2000.0, 2000.0)
 
-    # A run of 8 steps with passes at 4 and 8: loaded by 20 s, 2 s a step, scored by 40 s.
+    # A run of 8 steps with passes at 4 and 8, each 3 s: loaded by 20 s, 2 s a step, scored by 40 s.
     budget.run_deadline = 1000.0
-    limited = budget.limit(config, 0)
+    limited = budget.limit(config)
     assert limited.train.eval_every == 4  # two passes: halfway (speed) and the end (the objective's weights)
-    for step, at in ((4, 28.0), (8, 36.0)):
-        now[0] = at
+    for step, starts, ends in ((4, 28.0, 31.0), (8, 39.0, 42.0)):
+        now[0] = starts
+        budget.evaluation_starts(step)
+        now[0] = ends
         assert not budget.should_stop(step)
-    now[0] = 40.0
+    now[0] = 50.0
     budget.measured({"steps": 8})
-    # Speed between the passes: (36 - 28) / (8 - 4) = 2 s a step, / 16 examples; the rest is overhead.
-    assert budget.seconds_per_example == 2.0 / 16 and budget.overhead == 40.0 - 8 * 2.0
-    assert budget.estimate(config, 100) == 24.0 + 100 * 2.0
+    # Speed: the steps between one pass's end and the next one's start, (39 - 31) / (8 - 4) = 2 s a step, / 16
+    # examples (the validation passes are not training); loading is the time before step 1, 28 - 4 * 2 = 20 s;
+    # the rest of the run (loading, validation, scoring) is a search run's overhead, 50 - 8 * 2 = 34 s.
+    assert budget.speed(config) == 2.0 / 16 and budget.load == 20.0 and budget.overhead == 34.0
+    assert budget.estimate(config, 100) == 34.0 + 100 * 2.0
+    assert budget.estimate(config, 100, final=True) == 20.0 + 100 * 2.0  # no validation split, scored after
 
-    # At 40 s, 960 s are left: a 40 s run and an 800 s final training fit with the slack (40 / 0.85 + 800 /
-    # 0.95 = 889); with a 900 s final training (1,000 s with the slack) they do not.
+    # At 50 s, 950 s are left: a 40 s run and an 800 s final training fit with the slack (40 / 0.85 + 800 /
+    # 0.95 = 889); with a 900 s final training (994 s with the slack) they do not.
     assert budget.fits(40.0, 800.0) and not budget.fits(40.0, 900.0)
-    # A run that overruns the time kept for the final training is stopped at its next pass, marked cut.
+    # A run that overruns the time kept for the final training is stopped at its next pass, marked cut; one
+    # that reached its last step has ended, late or not.
     budget.run_deadline = 500.0
-    budget.limit(config, 1)
+    budget.limit(config)
+    now[0] = 505.0
+    assert not budget.should_stop(8) and not budget.cut
     now[0] = 510.0
     assert budget.should_stop(4) and budget.cut
 
-    # The final training: 300 steps (24 + 600 s) fit in the 490 s left? No: cut to what fits with the slack,
-    # int(0.85 * (490 - 24) / 2) = 198 steps. 200 steps (424 s) fit at the measured speed: whole, though the
+    # The final training: 300 steps (20 + 600 s) fit in the 490 s left? No: cut to what fits with the slack,
+    # int(0.95 * (490 - 20) / 2) = 223 steps. 230 steps (480 s) fit at the measured speed: whole, though the
     # slack would not hold them (the slack sizes a cut, never decides one).
     final = load_config(None, ["task=text-classification", "train.batch_size=16"])
-    assert budget.limit_final(final, 200).train.max_steps == 200
-    assert budget.limit_final(final, 300).train.max_steps == 198
-    assert budget.notes() == ["final training: 198 of 300 planned steps (490 s were left)"]
-    now[0] = 990.0
-    assert budget.limit_final(final, 300) is None  # 10 s left: not even the loading
+    assert budget.limit_final(final, 230).train.max_steps == 230
+    assert budget.limit_final(final, 300).train.max_steps == 223
+    assert budget.notes() == ["final training: 223 of 300 planned steps (490 s were left; 2.00 s a step, measured)"]
+    now[0] = 995.0
+    assert budget.limit_final(final, 300) is None  # 5 s left: not even the loading
 
 
 def test_an_edge_value_widens_its_range_once_and_within_the_field():
@@ -109,11 +117,13 @@ def test_an_edge_value_widens_its_range_once_and_within_the_field():
 
 
 class StepClock:
-    """Fake seconds for the budget: LOAD each time a run starts (`pipeline.train`: loading, scoring) and
-    STEP per 16 examples trained (the loop's progress update, scaled by the run's batch size). Nothing else
+    """Fake seconds for the budget: LOAD each time a run starts (`pipeline.train`: loading, scoring), STEP
+    per 16 examples trained (the loop's progress update, scaled by the run's batch size), EVAL per
+    validation pass and SCORE per scoring of a search run's objective (neither of which the final training
+    does: a budget that counted them as training would plan the final too long and cut it). Nothing else
     moves it, so every decision the budget takes is exact arithmetic, whatever the machine's speed."""
 
-    LOAD, STEP = 30.0, 60.0
+    LOAD, STEP, EVAL, SCORE = 30.0, 60.0, 45.0, 40.0
 
     def __init__(self):
         self.now = 1000.0
@@ -132,7 +142,9 @@ def test_autotrain_spends_its_budget_and_finishes_the_winner_on_an_injected_cloc
 ):
     from tunesmith import pipeline
     from tunesmith.config import load_saved_config
+    from tunesmith.search import objective
     from tunesmith.search.autotrain import autotrain
+    from tunesmith.train import loop
     from tunesmith.train.loop import total_optimizer_steps
     from tunesmith.train.progress import ProgressReporter
 
@@ -148,8 +160,17 @@ def test_autotrain_spends_its_budget_and_finishes_the_winner_on_an_injected_cloc
         clock.step = clock.STEP * config.train.batch_size / 16
         return train(config, *args, **kwargs)
 
+    def costs(seconds: float, function):
+        def timed(*args, **kwargs):
+            clock.now += seconds
+            return function(*args, **kwargs)
+
+        return timed
+
     monkeypatch.setattr(ProgressReporter, "update", step)
     monkeypatch.setattr(pipeline, "train", run)
+    monkeypatch.setattr(loop, "validation_loss", costs(clock.EVAL, loop.validation_loss))
+    monkeypatch.setattr(objective, "_objective_scores", costs(clock.SCORE, objective._objective_scores))
     result = autotrain(str(sections), model=str(tiny_bert), budget="120m", output=str(tmp_path / "runs"), clock=clock)
     out = capsys.readouterr().out
     assert "-> task text-classification" in out and "objective: f1_macro on the validation split" in out

@@ -141,6 +141,20 @@ def encode(tokenizer, messages: list[dict], max_length: int) -> dict:
     return {"input_ids": ids, "labels": labels}
 
 
+def plain_chat_dataset(tokenizer, spec: Spec):
+    """The docs' plain causal-LM recipe for chat records: the chat template's tokens, every one a target
+    (`DataCollatorForSeq2Seq` then pads the labels with -100)."""
+    from datasets import Dataset
+
+    def tokenize(row):
+        ids = tokenizer.apply_chat_template(
+            row["messages"], tokenize=True, return_dict=True, truncation=True, max_length=spec.max_length
+        )["input_ids"]
+        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)}
+
+    return Dataset.from_list(read_jsonl(spec.train_file)).map(tokenize, remove_columns=["messages"])
+
+
 def trained_tokens(example: dict) -> int:
     """Loss-bearing positions: token t+1 is a target predicted at position t (the first token never is)."""
     return sum(1 for label in example["labels"][1:] if label != IGNORE_INDEX)

@@ -12,20 +12,13 @@ from bench.baselines import common
 
 
 def run(spec: common.Spec) -> dict:
-    from datasets import Dataset
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
     set_seed(spec.seed)
     tokenizer = AutoTokenizer.from_pretrained(spec.model_dir)
     model = common.peft_model(spec)
 
-    def tokenize(row):
-        ids = tokenizer.apply_chat_template(
-            row["messages"], tokenize=True, return_dict=True, truncation=True, max_length=spec.max_length
-        )["input_ids"]
-        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)}
-
-    train = Dataset.from_list(common.read_jsonl(spec.train_file)).map(tokenize, remove_columns=["messages"])
+    train = common.plain_chat_dataset(tokenizer, spec)
     args = TrainingArguments(
         output_dir=spec.scratch,
         max_steps=spec.steps,

@@ -153,15 +153,17 @@ def train(
     force: bool = False,
     on_evaluation=None,
     score_test: bool = True,
+    before_evaluation=None,
 ) -> RunResult:
     """Fine-tune as `config` says, or continue the run in `resume` exactly where it stopped. A run the
     memory estimate says will not fit is refused with the cheapest fix, unless `force`. `on_evaluation`
-    is passed to the loop (`train.loop.fit`): called with (step, metrics) after each validation pass.
+    and `before_evaluation` are passed to the loop (`train.loop.fit`): called with (step, metrics) after each
+    validation pass, and with the step as one starts.
     `score_test` False skips the test split (autotrain's search runs: only validation chooses, and
     generating test answers for every run would cost the search a run in three)."""
     tracking = RunTracking()  # the runs index and track.report_to: registered at start, closed at the end
     try:
-        return _train(config, resume, force, on_evaluation, tracking, score_test)
+        return _train(config, resume, force, on_evaluation, tracking, score_test, before_evaluation)
     except BaseException as exc:
         tracking.fail(exc)  # the index and the trackers say failed (or interrupted) and why
         raise
@@ -180,7 +182,9 @@ class _Prepared:
     encoded: dict
 
 
-def _train(config, resume, force, on_evaluation, tracking: RunTracking, score_test: bool = True) -> RunResult:
+def _train(
+    config, resume, force, on_evaluation, tracking: RunTracking, score_test: bool = True, before_evaluation=None
+) -> RunResult:
     from accelerate.utils import set_seed
 
     # 1. The config that rules the run, and the accelerator.
@@ -240,6 +244,7 @@ def _train(config, resume, force, on_evaluation, tracking: RunTracking, score_te
             pad_id=_pad_id(prepared.tokenizer),
             resume=resume is not None,
             on_evaluation=on_evaluation,
+            before_evaluation=before_evaluation,
         )
     model = accelerator.unwrap_model(model)
 

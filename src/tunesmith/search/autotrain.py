@@ -158,6 +158,35 @@ class _Default:
     user_attrs: dict = field(default_factory=dict)
 
 
+# Optimizer steps a probe runs (validating after each, so two step intervals are timed apart from loading
+# and the first step's warm-up): seconds, where a final training planned on a guess can be off by minutes.
+PROBE_STEPS = 3
+
+
+def _probe_speed(setup, guard) -> None:
+    """Measure the speed when no search run will: the planner's estimate is a guess (it was 1.7x too slow for
+    SmolLM2-135M here, 5x too fast for MiniLM-L6), and the final training is planned, and cut, by it."""
+    from tunesmith import pipeline
+    from tunesmith.search.objective import trial_config
+
+    setup.extra_overrides = {"train.max_steps": PROBE_STEPS}
+    config = guard.limit(trial_config(setup, {}, -1))
+    config.name, config.output.dir, config.train.eval_every = "speed-probe", str(Path(setup.study_dir)), 1
+    guard.run_deadline = guard.end
+    print(f"\n--- measuring the speed: {PROBE_STEPS} steps of the default config", flush=True)
+    try:
+        result = pipeline.train(
+            config,
+            on_evaluation=lambda step, metrics: guard.should_stop(step),
+            before_evaluation=guard.evaluation_starts,
+            score_test=False,
+        )
+    except Exception as exc:  # the final training will say what is wrong, with the planner's estimate
+        print(f"the speed probe failed ({exc}); the final training is planned with the planner's estimate")
+        return
+    guard.measured(result.summary)
+
+
 def autotrain(
     data: str,
     *,
@@ -252,7 +281,7 @@ def autotrain(
     default = current_values(config, space)
     from tunesmith.train.loop import total_optimizer_steps
 
-    final_guess = guard.estimate(config, total_optimizer_steps(n_final, config.train, 1))
+    final_guess = guard.estimate(config, total_optimizer_steps(n_final, config.train, 1), final=True)
     search_fits = final_guess is None or final_guess / SAFETY < guard.left()
     print(
         f"budget {seconds / 60:.1f} min: "
@@ -286,6 +315,7 @@ def autotrain(
         )
         print("note: " + message + f"; --budget {math.ceil(final_guess / SAFETY / 60) + 5}m would fit a search")
         notes.append(message)
+        _probe_speed(setup, guard)
         outcome, chosen, range_notes = None, None, []
     final_trial = chosen if chosen is not None else _Default(params=default)
 

@@ -49,97 +49,124 @@ class Budget:
         self.start = clock() if start is None else start  # the command's start on `clock`: planning counts too
         self.end = self.start + seconds
         self.prior = prior_seconds_per_example  # the planner's estimate, until a run is measured
-        self.seconds_per_example: float | None = None
-        self.overhead: float | None = None  # a run's time outside its training steps: loading, scoring
+        # Training seconds and examples, by batch size (a batch of 32 trains an example faster than one of 8).
+        self.trained: dict[int, list[float]] = {}
+        self.overhead: float | None = None  # a search run's time outside its training steps: load, validate, score
+        self.load: float | None = None  # a run's time before its first step: what the final training adds
         self.run_config: RunConfig | None = None
         self.run_start = self.start
         self.run_deadline = self.end
-        self.passes: list[tuple[int, float]] = []  # (step, clock) at each validation pass of the running run
+        self.starts: list[tuple[int, float]] = []  # (step, clock) as each validation pass of the run starts
+        self.passes: list[tuple[int, float]] = []  # (step, clock) as each ends
         self.cut = False  # the running run was stopped by the clock (`should_stop`)
         self.search_end: float | None = None
-        self.final_start: float | None = None
-        self.final_end: float | None = None
         self.cuts: list[str] = []
 
     # -- estimates ------------------------------------------------------------------------------------
 
-    def speed(self) -> float | None:
-        """Seconds per training example: measured, else the planner's estimate, else unknown."""
-        return self.seconds_per_example if self.seconds_per_example is not None else self.prior
+    def measured_speed(self, config: RunConfig | None = None) -> float | None:
+        """Seconds per training example measured in the search: at `config`'s batch size when a run had it."""
+        if not self.trained:
+            return None
+        same = self.trained.get(examples_per_step(config)) if config is not None else None
+        seconds, examples = same or [sum(v[i] for v in self.trained.values()) for i in (0, 1)]
+        return seconds / examples if examples else None
 
-    def estimate(self, config: RunConfig, steps: int) -> float | None:
-        """Seconds a run of `steps` optimizer steps takes, loading and scoring included (None: unknown)."""
-        speed = self.speed()
+    def speed(self, config: RunConfig | None = None) -> float | None:
+        """Seconds per training example: measured, else the planner's estimate, else unknown."""
+        measured = self.measured_speed(config)
+        return measured if measured is not None else self.prior
+
+    def estimate(self, config: RunConfig, steps: int, final: bool = False) -> float | None:
+        """Seconds a run of `steps` optimizer steps takes (None: unknown): a search run with its loading,
+        validation and scoring, the `final` training (no validation split, scored after the budget) with its
+        loading."""
+        speed = self.speed(config)
         if speed is None:
             return None
-        return (self.overhead or 0.0) + steps * examples_per_step(config) * speed
+        extra = self.load if final else self.overhead
+        return (extra or 0.0) + steps * examples_per_step(config) * speed
 
     def left(self) -> float:
         return self.end - self.clock()
 
     def fits(self, run: float | None, final: float | None) -> bool:
         """A search run of `run` seconds, then a final training of `final` seconds, fit with the slack."""
-        if run is None or final is None:
-            return True  # nothing measured yet: the first run is what measures
+        if run is None or final is None or not self.trained:
+            return True  # nothing measured yet (the planner's estimate is a guess): the first run is what measures
         return run / SAFETY + final / FINAL_SAFETY <= self.left()
 
     # -- one search run (search/objective.py's run_trial calls these) ----------------------------------
 
-    def limit(self, config: RunConfig, number: int) -> RunConfig:
+    def limit(self, config: RunConfig) -> RunConfig:
         """The run's config with its validation passes; its clock deadline is `run_deadline` (set by the
         search before it starts: past it, the final training's time would be eaten)."""
-        from tunesmith.train.loop import total_optimizer_steps
-
         self.run_start = self.clock()
-        self.passes = []
+        self.starts, self.passes = [], []
         self.cut = False
         config = config.model_copy(deep=True)
-        steps = config.train.max_steps or total_optimizer_steps(1, config.train, 1)
-        config.train.eval_every = max(1, math.ceil(steps / PASSES_PER_RUN))
+        if config.train.max_steps:  # autotrain's runs have theirs; other searches' runs keep their passes
+            config.train.eval_every = max(1, math.ceil(config.train.max_steps / PASSES_PER_RUN))
         self.run_config = config
         return config
 
+    def evaluation_starts(self, step: int) -> None:
+        self.starts.append((step, self.clock()))
+
     def should_stop(self, step: int) -> bool:
-        """At a validation pass: stop the run (keeping its best weights) when it overran its deadline."""
+        """At the end of a validation pass: stop the run (keeping its best weights) when it overran its
+        deadline; a run at its last step has ended, not been cut."""
         now = self.clock()
         self.passes.append((step, now))
-        if now < self.run_deadline:
+        last = self.run_config.train.max_steps if self.run_config is not None else None
+        if now < self.run_deadline or (last and step >= last):
             return False
         self.cut = True
         print(f"budget: stopping this run at step {step}, past the time kept for the final training", flush=True)
         return True
 
     def measured(self, summary: dict) -> None:
-        """After a run: seconds per example and the run's other time (loading, scoring), on the budget's clock."""
+        """After a run and its scoring, on the budget's clock: the training steps' seconds (between one
+        validation pass's end and the next one's start), the time before the first step (loading) and the
+        rest of the run (loading, validation, scoring) as its overhead."""
         now = self.clock()
         steps = summary.get("steps") or 0
-        per_step = examples_per_step(self.run_config) if self.run_config is not None else 1
-        if steps and len(self.passes) >= 2:  # first to last validation pass: steps and their share of passes
-            (first_step, first), (last_step, last) = self.passes[0], self.passes[-1]
-            if last_step > first_step:
-                self.seconds_per_example = (last - first) / (last_step - first_step) / per_step
-        elif steps and self.seconds_per_example is None:
-            # One pass and no earlier measure: the run up to that pass, loading included (the safe side).
-            step, at = self.passes[0] if self.passes else (steps, now)
-            self.seconds_per_example = (at - self.run_start) / step / per_step
-        trained = (self.seconds_per_example or 0.0) * steps * per_step
-        self.overhead = max(0.0, now - self.run_start - trained)
+        if not steps or self.run_config is None:
+            return
+        per_step = examples_per_step(self.run_config)
+        seconds = examples = 0.0
+        for (previous, ended), (step, started) in zip(self.passes, self.starts[1:]):
+            if step > previous:
+                seconds, examples = seconds + started - ended, examples + (step - previous) * per_step
+        if not examples and self.starts and self.starts[0][0]:
+            # One pass: the run up to it, loading included (the safe side), counts as training.
+            step, started = self.starts[0]
+            seconds, examples = started - self.run_start, step * per_step
+        if examples:
+            total = self.trained.setdefault(per_step, [0.0, 0.0])
+            total[0], total[1] = total[0] + seconds, total[1] + examples
+        speed = self.measured_speed(self.run_config)
+        if speed is None:
+            return
+        if self.starts:
+            self.load = max(0.0, self.starts[0][1] - self.run_start - self.starts[0][0] * per_step * speed)
+        self.overhead = max(0.0, now - self.run_start - steps * per_step * speed)
 
     # -- the final training ---------------------------------------------------------------------------
 
     def limit_final(self, config: RunConfig, planned: int) -> RunConfig | None:
         """The final training's config (`planned` steps): its whole schedule when that fits in what is left at
-        the measured speed, else the steps that fit with the slack; never cut while the budget would hold it."""
+        the measured speed, else the steps that fit with the slack; never cut while the budget would hold it.
+        The steps are `train.max_steps`, so a cut run's schedule is planned for the steps it runs."""
         self.search_end = self.search_end or self.clock()
         left = self.left()
-        speed = self.speed()
+        speed = self.speed(config)
         per_step = examples_per_step(config)
-        fits_whole = speed is None or (self.overhead or 0.0) + planned * per_step * speed <= left
-        if fits_whole:
+        load = self.load or 0.0
+        if speed is None or load + planned * per_step * speed <= left:
             steps = planned
         else:
-            assert speed is not None
-            steps = min(planned, int(SAFETY * (left - (self.overhead or 0.0)) / (per_step * speed)))
+            steps = min(planned, int(FINAL_SAFETY * (left - load) / (per_step * speed)))
         if steps < 1:
             self.cuts.append(f"final training skipped: {max(left, 0):.0f} s left, less than one step after loading")
             return None
@@ -149,8 +176,11 @@ class Budget:
         config.eval.compare_base = False
         config.train.max_steps = steps
         if steps < planned:
-            self.cuts.append(f"final training: {steps} of {planned} planned steps ({left:.0f} s were left)")
-        self.final_start = self.clock()
+            source = "measured" if self.measured_speed(config) is not None else "the planner's estimate"
+            self.cuts.append(
+                f"final training: {steps} of {planned} planned steps ({left:.0f} s were left; "
+                f"{per_step * (speed or 0.0):.2f} s a step, {source})"
+            )
         return config
 
     def spent(self, trained: float) -> dict:

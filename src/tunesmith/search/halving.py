@@ -115,7 +115,7 @@ class Halving:
 
     def final_seconds(self, values: dict) -> float | None:
         config = self.config_of(values)
-        return self.budget.estimate(config, self.full_steps(config, self.final_examples))
+        return self.budget.estimate(config, self.full_steps(config, self.final_examples), final=True)
 
     # -- ranking --------------------------------------------------------------------------------------
 
@@ -130,8 +130,11 @@ class Halving:
     def promotion(self) -> Evaluation | None:
         """The best run not promoted yet that is in the best 1/ETA of its rung, from the highest rung down."""
         for rung in reversed(range(len(FRACTIONS) - 1)):
+            # By score alone: one rung's runs are alike in fidelity, bar a short schedule that ended at this rung.
             done = sorted(
-                (e for e in self.evaluations if e.rung == rung and e.score is not None), key=self._order, reverse=True
+                (e for e in self.evaluations if e.rung == rung and e.score is not None),
+                key=lambda e: (e.score or 0.0) if self.maximize else -(e.score or 0.0),
+                reverse=True,
             )
             for evaluation in done[: len(done) // ETA]:
                 if not evaluation.complete and (evaluation.key, rung) not in self.promoted:
@@ -247,7 +250,7 @@ class Halving:
         for epochs in range(high, low - 1, -1):
             config = self.config_of({"train.epochs": epochs})
             first = self.budget.estimate(config, rung_steps(self.full_steps(config, self.train_examples), 0))
-            final = self.budget.estimate(config, self.full_steps(config, self.final_examples))
+            final = self.budget.estimate(config, self.full_steps(config, self.final_examples), final=True)
             if self.budget.fits(first, _larger(reserve, final)):
                 break
         else:

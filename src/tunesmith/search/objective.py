@@ -137,7 +137,7 @@ def run_trial(trial, setup: TrialSetup, values: dict | None = None):
         trial.set_user_attr("default", True)
     config = trial_config(setup, values, trial.number)
     if setup.budget is not None:
-        config = setup.budget.limit(config, trial.number)
+        config = setup.budget.limit(config)
     prune = search.pruner != "none" and len(objectives) == 1
     print(f"\n=== trial {trial.number}: " + ", ".join(f"{k}={_short(v)}" for k, v in values.items()), flush=True)
 
@@ -164,7 +164,10 @@ def run_trial(trial, setup: TrialSetup, values: dict | None = None):
         return False
 
     try:
-        result = pipeline.train(config, on_evaluation=on_evaluation, score_test=setup.score_test)
+        starts = setup.budget.evaluation_starts if setup.budget is not None else None
+        result = pipeline.train(
+            config, on_evaluation=on_evaluation, score_test=setup.score_test, before_evaluation=starts
+        )
     except optuna.TrialPruned as exc:
         _record(study_dir, trial.number, trial, "pruned", str(exc))
         print(f"trial {trial.number}: {exc}", flush=True)
@@ -182,11 +185,11 @@ def run_trial(trial, setup: TrialSetup, values: dict | None = None):
         print(f"trial {trial.number} failed: {reason}", flush=True)
         raise TrialFailed(reason) from exc
     summary = result.summary
-    if setup.budget is not None:
-        setup.budget.measured(summary)
 
     # 3. Objectives.
     scores = _objective_scores(result.run_dir, summary, objectives, config)
+    if setup.budget is not None:
+        setup.budget.measured(summary)  # after scoring: a chat objective's generation is part of a run's time
     trial.set_user_attr("metrics", {k: v for k, v in scores.items() if isinstance(v, (int, float))})
     trial.set_user_attr("test", {k: v for k, v in summary.get("tuned", {}).items() if isinstance(v, (int, float))})
     trial.set_user_attr("steps", summary.get("steps"))

@@ -333,5 +333,6 @@ def final_training(study, config: RunConfig, study_dir: Path, budget=None, chose
         if limited is None:
             return None
         final = limited
-    print(f"\n=== final training: trial {front[0].number}'s config on train+validation -> {final.output.dir}")
+    source = f"trial {front[0].number}'s config" if front[0].number >= 0 else "the default config (no search)"
+    print(f"\n=== final training: {source} on train+validation -> {final.output.dir}")
     return pipeline.train(final).run_dir

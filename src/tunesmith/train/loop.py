@@ -156,10 +156,12 @@ def fit(
     pad_id: int,
     resume: bool = False,
     on_evaluation=None,
+    before_evaluation=None,
 ) -> FitResult:
     """`on_evaluation(step, metrics)`, when given, is called after every validation pass (a search trial
     reports to its pruner there); it may raise to abandon the run, or return True to stop after this pass
-    as early stopping does (a time budget), keeping the best weights."""
+    as early stopping does (a time budget), keeping the best weights. `before_evaluation(step)` is called as
+    a pass starts: a time budget tells the training steps' time from the validation's by it."""
     tcfg = config.train
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
@@ -216,6 +218,8 @@ def fit(
         """Validation pass; returns True when early stopping says stop."""
         if not val_set:
             return False
+        if before_evaluation is not None:
+            before_evaluation(state.step)
         loss = validation_loss(model, task, val_set, batch_size=tcfg.batch_size, pad_id=pad_id, accelerator=accelerator)
         record = {"step": state.step, "epoch": state.epoch, "eval_loss": loss, "eval_ppl": perplexity(loss)}
         eval_history.append(record)
