@@ -596,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{time.strftime('%H:%M:%S')}] {label}: in {out} already, skipped", flush=True)
             continue
         print(f"[{time.strftime('%H:%M:%S')}] {label} ...", flush=True)
-        record = run_record(task, runner, budget, work, not args.quiet)
+        record = run_record(task, runner, budget, work, not args.quiet) | {"git": doc["machine"]["git"]}
         put(doc, record)
         save_doc(doc, out)
         say(record)
