@@ -60,6 +60,7 @@ def test_budget_plans_the_final_training_first_on_a_fake_clock():
     budget.run_deadline = 1000.0
     limited = budget.limit(config)
     assert limited.train.eval_every == 4  # two passes: halfway (speed) and the end (the objective's weights)
+    assert limited.train.save_every == 8  # one checkpoint, after the last pass: none timed as training
     for step, starts, ends in ((4, 28.0, 31.0), (8, 39.0, 42.0)):
         now[0] = starts
         budget.evaluation_starts(step)

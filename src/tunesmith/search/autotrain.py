@@ -158,9 +158,9 @@ class _Default:
     user_attrs: dict = field(default_factory=dict)
 
 
-# Optimizer steps a probe runs (validating after each, so two step intervals are timed apart from loading
+# Optimizer steps a probe runs (validating after each, so three step intervals are timed apart from loading
 # and the first step's warm-up): seconds, where a final training planned on a guess can be off by minutes.
-PROBE_STEPS = 3
+PROBE_STEPS = 4
 
 
 def _probe_speed(setup, guard) -> None:

@@ -107,6 +107,9 @@ class Budget:
         config = config.model_copy(deep=True)
         if config.train.max_steps:  # autotrain's runs have theirs; other searches' runs keep their passes
             config.train.eval_every = max(1, math.ceil(config.train.max_steps / PASSES_PER_RUN))
+            # One checkpoint, at the end: one after a pass would be timed as training (for SmolLM2-135M fully
+            # fine-tuned, seconds a step), and a search run is rerun, not resumed.
+            config.train.save_every = config.train.max_steps
         self.run_config = config
         return config
 
