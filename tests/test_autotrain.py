@@ -199,6 +199,8 @@ def test_autotrain_spends_its_budget_and_finishes_the_winner_on_an_injected_cloc
         steps, full = map(int, re.search(r"(\d+) of (\d+) steps", t.user_attrs["note"]).groups())
         assert (t.state.name == "COMPLETE") == (steps == full), t.user_attrs
     assert runs[0].user_attrs.get("default") and "known-good 1" in [t.user_attrs.get("known_good") for t in runs]
+    # No run is resumed, so none keeps its checkpoints (they filled 16 GB in a 15-minute search).
+    assert not list((result.study_dir / "trials").glob("*/checkpoints"))
     # 4. The report says where the budget went, the ranges, and how far the search moved from the defaults.
     report = (result.study_dir / "report.md").read_text()
     for section in ("## Autotrain", "### Budget", "### Ranges", "### Distance from the defaults"):

@@ -20,12 +20,13 @@ lead after it must fit in what is left of the budget (search/budget.py); when no
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tunesmith.config import RunConfig, SearchParam
 from tunesmith.search.budget import Budget
-from tunesmith.search.objective import TrialFailed, TrialSetup, run_trial
+from tunesmith.search.objective import TrialFailed, TrialSetup, find_run_dir, run_trial
 from tunesmith.search.space import config_with, suggest, widened
 
 ETA = 3  # promote the best third (Hyperband's default, Li et al. 2018)
@@ -226,6 +227,12 @@ class Halving:
         except TrialFailed:
             self.study.tell(trial, state=_state("FAIL"))
             return
+        finally:
+            # A run is rerun at a higher rung, never resumed: its checkpoints (weights and optimizer state, 270
+            # MB for MiniLM-L6) would fill the disk, 16 GB in a 15-minute search. Its saved weights stay.
+            run_dir = find_run_dir(self.setup.study_dir, trial.number)
+            if run_dir is not None:
+                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         if self.budget.cut:
             trial.set_user_attr("note", note + "; cut by the budget before its schedule ended: not compared")
             self.study.tell(trial, state=_state("FAIL"))
