@@ -171,6 +171,7 @@ def _probe_speed(setup, guard) -> None:
 
     setup.extra_overrides = {"train.max_steps": PROBE_STEPS}
     config = guard.limit(trial_config(setup, {}, -1))
+    setup.extra_overrides = {}  # the probe's alone: nothing after it runs from the setup with these
     config.name, config.output.dir, config.train.eval_every = "speed-probe", str(Path(setup.study_dir)), 1
     guard.run_deadline = guard.end
     print(f"\n--- measuring the speed: {PROBE_STEPS} steps of the default config", flush=True)
