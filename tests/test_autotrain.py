@@ -4,6 +4,7 @@ The budget runs on an injected fake clock, so which trials and steps run is exac
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 
@@ -134,19 +135,11 @@ class StepClock:
         return self.now
 
 
-def test_autotrain_spends_its_budget_and_finishes_the_winner_on_an_injected_clock(
-    sections,  # noqa: F811
-    tiny_bert,  # noqa: F811
-    tmp_path,
-    monkeypatch,
-    capsys,
-):
+def _step_clock(monkeypatch) -> StepClock:
+    """A StepClock that the pipeline's loading, steps, validation passes and objective scoring advance."""
     from tunesmith import pipeline
-    from tunesmith.config import load_saved_config
     from tunesmith.search import objective
-    from tunesmith.search.autotrain import autotrain
     from tunesmith.train import loop
-    from tunesmith.train.loop import total_optimizer_steps
     from tunesmith.train.progress import ProgressReporter
 
     clock = StepClock()
@@ -172,6 +165,21 @@ def test_autotrain_spends_its_budget_and_finishes_the_winner_on_an_injected_cloc
     monkeypatch.setattr(pipeline, "train", run)
     monkeypatch.setattr(loop, "validation_loss", costs(clock.EVAL, loop.validation_loss))
     monkeypatch.setattr(objective, "_objective_scores", costs(clock.SCORE, objective._objective_scores))
+    return clock
+
+
+def test_autotrain_spends_its_budget_and_finishes_the_winner_on_an_injected_clock(
+    sections,  # noqa: F811
+    tiny_bert,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    capsys,
+):
+    from tunesmith.config import load_saved_config
+    from tunesmith.search.autotrain import autotrain
+    from tunesmith.train.loop import total_optimizer_steps
+
+    clock = _step_clock(monkeypatch)
     result = autotrain(str(sections), model=str(tiny_bert), budget="120m", output=str(tmp_path / "runs"), clock=clock)
     out = capsys.readouterr().out
     assert "-> task text-classification" in out and "objective: f1_macro on the validation split" in out
@@ -234,3 +242,73 @@ def test_the_final_training_runs_the_whole_schedule_of_a_trial_the_budget_cut(se
     assert cut.train.max_steps is None
     stopped = final_config(config, _Trial(steps=6, best_step=3), tmp_path / "b")
     assert stopped.train.max_steps is not None and stopped.train.max_steps >= 3
+
+
+def test_without_room_for_a_search_the_speed_is_probed_and_the_final_training_is_whole(
+    sections,  # noqa: F811
+    tiny_bert,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    # The planner's estimate can be far off (5x too fast for MiniLM-L6 here): when it says the final training
+    # alone exceeds the budget, a few steps measure the speed, and the final training is planned by that.
+    import dataclasses
+
+    from tunesmith.config import load_saved_config
+
+    autotrain_module = importlib.import_module("tunesmith.search.autotrain")  # the package exports the function
+    from tunesmith.search.autotrain import PROBE_STEPS, autotrain
+    from tunesmith.train.loop import total_optimizer_steps
+
+    choose = autotrain_module._choose
+    monkeypatch.setattr(
+        autotrain_module, "_choose", lambda *args: dataclasses.replace(choose(*args), hours_per_epoch=50.0)
+    )
+    clock = _step_clock(monkeypatch)
+    result = autotrain(str(sections), model=str(tiny_bert), budget="60m", output=str(tmp_path / "runs"), clock=clock)
+    probes = [json.loads(p.read_text()) for p in result.study_dir.glob("*speed-probe*/summary.json")]
+    assert [p["steps"] for p in probes] == [PROBE_STEPS]
+    assert "the budget cannot hold a search" in (result.study_dir / "report.md").read_text()
+    # At the measured speed (60 s a step of 16) the default's whole schedule fits the hour: it is not cut to
+    # the planner's 50 hours an epoch.
+    final_config = load_saved_config(result.final_run / "config.yaml")
+    final = json.loads((result.final_run / "summary.json").read_text())
+    assert (
+        final["steps"]
+        == final_config.train.max_steps
+        == total_optimizer_steps(final["data"]["train"], final_config.train.model_copy(update={"max_steps": None}), 1)
+    )
+    assert not result.cuts, result.cuts
+
+
+def test_a_draw_that_does_not_fit_is_run_with_the_most_epochs_that_do():
+    # A 5-minute search drew 8 epochs at batch 8 three times (a 167 s final training each, 180 s left) and ended
+    # with 40% of its budget unused; the same draw with fewer epochs fits.
+    from types import SimpleNamespace
+
+    from tunesmith.config import SearchParam, load_config
+    from tunesmith.search.budget import Budget
+    from tunesmith.search.halving import Halving, rung_steps
+
+    now = [170.0]
+    budget = Budget(300, start=0.0, clock=lambda: now[0])
+    budget.trained, budget.load, budget.overhead = {8: [1.0, 8.0]}, 5.0, 10.0  # 1 s a step of 8
+    base = load_config(None, ["task=text-classification", "train.batch_size=8"])
+    setup = SimpleNamespace(base=base, space={"train.epochs": SearchParam(type="int", low=1, high=8)})
+    study = SimpleNamespace(direction=SimpleNamespace(name="MAXIMIZE"))
+    halving = Halving(study, setup, budget, train_examples=96, final_examples=108)  # 12 and 14 steps an epoch
+    drawn = {"train.epochs": 8, "train.learning_rate": 1e-4}
+
+    def fits(values):
+        config = halving.config_of(values)
+        need = budget.estimate(config, rung_steps(halving.full_steps(config, 96), 0))
+        return budget.fits(need, halving.final_seconds(values))
+
+    # 130 s left: 8 epochs (a first rung of 11 steps, 21 s, and a final training of 108 steps, 113 s: 144 s with
+    # the slack) and 7 (132 s) do not fit; 6 (115 s) do, and keep the drawn learning rate.
+    assert not fits(drawn)
+    shorter = halving._fewer_epochs_that_fit(drawn, None)
+    assert shorter == {"train.epochs": 6, "train.learning_rate": 1e-4}
+    assert fits(shorter) and not fits({**drawn, "train.epochs": shorter["train.epochs"] + 1})
+    now[0] = 290.0  # 10 s left: nothing fits
+    assert halving._fewer_epochs_that_fit(drawn, None) is None

@@ -105,3 +105,38 @@ def test_qlora_on_smollm2(real_config):
     run = pipeline.train(real_config("method.name=qlora", "method.r=8", "train.learning_rate=5e-4")).run_dir
     assert_loss_fell(run)
     assert (run / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_the_dpo_example_on_smollm2_starts_at_its_reference_and_moves(tmp_path):
+    # The shipped DPO example (LoRA, the adapter switched off as the reference) on the real model, 6 steps of 4
+    # pairs seen twice: at step 1 the model is its reference (loss log 2, margin 0); then the chosen
+    # answers gain on the rejected ones.
+    from conftest import EXAMPLES
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join((EXAMPLES / "data" / "debian_preferences.jsonl").read_text().splitlines()[:28]) + "\n")
+    config = load_config(
+        EXAMPLES / "preference_dpo.yaml",
+        [
+            f"data.train={data}",
+            "data.split=[0.43, 0.285, 0.285]",  # 12 / 8 / 8 pairs
+            f"output.dir={tmp_path / 'runs'}",
+            "train.batch_size=4",
+            "train.max_steps=6",
+            "train.log_every=1",
+            "train.eval_every=0",
+            "train.warmup_ratio=0",
+            "train.scheduler=constant",
+            "train.learning_rate=1e-3",
+            "eval.report_samples=1",
+            "eval.max_new_tokens=8",
+        ],
+    )
+    result = pipeline.train(config)
+    steps = [r for r in read_jsonl(result.run_dir / "metrics.jsonl") if "loss" in r]
+    assert steps[0]["loss"] == pytest.approx(0.6931, abs=1e-3) and steps[0]["rewards_margin"] == pytest.approx(
+        0, abs=1e-3
+    )
+    assert sum(s["rewards_margin"] for s in steps[-3:]) > 0.1, steps
+    assert result.summary["base"]["rewards_margin"] == pytest.approx(0, abs=1e-3)
+    assert result.summary["tuned"]["rewards_margin"] > 0

@@ -28,7 +28,7 @@ from tunesmith.methods import DEFAULT_METHOD, METHODS, default_settings, get_met
 from tunesmith.methods.base import MethodSettings
 from tunesmith.section import Section
 from tunesmith.sources import DATA_SUFFIXES, resolve_data_path, resolve_model_name
-from tunesmith.taskcards import TASKS, data_field_owners
+from tunesmith.taskcards import OWNED_SECTIONS, TASKS, field_owners
 
 
 class ModelConfig(Section):
@@ -55,6 +55,11 @@ class ModelConfig(Section):
     trust_remote_code: bool = Field(
         False,
         description="run Python code shipped with the model; only for models whose authors you trust (off unless set for this run; summary.json records it)",
+    )
+    from_run: str | None = Field(
+        None,
+        description="start from an earlier run's result (its folder, e.g. runs/<id> of an SFT run): its full model, or its adapter merged into its base once (into that run's model_merged/); model.name then names that folder",
+        examples=["runs/20260101-120000-sft"],
     )
     allow_pickle: bool = Field(
         False,
@@ -278,6 +283,47 @@ class TrainConfig(Section):
     class_weights: bool = Field(
         False, description="classification: weigh classes inversely to their frequency, for imbalanced data"
     )
+    # Preference tuning (train/preference_loss.py has each formula and its source).
+    loss_type: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] = Field(
+        "sigmoid",
+        description="preference: sigmoid (DPO), ipo, hinge (SLiC) against a reference model; simpo and orpo need none (no reference pass, less memory)",
+    )
+    beta: float = Field(
+        0.1,
+        gt=0,
+        description="preference: how far from the reference the model may move (DPO family; higher keeps it closer); SimPO's reward scale (try 2); ORPO's weight of the preference term",
+    )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="preference (sigmoid, simpo): the share of pairs assumed mislabelled (conservative DPO); 0 trusts every label",
+    )
+    simpo_gamma: float = Field(
+        0.5, ge=0, description="preference (simpo): the reward margin the chosen answer must win by"
+    )
+    reference: Literal["auto", "adapter", "copy", "cached"] = Field(
+        "auto",
+        description="preference: the reference model; adapter: the model with its adapter off (no copy), copy: a frozen copy (2x weights), cached: its log-probabilities computed once before training (no copy, no reference pass); auto: adapter for adapter methods, else copy",
+    )
+
+    @model_validator(mode="after")
+    def _options_fit_loss(self) -> TrainConfig:
+        # An option another loss reads would be silently ignored: refuse it (a default value passes, so a dumped
+        # config with every field loads).
+        if self.label_smoothing and self.loss_type not in ("sigmoid", "simpo"):
+            raise TunesmithError(
+                f"train.label_smoothing applies to loss_type sigmoid and simpo, not {self.loss_type}",
+                where="train.label_smoothing",
+                fix="remove train.label_smoothing, or set train.loss_type: sigmoid",
+            )
+        if self.simpo_gamma != 0.5 and self.loss_type != "simpo":
+            raise TunesmithError(
+                f"train.simpo_gamma applies to loss_type simpo, not {self.loss_type}",
+                where="train.simpo_gamma",
+                fix="remove train.simpo_gamma, or set train.loss_type: simpo",
+            )
+        return self
 
 
 class EvalConfig(Section):
@@ -529,18 +575,20 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _data_options_fit_task(self) -> RunConfig:
-        # A task's own data option set for another task would be silently ignored: refuse it. A value equal to
-        # the default passes, so a dumped config (a search trial, a saved run) with every field still loads.
-        for name, owners in data_field_owners().items():
-            if self.task in owners or name not in self.data.model_fields_set:
-                continue
-            if getattr(self.data, name) != DataConfig.model_fields[name].get_default(call_default_factory=True):
-                raise TunesmithError(
-                    f"data.{name} applies to task {' and '.join(owners)}, not {self.task}",
-                    where=f"data.{name}",
-                    fix=f"remove data.{name} (or set task: {owners[0]})",
-                )
+    def _options_fit_task(self) -> RunConfig:
+        # A task's own data or train option set for another task would be silently ignored: refuse it. A value
+        # equal to the default passes, so a dumped config (a search trial, a saved run) with every field loads.
+        for section in OWNED_SECTIONS:
+            values = getattr(self, section)
+            for name, owners in field_owners(section).items():
+                if self.task in owners or name not in values.model_fields_set:
+                    continue
+                if getattr(values, name) != type(values).model_fields[name].get_default(call_default_factory=True):
+                    raise TunesmithError(
+                        f"{section}.{name} applies to task {' and '.join(owners)}, not {self.task}",
+                        where=f"{section}.{name}",
+                        fix=f"remove {section}.{name} (or set task: {owners[0]})",
+                    )
         return self
 
 
@@ -782,6 +830,8 @@ def _resolve_model_name(model: ModelConfig, origins: Origins, folder: Path) -> N
     # Only a name the user wrote: the default starter's name is no path, whatever the folder holds.
     if "name" in model.model_fields_set:
         model.name = resolve_model_name(model.name, _base(origins, ("model", "name"), folder))
+    if model.from_run:
+        model.from_run = str((_base(origins, ("model", "from_run"), folder) / model.from_run).resolve())
 
 
 def load_saved_config(path: str | Path) -> RunConfig:
@@ -801,11 +851,13 @@ def load_saved_config(path: str | Path) -> RunConfig:
             kept[key] = value
         return kept
 
-    data, task = raw.get("data"), raw.get("task", "chat")
-    if isinstance(data, dict) and isinstance(task, str):
-        # Runs saved before data options were tied to their tasks hold every task's: keep this task's.
-        for name in _other_tasks_data_fields(task) & set(data):
-            data.pop(name)
+    task = raw.get("task", "chat")
+    for section in OWNED_SECTIONS:
+        values = raw.get(section)
+        if isinstance(values, dict) and isinstance(task, str):
+            # Runs saved before data options were tied to their tasks hold every task's: keep this task's.
+            for name in _other_tasks_fields(task, section) & set(values):
+                values.pop(name)
     method = raw.get("method")
     if isinstance(method, dict):
         # Runs saved before the method union hold every method's fields: keep the chosen method's quietly.
@@ -845,7 +897,7 @@ def render_template(config: RunConfig | None = None, notes: list[str] | None = N
         value = getattr(config, name)
         if isinstance(value, BaseModel):
             out.append(f"{name}:  # {field.description}")
-            foreign = _other_tasks_data_fields(config.task) if name == "data" else set()
+            foreign = _other_tasks_fields(config.task, name) if name in OWNED_SECTIONS else set()
             for sub, sub_field in type(value).model_fields.items():
                 if sub not in foreign:  # another task's data option: not this config's to set
                     out.append(f"  {sub}: {yaml_value(getattr(value, sub))}  # {sub_field.description}")
@@ -855,8 +907,8 @@ def render_template(config: RunConfig | None = None, notes: list[str] | None = N
     return "\n".join(out).rstrip() + "\n"
 
 
-def _other_tasks_data_fields(task: str) -> set[str]:
-    return {name for name, owners in data_field_owners().items() if task not in owners}
+def _other_tasks_fields(task: str, section: str) -> set[str]:
+    return {name for name, owners in field_owners(section).items() if task not in owners}
 
 
 def render_reference() -> str:

@@ -68,6 +68,11 @@ def load_tokenizer_for(config: RunConfig) -> tuple[ResolvedModel, Any]:
     """The model reference and its preprocessor: a tokenizer for text tasks (the task decides)."""
     from tunesmith.models.safe_load import check_folder
 
+    if config.model.from_run:  # model.name becomes the earlier run's model folder, and is saved so
+        from accelerate import PartialState
+
+        with PartialState().main_process_first():  # one process merges an adapter; the others read its folder
+            config.model.name = str(model_of_run(config.model.from_run, config.task))
     resolved = resolve_model(config.model.name, config.model.gguf_file)
     if resolved.source != "hub":  # before any data is read or a run folder made: pickle weights need allow_pickle
         check_folder(resolved.path, config.model.allow_pickle)
@@ -213,6 +218,11 @@ def _train(
     # 3. Model and method; base scores (once per run: a resumed run keeps the ones it has).
     started = time.time()
     model, params = _build_model(prepared, accelerator, main)
+    before_training = getattr(prepared.task, "before_training", None)
+    if before_training is not None:  # every process, before anything calls the loss: preference's reference
+        note = before_training(model, prepared.encoded, config, prepared.meta, accelerator.autocast)
+        if note and main:
+            print(note)
     if check.auto and resume is None:
         _confirm_batch_size(
             model, prepared.task, prepared.encoded["train"], config, check, accelerator, prepared.tokenizer, run
@@ -388,6 +398,7 @@ def _finish(
         "task": config.task,
         "model": config.model.name,
         "model_source": prepared.resolved.source,
+        "from_run": config.model.from_run,  # the run this one started from (model.from_run), or None
         # What this run allowed to execute or unpickle (both off unless the run's config turned them on).
         "trust_remote_code": config.model.trust_remote_code,
         "allow_pickle": config.model.allow_pickle,
@@ -626,6 +637,38 @@ def evaluate_run(
     print_comparison(result)
     print(f"wrote {path} (eval.json: the latest evaluation)")
     return result
+
+
+def model_of_run(run_dir: str | Path, task: str) -> Path:
+    """What a finished run produced, as a plain transformers folder to start another run from (SFT, then
+    DPO): its full model, or its adapter merged into its base, once, into the run's model_merged/ (what
+    `output.save_merged` writes). The run must have trained the model kind `task` trains."""
+    from tunesmith.taskcards import get_card
+
+    run = RunDir.open(run_dir)
+    config = load_saved_config(run.config_path)
+    if get_card(config.task).model_kind != get_card(task).model_kind:
+        raise TunesmithError(
+            f"{run.path} is a {config.task} run ({get_card(config.task).model_kind}); a {task} run trains a "
+            f"{get_card(task).model_kind}",
+            where="model.from_run",
+            fix=f"start from a run whose task trains a {get_card(task).model_kind} (e.g. task: chat)",
+        )
+    method = get_method(config.method.name)
+    weights = run.weights_dir(method.saves_adapter)
+    if not weights.exists():
+        raise TunesmithError(
+            f"{run.path} has no {weights.name}/ (the run did not finish)",
+            where="model.from_run",
+            fix=f"finish it first: `tunesmith train --resume {run.path}`",
+        )
+    if not method.saves_adapter:
+        return weights
+    merged = run.path / "model_merged"
+    if not (merged / "config.json").exists():
+        _say(f"model.from_run: merging {run.path.name}'s adapter into its base, once, into {merged}")
+        merge(run.path, merged)
+    return merged
 
 
 def saved_test_path(run_dir: str | Path) -> Path:

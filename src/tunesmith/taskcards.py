@@ -52,6 +52,7 @@ class TaskCard:
     # `data.*` options that only this task reads (others reading them too list them as well): setting one for
     # another task is an error naming the tasks it belongs to, and `init` shows each task only its own.
     data_fields: tuple[str, ...] = ()
+    train_fields: tuple[str, ...] = ()  # `train.*` options only this task reads, under the same rule
 
 
 TASKS: dict[str, TaskCard] = {}
@@ -169,6 +170,36 @@ register(
 )
 register(
     TaskCard(
+        "preference",
+        "preference",
+        "causal-LM preference tuning on chosen/rejected answer pairs: DPO, IPO, hinge, SimPO, ORPO",
+        "causal-lm",
+        (
+            "preference_accuracy",
+            "preference_accuracy_per_token",
+            "rewards_accuracy",
+            "rewards_margin",
+            "rewards_chosen",
+            "rewards_rejected",
+            "logps_chosen",
+            "logps_rejected",
+        ),
+        default_seq_len=1024,
+        lora_rank=16,
+        autotrain_objective="preference_accuracy",
+        detect_columns=(("prompt", "chosen", "rejected"), ("chosen", "rejected")),
+        autotrain_max_length=1024,
+        train_fields=("loss_type", "beta", "label_smoothing", "simpo_gamma", "reference"),
+        init_settings={
+            "model.name": "smollm2-135m-instruct",
+            "data.train": example_data("debian_preferences.jsonl"),
+            "data.max_length": 256,
+            "train.learning_rate": 5.0e-5,
+        },
+    )
+)
+register(
+    TaskCard(
         "image-classification",
         "image_classification",
         "a new classifier head on images",
@@ -216,10 +247,13 @@ register(
 )
 
 
-def data_field_owners() -> dict[str, list[str]]:
-    """`data.*` option -> the tasks that read it, for the options some task claims (the rest are shared)."""
+OWNED_SECTIONS = ("data", "train")  # the sections whose options a task may claim (data_fields, train_fields)
+
+
+def field_owners(section: str) -> dict[str, list[str]]:
+    """`section.*` option -> the tasks that read it, for the options some task claims (the rest are shared)."""
     owners: dict[str, list[str]] = {}
     for card in TASKS.values():
-        for name in card.data_fields:
+        for name in getattr(card, f"{section}_fields"):
             owners.setdefault(name, []).append(card.name)
     return owners

@@ -73,6 +73,10 @@ def data_report(config, resolved, tokenizer, splits, encoded, task) -> str:
     trained = [e.trained_tokens for e in encoded.get("train", []) if hasattr(e, "trained_tokens")]
     if trained:
         lines += ["", f"loss-bearing tokens per training record: {_percentiles(trained)}; total {sum(trained):,}"]
+    findings = getattr(task, "findings", None)  # a task's own warnings (preference: answers cut by max_length)
+    for name, enc in encoded.items():
+        for line in findings(enc, config) if findings is not None else []:
+            lines += ["", f"{name}: {line}"]
     if encoded.get("train"):
         lines += ["", task.describe(encoded["train"][0], tokenizer)]
     return "\n".join(lines)

@@ -14,7 +14,8 @@ of a higher rung (its `_get_pruned_trial_score`): the sampler learns from every 
 The first configs are the planner's default and the method's known-good ones (enqueued); TPE samples the
 rest. A float parameter whose leading value sits at the edge of its range gets the range widened once on
 that side, and a noted reason. Before each run, the run and the final training of whichever config could
-lead after it must fit in what is left of the budget (search/budget.py); when nothing fits, the search ends.
+lead after it must fit in what is left of the budget (search/budget.py). A drawn config that does not fit
+is run next with the most epochs that do; when nothing fits, the search ends.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ ETA = 3  # promote the best third (Hyperband's default, Li et al. 2018)
 FRACTIONS = (1 / 9, 1 / 3, 1.0)  # each rung's share of a config's own schedule
 MIN_RUN_STEPS = 8  # fewer steps say little about a config: a rung is at least this long (or the whole schedule)
 EDGE = 0.1  # a value in the outer tenth of its range (in log space for rates) is at the edge
-# New configs that may be drawn and found not to fit before the search stops trying (each costs nothing but
-# a line in the report; a different draw may have fewer epochs or a larger batch).
+# New configs drawn in a row and found not to fit before the search stops trying (each costs nothing but a
+# line in the report; a different draw may have a larger batch, and each is redrawn with fewer epochs).
 DRAWS_THAT_DO_NOT_FIT = 3
 FAILURES_IN_A_ROW = 3  # runs failing one after another (a model or data problem, not the values): stop
 
@@ -191,10 +192,19 @@ class Halving:
             final = _larger(reserve, self.final_seconds(values))
             if not self.budget.fits(need, final):
                 misses += 1
-                trial.set_user_attr("note", _not_run(need, final, self.budget.left()))
+                shorter = self._fewer_epochs_that_fit(values, reserve)
+                note = _not_run(need, final, self.budget.left())
+                if shorter is not None:
+                    # The sampler's other values with fewer epochs: the next run, so that a draw of a long
+                    # schedule (8 epochs at batch 8) does not end a search that still has minutes for shorter ones.
+                    note += f"; drawn again with train.epochs {shorter['train.epochs']}"
+                    kept = {k: v for k, v in trial.user_attrs.items() if k in ("default", "known_good")}
+                    self.queue.insert(0, (shorter, kept | {"origin": f"trial {trial.number} with fewer epochs"}))
+                trial.set_user_attr("note", note)
                 self.study.tell(trial, state=_state("FAIL"))
                 continue
             self.configs += 1
+            misses = 0
             if trial.user_attrs.get("default"):
                 self.default_key = Evaluation(trial.number, values, 0, 0, 0).key
             self._evaluate(trial, values, 0, final)
@@ -276,6 +286,21 @@ class Halving:
                 "new config with more epochs could not run its first rung and its final training"
             )
         return True
+
+    def _fewer_epochs_that_fit(self, values: dict, reserve: float | None) -> dict | None:
+        """`values` with the most epochs (fewer than drawn, within the range) whose first rung and final training
+        fit in what is left; None when epochs are not searched or none fit."""
+        param = self.setup.space.get("train.epochs")
+        drawn = values.get("train.epochs")
+        if param is None or drawn is None or param.low is None:
+            return None
+        for epochs in range(int(drawn) - 1, int(param.low) - 1, -1):
+            shorter = {**values, "train.epochs": epochs}
+            config = self.config_of(shorter)
+            need = self.budget.estimate(config, rung_steps(self.full_steps(config, self.train_examples), 0))
+            if self.budget.fits(need, _larger(reserve, self.final_seconds(shorter))):
+                return shorter
+        return None
 
     def _widen_edges(self) -> None:
         """A numeric parameter whose leading value sits in the outer tenth of its range: widen that side once."""

@@ -212,6 +212,7 @@ def write_report(
             for n in (
                 "default values" if t.user_attrs.get("default") else "",
                 t.user_attrs.get("known_good", ""),
+                t.user_attrs.get("origin", ""),  # a draw rerun with fewer epochs (search/halving.py)
                 t.user_attrs.get("note", ""),
                 t.user_attrs.get("reason", ""),
             )

@@ -39,6 +39,12 @@ Optional hooks (the pipeline looks them up with getattr; tasks without them take
       run's model from its weights folder; replaces load_base_model + method.apply + PeftModel loading.
       The model is an nn.Module whose forward loss_sum calls, with save_pretrained(folder); adapter
       methods also give disable_adapter() (a context manager) and merge_and_unload()
+  before_training(model, encoded, config, meta, autocast) -> note | None   one-time work on every process once
+      the model is built, before anything calls loss_sum (batch-size probe, base scores, training): preference
+      tuning's reference model (a frozen copy, or log-probabilities cached on the encoded examples)
+  step_metrics(training) -> dict        the task's own means since the last call (preference: rewards and
+      margins), logged by the loop beside the loss and, prefixed eval_, beside the validation loss
+  findings(encoded, config) -> lines    warnings for `tunesmith validate` beyond the counts (answers cut short)
   before_fit(model, processor, config, meta)   one-time work that needs the loaded base model, before the
       base scores and training (text-to-image: generating the class images of prior preservation)
   samples(model, processor, config, meta, folder, label) -> paths   outputs of fixed inputs written under

@@ -137,6 +137,13 @@ def validation_loss(model, task, examples, *, batch_size: int, pad_id: int, acce
     return _sum_across_processes(accelerator, loss_total) / max(_sum_across_processes(accelerator, tokens), 1)
 
 
+def _task_metrics(task, *, training: bool) -> dict:
+    """A task's own means since the last call (preference: rewards, margins), logged beside the loss: those of
+    the main process's batches (each process keeps its own)."""
+    read = getattr(task, "step_metrics", None)
+    return read(training) if read is not None else {}
+
+
 def _maybe_die_for_test(step: int) -> None:
     """Fault injection for the resume tests: a real SIGKILL right after step k's checkpoint."""
     target = os.environ.get("TUNESMITH_TEST_KILL_AT_STEP")
@@ -222,6 +229,7 @@ def fit(
             before_evaluation(state.step)
         loss = validation_loss(model, task, val_set, batch_size=tcfg.batch_size, pad_id=pad_id, accelerator=accelerator)
         record = {"step": state.step, "epoch": state.epoch, "eval_loss": loss, "eval_ppl": perplexity(loss)}
+        record.update({f"eval_{k}": v for k, v in _task_metrics(task, training=False).items()})
         eval_history.append(record)
         improved = state.best_eval_loss is None or loss < state.best_eval_loss - tcfg.early_stopping_min_delta
         if improved:
@@ -242,6 +250,7 @@ def fit(
         return asked_to_stop or (patience is not None and state.evals_without_improvement >= patience)
 
     # 3-4. The loop.
+    _task_metrics(task, training=True)  # drop what the batch-size probe and the base scores left
     progress = ProgressReporter(total_steps, enabled=main, start_step=state.step, unit=task.target_unit)
     model.train()
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
@@ -329,6 +338,7 @@ def fit(
                                 "grad_norm": grad_norm,
                                 "trained_tokens": state.trained_tokens,
                                 "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+                                **_task_metrics(task, training=True),
                                 **({"skipped_batches": state.skipped_batches} if state.skipped_batches else {}),
                             }
                         )

@@ -260,3 +260,18 @@ def causal_lm_loss_sum(
         return token_loss_sum(logits, labels[:, positions + 1])
     logits = model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
     return token_loss_sum(logits[:, -width:][:, :-1], labels[:, 1:])
+
+
+def sequence_logps(model, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the log-probability of its labelled tokens, summed (float32), and their number ([rows] each).
+    What preference losses compare; logits are computed only at positions where some row has a target."""
+    width = input_ids.shape[1]
+    positions = loss_positions(labels)
+    targets = labels[:, positions + 1]
+    if accepts_logits_to_keep(model):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions - width).logits
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -width:][:, positions]
+    keep = targets != IGNORE_INDEX
+    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logps * keep).sum(dim=1), keep.sum(dim=1)
