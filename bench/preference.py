@@ -38,10 +38,7 @@ STEPS = 8
 
 def run(name: str, overrides: list[str], steps: int, work: Path) -> dict:
     folder = fresh(work / name.replace(" + ", "-"))
-    cmd = tunesmith_cli() + [
-        "train",
-        str(ROOT / "examples" / "preference_dpo.yaml"),
-        "--set",
+    settings = [
         f"output.dir={folder / 'runs'}",
         f"train.max_steps={steps}",
         "train.eval_every=0",
@@ -50,6 +47,8 @@ def run(name: str, overrides: list[str], steps: int, work: Path) -> dict:
         "eval.report_samples=0",
         *overrides,
     ]
+    cmd = tunesmith_cli() + ["train", str(ROOT / "examples" / "preference_dpo.yaml")]
+    cmd += [part for setting in settings for part in ("--set", setting)]
     done = run_process(cmd, folder / "output.log", echo=False)
     if done.rc != 0:
         return {"config": name, "ok": False, "log": str(folder / "output.log"), "tail": done.lines[-10:]}
