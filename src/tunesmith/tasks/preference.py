@@ -104,15 +104,24 @@ def plots(rows: list[dict], meta: dict, folder) -> list[str]:
 # Encoding
 
 
+def _prompt_ids(example: PreferenceExample, tokenizer, config) -> list[int]:
+    """The prompt's tokens, once per pair: as plain text, or rendered with the generation prompt (where the
+    answer starts)."""
+    if isinstance(example.prompt, str):
+        return tokenizer(example.prompt, add_special_tokens=True)["input_ids"]
+    template = template_for(tokenizer, config.data.chat_template)
+    text = render(tokenizer, example.prompt, template, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def _encode_answer(
-    example: PreferenceExample, answer: str, tokenizer, config, stop_ids
+    example: PreferenceExample, answer: str, prompt_ids: list[int], tokenizer, config, stop_ids
 ) -> tuple[list, list, bool, int]:
     """(ids, labels, truncated, full length) of the prompt followed by `answer`, loss on the answer alone."""
     max_length = config.data.max_length
     if isinstance(example.prompt, str):  # the implicit text layout: plain text, no chat template
         # Prompt and answer tokenised apart, as TRL does: both answers then start at the same token, where a
         # joint tokenisation could merge the boundary differently for each.
-        prompt_ids = tokenizer(example.prompt, add_special_tokens=True)["input_ids"]
         answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
         answer_ids += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         ids = prompt_ids + answer_ids
@@ -129,9 +138,6 @@ def _encode_answer(
         )
         ids, full = encoded.input_ids, encoded.full_length
         # Loss only after the prompt as rendered for generation: earlier assistant turns in the prompt are context.
-        template = template_for(tokenizer, config.data.chat_template)
-        prompt_text = render(tokenizer, example.prompt, template, add_generation_prompt=True)
-        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
         start = len(prompt_ids)
         if ids[: min(start, len(ids))] != prompt_ids[: len(ids)]:
             # A template whose conversation does not start with its generation prompt: the answer is the
@@ -154,8 +160,13 @@ def encode(examples: list[PreferenceExample], tokenizer, config, meta: dict | No
     stop_ids = stop_token_ids(tokenizer)
     out = []
     for example in examples:
-        c_ids, c_labels, c_cut, c_full = _encode_answer(example, example.chosen, tokenizer, config, stop_ids)
-        r_ids, r_labels, r_cut, r_full = _encode_answer(example, example.rejected, tokenizer, config, stop_ids)
+        prompt_ids = _prompt_ids(example, tokenizer, config)
+        c_ids, c_labels, c_cut, c_full = _encode_answer(
+            example, example.chosen, prompt_ids, tokenizer, config, stop_ids
+        )
+        r_ids, r_labels, r_cut, r_full = _encode_answer(
+            example, example.rejected, prompt_ids, tokenizer, config, stop_ids
+        )
         out.append(EncodedPair(example.where, c_ids, c_labels, r_ids, r_labels, c_cut or r_cut, max(c_full, r_full)))
     return out
 
